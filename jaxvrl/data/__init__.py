@@ -1,0 +1,1 @@
+"""Records, media decoding, vision inputs, prompts and the Grain pipeline."""

@@ -1,0 +1,273 @@
+"""Model configuration for Qwen2-VL and Qwen2.5-VL, read from (and written to) a Hugging Face
+config.json in either of its two forms: the flat one of the published checkpoints and the nested
+`text_config` one that newer transformers versions write."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """The vision tower. `generation` picks the block type: Qwen2-VL (LayerNorm, QuickGELU MLP,
+    full attention) or Qwen2.5-VL (RMSNorm, SwiGLU MLP, window attention)."""
+
+    generation: str = "qwen2_vl"
+    depth: int = 32
+    hidden_size: int = 1280
+    num_heads: int = 16
+    intermediate_size: int = 5120
+    hidden_act: str = "quick_gelu"
+    in_channels: int = 3
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    out_hidden_size: int = 3584
+    window_size: int = 112
+    fullatt_block_indexes: tuple[int, ...] = ()
+    tokens_per_second: float = 2.0
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened patch: channels x temporal patch x patch x patch."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @property
+    def merge_unit(self) -> int:
+        return self.spatial_merge_size**2
+
+    @property
+    def is_windowed(self) -> bool:
+        return self.generation == "qwen2_5_vl"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """The Qwen2 decoder with multimodal rotary position embedding (M-RoPE)."""
+
+    vocab_size: int = 152064
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_layers: int = 28
+    num_heads: int = 28
+    num_kv_heads: int = 4
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+    mrope_section: tuple[int, int, int] = (16, 24, 24)
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 32768
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A whole Qwen2-VL / Qwen2.5-VL model, plus the dtypes the port runs in."""
+
+    model_type: str = "qwen2_vl"
+    vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    tie_word_embeddings: bool = False
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    bos_token_id: int | None = 151643
+    eos_token_id: tuple[int, ...] = (151645,)
+    pad_token_id: int | None = None
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------------------------------------
+    # Hugging Face config.json, both forms.
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict[str, Any]) -> ModelConfig:
+        """Reads a Hugging Face config dict (flat published form or nested `text_config` form)."""
+        model_type = raw.get("model_type")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"unknown model_type {model_type!r} in config.json; "
+                f"supported: {', '.join(MODEL_TYPES)}"
+            )
+        text_raw = dict(raw)
+        if isinstance(raw.get("text_config"), dict):
+            # Nested form: text fields live under text_config; top-level values fill gaps only.
+            text_raw = {**raw, **raw["text_config"]}
+        vision_raw = raw.get("vision_config") or {}
+        rope = text_raw.get("rope_scaling") or text_raw.get("rope_parameters") or {}
+        mrope = tuple(rope.get("mrope_section", (16, 24, 24)))
+        rope_theta = text_raw.get("rope_theta", rope.get("rope_theta", 1000000.0))
+        text = TextConfig(
+            vocab_size=int(text_raw["vocab_size"]),
+            hidden_size=int(text_raw["hidden_size"]),
+            intermediate_size=int(text_raw["intermediate_size"]),
+            num_layers=int(text_raw["num_hidden_layers"]),
+            num_heads=int(text_raw["num_attention_heads"]),
+            num_kv_heads=int(
+                text_raw.get("num_key_value_heads") or text_raw["num_attention_heads"]
+            ),
+            rms_norm_eps=float(text_raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta),
+            mrope_section=mrope,  # type: ignore[arg-type]
+            hidden_act=text_raw.get("hidden_act", "silu"),
+            max_position_embeddings=int(text_raw.get("max_position_embeddings", 32768)),
+        )
+        if sum(mrope) * 2 != text.head_dim:
+            raise ValueError(
+                f"mrope_section {list(mrope)} sums to {sum(mrope)}, expected head_dim/2 = "
+                f"{text.head_dim // 2}"
+            )
+        in_channels = int(vision_raw.get("in_channels", vision_raw.get("in_chans", 3)))
+        patch = int(vision_raw.get("patch_size", vision_raw.get("spatial_patch_size", 14)))
+        if model_type == "qwen2_vl":
+            width = int(vision_raw.get("embed_dim", 1280))
+            vision = VisionConfig(
+                generation="qwen2_vl",
+                depth=int(vision_raw.get("depth", 32)),
+                hidden_size=width,
+                num_heads=int(vision_raw.get("num_heads", 16)),
+                intermediate_size=int(width * vision_raw.get("mlp_ratio", 4)),
+                hidden_act=vision_raw.get("hidden_act", "quick_gelu"),
+                in_channels=in_channels,
+                patch_size=patch,
+                temporal_patch_size=int(vision_raw.get("temporal_patch_size", 2)),
+                spatial_merge_size=int(vision_raw.get("spatial_merge_size", 2)),
+                out_hidden_size=int(vision_raw.get("hidden_size", text.hidden_size)),
+            )
+        else:
+            vision = VisionConfig(
+                generation="qwen2_5_vl",
+                depth=int(vision_raw.get("depth", 32)),
+                hidden_size=int(vision_raw.get("hidden_size", 1280)),
+                num_heads=int(vision_raw.get("num_heads", 16)),
+                intermediate_size=int(vision_raw.get("intermediate_size", 3420)),
+                hidden_act=vision_raw.get("hidden_act", "silu"),
+                in_channels=in_channels,
+                patch_size=patch,
+                temporal_patch_size=int(vision_raw.get("temporal_patch_size", 2)),
+                spatial_merge_size=int(vision_raw.get("spatial_merge_size", 2)),
+                out_hidden_size=int(vision_raw.get("out_hidden_size", text.hidden_size)),
+                window_size=int(vision_raw.get("window_size", 112)),
+                fullatt_block_indexes=tuple(
+                    int(i) for i in vision_raw.get("fullatt_block_indexes", (7, 15, 23, 31))
+                ),
+                tokens_per_second=float(vision_raw.get("tokens_per_second", 2)),
+            )
+        if vision.out_hidden_size != text.hidden_size:
+            raise ValueError(
+                f"vision output size {vision.out_hidden_size} != "
+                f"text hidden size {text.hidden_size}"
+            )
+        tie = bool(
+            raw.get("tie_word_embeddings")
+            or (raw.get("text_config") or {}).get("tie_word_embeddings", False)
+        )
+        eos = text_raw.get("eos_token_id", 151645)
+        eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+
+        def token_id(name: str, default: int) -> int:
+            return int(raw.get(name, text_raw.get(name, default)))
+
+        return cls(
+            model_type=model_type,
+            vision=vision,
+            text=text,
+            tie_word_embeddings=tie,
+            image_token_id=token_id("image_token_id", 151655),
+            video_token_id=token_id("video_token_id", 151656),
+            vision_start_token_id=token_id("vision_start_token_id", 151652),
+            vision_end_token_id=token_id("vision_end_token_id", 151653),
+            bos_token_id=text_raw.get("bos_token_id", 151643),
+            eos_token_id=eos_ids,
+            pad_token_id=text_raw.get("pad_token_id"),
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> ModelConfig:
+        """Reads `directory/config.json`."""
+        path = os.path.join(directory, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no config.json in checkpoint directory {directory}")
+        with open(path) as f:
+            return cls.from_hf_dict(json.load(f))
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The flat config.json of the published checkpoints, which every transformers reads."""
+        t, v = self.text, self.vision
+        if self.model_type == "qwen2_vl":
+            vision_raw: dict[str, Any] = {
+                "depth": v.depth,
+                "embed_dim": v.hidden_size,
+                "mlp_ratio": v.intermediate_size / v.hidden_size,
+                "num_heads": v.num_heads,
+                "hidden_act": v.hidden_act,
+                "in_chans": v.in_channels,
+                "hidden_size": v.out_hidden_size,
+                "patch_size": v.patch_size,
+                "spatial_merge_size": v.spatial_merge_size,
+                "spatial_patch_size": v.patch_size,
+                "temporal_patch_size": v.temporal_patch_size,
+            }
+            architecture = "Qwen2VLForConditionalGeneration"
+        else:
+            vision_raw = {
+                "depth": v.depth,
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "num_heads": v.num_heads,
+                "hidden_act": v.hidden_act,
+                "in_chans": v.in_channels,
+                "out_hidden_size": v.out_hidden_size,
+                "patch_size": v.patch_size,
+                "spatial_merge_size": v.spatial_merge_size,
+                "spatial_patch_size": v.patch_size,
+                "temporal_patch_size": v.temporal_patch_size,
+                "window_size": v.window_size,
+                "fullatt_block_indexes": list(v.fullatt_block_indexes),
+                "tokens_per_second": v.tokens_per_second,
+            }
+            architecture = "Qwen2_5_VLForConditionalGeneration"
+        vision_raw["model_type"] = self.model_type
+        eos = list(self.eos_token_id)
+        return {
+            "architectures": [architecture],
+            "model_type": self.model_type,
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "num_hidden_layers": t.num_layers,
+            "num_attention_heads": t.num_heads,
+            "num_key_value_heads": t.num_kv_heads,
+            "hidden_act": t.hidden_act,
+            "rms_norm_eps": t.rms_norm_eps,
+            "rope_theta": t.rope_theta,
+            "rope_scaling": {"type": "mrope", "mrope_section": list(t.mrope_section)},
+            "max_position_embeddings": t.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "image_token_id": self.image_token_id,
+            "video_token_id": self.video_token_id,
+            "vision_start_token_id": self.vision_start_token_id,
+            "vision_end_token_id": self.vision_end_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": self.pad_token_id,
+            "use_sliding_window": False,
+            "torch_dtype": self.param_dtype,
+            "vision_config": vision_raw,
+        }

@@ -1,0 +1,127 @@
+"""Building blocks shared by the vision tower and the decoder: dense layers, norms, activations
+and masked multi-head attention. Every parameter names its logical axes in the `axes` metadata
+(see model/sharding.py for the rules that map them to mesh axes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Large negative instead of -inf: a fully masked row (padding) then softmaxes to a harmless
+# uniform distribution rather than NaN.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def normal_init(std: float = 0.02) -> Callable:
+    return jax.nn.initializers.normal(stddev=std)
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel (+ bias). kernel: [in, out] with logical axes `axes`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        axes: tuple[str | None, str | None],
+        use_bias: bool = True,
+        param_dtype: jnp.dtype = jnp.float32,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.kernel = nnx.Param(
+            normal_init()(rngs.params(), (in_features, out_features), param_dtype), axes=axes
+        )
+        self.bias = (
+            nnx.Param(jnp.zeros((out_features,), param_dtype), axes=(axes[1],))
+            if use_bias
+            else None
+        )
+        self.dtype = dtype
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32, scaled after casting back (as Qwen2's reference does)."""
+
+    def __init__(
+        self, dim: int, eps: float, *, param_dtype: jnp.dtype = jnp.float32, axis_name="embed"
+    ):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), axes=(axis_name,))
+        self.eps = eps
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(dtype) * x32.astype(dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with scale and bias (Qwen2-VL vision blocks and merger), computed in float32."""
+
+    def __init__(
+        self, dim: int, eps: float, *, param_dtype: jnp.dtype = jnp.float32, axis_name="embed"
+    ):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), axes=(axis_name,))
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), axes=(axis_name,))
+        self.eps = eps
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (
+            y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        ).astype(dtype)
+
+
+def quick_gelu(x: jnp.ndarray) -> jnp.ndarray:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
+    "silu": jax.nn.silu,
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def activation(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def attention(
+    q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, scale: float
+) -> jnp.ndarray:
+    """Masked grouped-query attention, softmax in float32.
+
+    q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
+    mask: [batch, q_len, kv_len] bool (True = may attend). Returns [batch, q_len, heads, head_dim].
+    """
+    b, lq, h, d = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, lq, kvh, h // kvh, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, lq, h, d)

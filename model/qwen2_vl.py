@@ -1,0 +1,169 @@
+"""Qwen2-VL / Qwen2.5-VL: the vision tower, vision features placed at the image/video pad tokens,
+the M-RoPE decoder, and the interface the RL library uses (forward, prefill/decode, log-probs).
+
+    model = Qwen2VL(config, rngs=nnx.Rngs(0))
+    hidden = model(input_ids, positions, attention_mask, vision)      # [batch, seq, hidden]
+    logp = model.token_logprobs(hidden, targets)                      # chunked, no full logits
+    hidden, cache = model.prefill(input_ids, positions, attention_mask, vision, cache)
+    hidden, cache = model.decode(tokens, positions, cache)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.config import ModelConfig
+from model.layers import RMSNorm, dtype_of, normal_init
+from model.logprobs import chunked_token_logprobs
+from model.rope import mrope_cos_sin
+from model.text import DecoderLayer, KVCache, cache_mask, causal_mask
+from model.vision import VisionTower
+
+
+class Qwen2VL(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
+        self.config = config
+        t = config.text
+        param_dtype, dtype = dtype_of(config.param_dtype), dtype_of(config.dtype)
+        self.dtype = dtype
+        self.visual = VisionTower(config.vision, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.embed_tokens = nnx.Param(
+            normal_init()(rngs.params(), (t.vocab_size, t.hidden_size), param_dtype),
+            axes=("vocab", "embed"),
+        )
+        self.layers = nnx.List(
+            [
+                DecoderLayer(t, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+                for _ in range(t.num_layers)
+            ]
+        )
+        self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, param_dtype=param_dtype)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nnx.Param(
+                normal_init()(rngs.params(), (t.hidden_size, t.vocab_size), param_dtype),
+                axes=("embed", "vocab"),
+            )
+        )
+        self.remat = remat
+
+    # --------------------------------------------------------------------------------------------
+    # Embedding and vision features.
+
+    def embed(self, input_ids: jnp.ndarray, vision: dict | None = None) -> jnp.ndarray:
+        """Token embeddings with the vision features placed at the image/video pad tokens, in
+        the order the pad tokens appear in the flattened batch. input_ids: [batch, seq]."""
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+        if vision is None:
+            return x
+        features = self.visual(vision).astype(self.dtype)
+        cfg = self.config
+        is_vision = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)
+        order = jnp.cumsum(is_vision.reshape(-1)) - 1
+        order = jnp.clip(order, 0, features.shape[0] - 1).reshape(input_ids.shape)
+        return jnp.where(is_vision[..., None], features[order], x)
+
+    def _rope(self, positions: jnp.ndarray):
+        t = self.config.text
+        cos, sin = mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section)
+        return cos, sin
+
+    def _layers(self, x, cos, sin, mask, cache: KVCache | None):
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            index = None if cache is None else cache.index
+            if self.remat and cache is None:
+                x, kv = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, cos, sin, mask)
+            else:
+                x, kv = layer(x, cos, sin, mask, kv, index)
+            if kv is not None:
+                ks.append(kv[0])
+                vs.append(kv[1])
+        return self.norm(x), (tuple(ks), tuple(vs))
+
+    # --------------------------------------------------------------------------------------------
+    # Forward passes.
+
+    def __call__(
+        self,
+        input_ids: jnp.ndarray,
+        positions: jnp.ndarray,
+        attention_mask: jnp.ndarray,
+        vision: dict | None = None,
+    ) -> jnp.ndarray:
+        """Full causal forward. input_ids, attention_mask: [batch, seq]; positions: [3, batch,
+        seq] (model/rope.py `rope_index`). Returns final hidden states [batch, seq, hidden]."""
+        x = self.embed(input_ids, vision)
+        cos, sin = self._rope(positions)
+        hidden, _ = self._layers(x, cos, sin, causal_mask(attention_mask), None)
+        return hidden
+
+    def prefill(
+        self,
+        input_ids: jnp.ndarray,
+        positions: jnp.ndarray,
+        attention_mask: jnp.ndarray,
+        vision: dict | None,
+        cache: KVCache,
+    ) -> tuple[jnp.ndarray, KVCache]:
+        """Writes a right-padded prompt into the cache at slots [index, index + seq).
+        Returns hidden states [batch, seq, hidden] and the updated cache."""
+        x = self.embed(input_ids, vision)
+        return self._extend(x, positions, attention_mask.astype(bool), cache)
+
+    def decode(
+        self, tokens: jnp.ndarray, positions: jnp.ndarray, cache: KVCache
+    ) -> tuple[jnp.ndarray, KVCache]:
+        """One (or a few) new tokens per sequence. tokens: [batch, n]; positions: [3, batch, n]
+        (rope delta + position among valid tokens). Returns hidden [batch, n, hidden], cache."""
+        x = self.embed(tokens)
+        return self._extend(x, positions, jnp.ones(tokens.shape, bool), cache)
+
+    def _extend(self, x, positions, new_valid, cache: KVCache):
+        length = x.shape[1]
+        valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
+        mask = cache_mask(valid, cache.index, length)
+        cos, sin = self._rope(positions)
+        hidden, (ks, vs) = self._layers(x, cos, sin, mask, cache)
+        return hidden, KVCache(k=ks, v=vs, valid=valid, index=cache.index + length)
+
+    def init_cache(self, batch: int, slots: int) -> KVCache:
+        return KVCache.create(self.config.text, batch, slots, self.dtype)
+
+    # --------------------------------------------------------------------------------------------
+    # Outputs.
+
+    def lm_head_kernel(self) -> jnp.ndarray:
+        """[hidden, vocab]; the transposed embedding when word embeddings are tied."""
+        if self.lm_head is None:
+            return self.embed_tokens[...].T
+        return self.lm_head[...]
+
+    def logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
+        """Full logits [..., vocab] in float32: for decoding and tests, never for training."""
+        kernel = self.lm_head_kernel().astype(self.dtype)
+        return jnp.dot(hidden.astype(self.dtype), kernel, preferred_element_type=jnp.float32)
+
+    def token_logprobs(
+        self,
+        hidden: jnp.ndarray,
+        targets: jnp.ndarray,
+        *,
+        chunk_size: int = 1024,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+    ):
+        """log p(targets) [batch, seq] (and the entropy if asked), computed chunk by chunk so the
+        [batch, seq, vocab] logits never exist."""
+        return chunked_token_logprobs(
+            hidden.astype(self.dtype),
+            self.lm_head_kernel().astype(self.dtype),
+            targets,
+            chunk_size=chunk_size,
+            temperature=temperature,
+            with_entropy=with_entropy,
+        )

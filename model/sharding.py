@@ -1,0 +1,82 @@
+"""Logical axis names -> mesh axes.
+
+Every parameter carries logical axis names in its `axes` metadata. One table of rules (config data)
+maps each logical name to a mesh axis (or a tuple of them, or None for replicated); changing the
+parallelism means changing that table, not the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+# FSDP over `fsdp` on the embedding dimension, Megatron-style tensor parallelism over `tensor` on
+# heads / MLP / vocab. Batch dimensions go over (data, fsdp).
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("qkv", "tensor"),
+    ("vocab", "tensor"),
+)
+
+
+def logical_to_spec(axes: Iterable[str | None], rules: Rules, mesh: Mesh) -> PartitionSpec:
+    """Maps logical names to a PartitionSpec; a mesh axis is used at most once per array and
+    axes of size 1 or missing from the mesh are dropped."""
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name in axes:
+        target = table.get(name) if name is not None else None
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        names = tuple(n for n in names if n in mesh.shape and mesh.shape[n] > 1 and n not in used)
+        used.update(names)
+        spec.append(names[0] if len(names) == 1 else (names or None))
+    return PartitionSpec(*spec)
+
+
+def _fits(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
+    """Drops sharding on dimensions that the mesh axes do not divide (e.g. 2 kv heads on 4)."""
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
+        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        size = 1
+        for n in names:
+            size *= mesh.shape[n]
+        out.append(entry if size and dim % size == 0 else None)
+    return PartitionSpec(*out)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.State:
+    """A NamedSharding for every variable of `state` (abstract or concrete), from its `axes`."""
+
+    def one(var):
+        axes = var.get_metadata().get("axes")
+        shape = var.value.shape if hasattr(var, "value") else var.shape
+        spec = logical_to_spec(axes, rules, mesh) if axes else PartitionSpec()
+        return var.replace(NamedSharding(mesh, _fits(shape, spec, mesh)))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
+    """Moves a model's parameters onto the mesh according to the rules (in place); returns it."""
+    state = nnx.state(model)
+    shardings = state_shardings(state, mesh, rules)
+    nnx.update(model, jax.device_put(state, shardings))
+    return model
+
+
+def batch_sharding(mesh: Mesh, rank: int, batch_axis: int = 0, rules: Rules = DEFAULT_RULES):
+    """Sharding for an input array whose `batch_axis` is the batch dimension."""
+    axes = [None] * rank
+    axes[batch_axis] = "batch"
+    return NamedSharding(mesh, logical_to_spec(axes, rules, mesh))

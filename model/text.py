@@ -1,0 +1,117 @@
+"""The Qwen2 decoder with M-RoPE and a key/value cache.
+
+Cache slots are positions in a fixed-length buffer. A prefill writes a (right-padded) prompt at
+slots [index, index + len); each decode step writes one token at `index`. `valid` marks the slots
+that hold real tokens, so prompts of different lengths share one buffer without left padding.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from model.config import TextConfig
+from model.layers import Dense, RMSNorm, activation, attention
+from model.rope import apply_rotary
+
+
+@struct.dataclass
+class KVCache:
+    """Per-layer keys and values [batch, slots, kv_heads, head_dim], the slot validity mask
+    [batch, slots] and the next slot to write (a scalar)."""
+
+    k: tuple[jnp.ndarray, ...]
+    v: tuple[jnp.ndarray, ...]
+    valid: jnp.ndarray
+    index: jnp.ndarray
+
+    @classmethod
+    def create(cls, cfg: TextConfig, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
+        shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        return cls(
+            k=zeros,
+            v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+            valid=jnp.zeros((batch, slots), bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def slots(self) -> int:
+        return self.valid.shape[1]
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention: q, k, v with bias, o without (Qwen2)."""
+
+    def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+        d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.q_proj = Dense(d, h * hd, axes=("embed", "heads"), **kw)
+        self.k_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), **kw)
+        self.v_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), **kw)
+        self.o_proj = Dense(h * hd, d, axes=("heads", "embed"), use_bias=False, **kw)
+        self.shape = (h, kv, hd)
+
+    def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
+        b, length, _ = x.shape
+        h, kv, hd = self.shape
+        q = apply_rotary(self.q_proj(x).reshape(b, length, h, hd), cos, sin)
+        k = apply_rotary(self.k_proj(x).reshape(b, length, kv, hd), cos, sin)
+        v = self.v_proj(x).reshape(b, length, kv, hd)
+        if kv_cache is not None:
+            k_all = jax.lax.dynamic_update_slice(
+                kv_cache[0], k.astype(kv_cache[0].dtype), (0, index, 0, 0)
+            )
+            v_all = jax.lax.dynamic_update_slice(
+                kv_cache[1], v.astype(kv_cache[1].dtype), (0, index, 0, 0)
+            )
+            kv_cache = (k_all, v_all)
+            k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
+        out = attention(q, k, v, mask, hd**-0.5)
+        return self.o_proj(out.reshape(b, length, h * hd)), kv_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        kw = dict(param_dtype=param_dtype, dtype=dtype, use_bias=False, rngs=rngs)
+        self.gate_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
+        self.up_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
+        self.down_proj = Dense(f, d, axes=("mlp", "embed"), **kw)
+        self.act = activation(cfg.hidden_act)
+
+    def __call__(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.self_attn = Attention(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype
+        )
+        self.mlp = MLP(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
+        attn, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, index)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), kv_cache
+
+
+def causal_mask(attention_mask: jnp.ndarray) -> jnp.ndarray:
+    """[batch, seq] validity -> [batch, seq, seq] causal mask over valid keys."""
+    length = attention_mask.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    return causal[None] & attention_mask[:, None, :].astype(bool)
+
+
+def cache_mask(valid: jnp.ndarray, index: jnp.ndarray, length: int) -> jnp.ndarray:
+    """Mask for `length` queries written at slots [index, index + length): each sees the valid
+    slots up to and including its own. valid: [batch, slots] -> [batch, length, slots]."""
+    slots = valid.shape[1]
+    query_slot = index + jnp.arange(length)
+    causal = jnp.arange(slots)[None, :] <= query_slot[:, None]
+    return causal[None] & valid[:, None, :]

@@ -1,0 +1,562 @@
+"""Rule-based rewards of Video-R1, VideoChat-R1 and SEED-Bench-R1, registered by name.
+
+Every reward is called like a TRL reward function::
+
+    reward(completions, solutions, **record_fields) -> list[float]
+
+`completions` are decoded strings (or TRL's chat form `[{"role": ..., "content": ...}]`),
+`solutions` the records' solutions, and each record field is a list with one entry per completion
+(a scalar is broadcast). A reward never raises: any parsing failure scores 0.0. Work is bounded on
+hostile text: texts are cut at `MAX_TEXT_CHARS`, word sequences at `MAX_WORDS`, parsed numbers at
+`MAX_NUMBERS`, and every regular expression runs in linear time (no ambiguous quantifiers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+MAX_TEXT_CHARS = 32_768
+MAX_WORDS = 2_048
+MAX_NUMBERS = 4_096
+
+RewardFn = Callable[..., list[float]]
+ScoreFn = Callable[..., float]
+Interval = tuple[float, float]
+Box = tuple[float, float, float, float]
+
+_REGISTRY: dict[str, RewardFn] = {}
+
+
+def register(name: str, *, replace: bool = False) -> Callable[[RewardFn], RewardFn]:
+    """Decorator registering a TRL-style reward under `name` (a duplicate needs `replace`)."""
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        if name in _REGISTRY and not replace:
+            raise ValueError(f"reward {name!r} is already registered; pass replace=True")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def get(name: str) -> RewardFn:
+    """The reward registered under `name`."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown reward {name!r}; registered: {names()}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    """Names of all registered rewards, sorted."""
+    return sorted(_REGISTRY)
+
+
+def per_completion(name: str, *, replace: bool = False) -> Callable[[ScoreFn], RewardFn]:
+    """Registers `score(text, solution, **record) -> float in [0, 1]` as a batch reward `name`.
+
+    The batch reward gives `score` each completion's text, its solution and entry i of every record
+    field; a score that raises or is not finite gives 0.0, the others are clipped to [0, 1].
+    """
+
+    def decorator(score: ScoreFn) -> RewardFn:
+        def reward(
+            completions: Sequence[Any], solutions: Sequence[Any], **fields: Any
+        ) -> list[float]:
+            def one(i: int) -> float:
+                record = {key: _item(values, i) for key, values in fields.items()}
+                return score(_as_text(completions[i]), solutions[i], **record)
+
+            return _score_each(one, len(completions))
+
+        reward.__name__, reward.__qualname__, reward.__doc__ = name, name, score.__doc__
+        return register(name, replace=replace)(reward)
+
+    return decorator
+
+
+def combine(
+    names_and_weights: Mapping[str, float] | Sequence[tuple[str, float]],
+    completions: Sequence[Any],
+    solutions: Sequence[Any],
+    **fields: Any,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Weighted sum of named rewards: (total [n], {name: reward [n]}), float32, as a recipe asks."""
+    items = list(
+        names_and_weights.items() if isinstance(names_and_weights, Mapping) else names_and_weights
+    )
+    n = len(completions)
+    total = np.zeros(n, np.float32)
+    per_reward: dict[str, np.ndarray] = {}
+    for name, weight in items:
+        values = np.asarray(get(name)(completions, solutions, **fields), dtype=np.float32)
+        if values.shape != (n,) or not np.all(np.isfinite(values)):
+            raise ValueError(f"reward {name!r} must return {n} finite floats, got {values!r}")
+        per_reward[name] = values
+        total += np.float32(weight) * values
+    return total, per_reward
+
+
+# ----------------------------------------------------------------------------- text helpers
+
+
+def _as_text(value: Any) -> str:
+    """Text of a completion or solution (a string or TRL's message list), cut to MAX_TEXT_CHARS."""
+    if isinstance(value, str):
+        return value[:MAX_TEXT_CHARS]
+    if not isinstance(value, list | tuple):
+        return ""
+    contents = (m.get("content") for m in value[:64] if isinstance(m, Mapping))
+    return "".join(c[:MAX_TEXT_CHARS] for c in contents if isinstance(c, str))[:MAX_TEXT_CHARS]
+
+
+def _is_array(value: Any) -> bool:
+    """A list, tuple or array of numbers (a solution given as data rather than text)."""
+    return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
+
+
+def extract_answer(text: str) -> str | None:
+    """Video-R1's answer: `<answer>\\s*(.*?)\\s*</answer>` (DOTALL) content; None if absent."""
+    start = text.find("<answer>")
+    end = text.find("</answer>", start + len("<answer>")) if start >= 0 else -1
+    return text[start + len("<answer>") : end].strip() if end >= 0 else None
+
+
+def _solution_text(solution: Any) -> str:
+    """The solution's answer: the same extraction, falling back to the whole (trusted) text."""
+    text = _as_text(solution)
+    answer = extract_answer(text)
+    return text.strip() if answer is None else answer
+
+
+def _item(values: Any, i: int, default: Any = None) -> Any:
+    """Entry `i` of a per-completion field; a scalar or string is broadcast to every completion."""
+    if values is None:
+        return default
+    if not _is_array(values):
+        return values
+    return values[i] if i < len(values) else default
+
+
+def _score_each(
+    score: Callable[[int], float], n: int, low: float = 0.0, high: float = 1.0
+) -> list[float]:
+    """Scores of items 0..n-1; a failing or non-finite score is 0.0, the rest clip to range."""
+    out: list[float] = []
+    for i in range(n):
+        try:
+            value = float(score(i))
+        except Exception:  # noqa: BLE001 - a reward never raises: a parsing failure scores 0.
+            value = 0.0
+        out.append(min(high, max(low, value)) if math.isfinite(value) else 0.0)
+    return out
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _numbers(text: str) -> list[float]:
+    """Unsigned decimal numbers in `text`, at most MAX_NUMBERS of them."""
+    return [float(m.group()) for m in itertools.islice(_NUMBER.finditer(text), MAX_NUMBERS)]
+
+
+def _to_float(text: str) -> float | None:
+    """Video-R1's normalize_number: drop commas, parse a float; None if unparsable or not finite."""
+    try:
+        value = float(text.replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------- format
+
+
+_WHITESPACE = re.compile(r"\s*")
+
+
+def format_ok(text: str) -> bool:
+    """Video-R1's format: fullmatch of `<think>.*?</think>\\s*<answer>.*?</answer>` (DOTALL)."""
+    if not (text.startswith("<think>") and text.endswith("</answer>")):
+        return False
+    last_answer_start = len(text) - len("</answer>") - len("<answer>")
+    close = text.find("</think>", len("<think>"))
+    while close >= 0:
+        # Later </think> tags only move the <answer> further right, so the first fit decides.
+        start = _WHITESPACE.match(text, close + len("</think>")).end()
+        if start > last_answer_start:
+            return False
+        if text.startswith("<answer>", start):
+            return True
+        close = text.find("</think>", close + 1)
+    return False
+
+
+@per_completion("format")
+def format_reward(text: str, solution: Any, **record: Any) -> float:
+    """Video-R1 format reward: 1.0 for `<think>...</think><answer>...</answer>`, else 0.0."""
+    return float(format_ok(text))
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def _word_ids(words_a: list[str], words_b: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    vocab: dict[str, int] = {}
+    a = np.array([vocab.setdefault(w, len(vocab)) for w in words_a], np.int64)
+    b = np.array([vocab.setdefault(w, len(vocab)) for w in words_b], np.int64)
+    return a, b
+
+
+def _edit_distance(a: np.ndarray, b: np.ndarray) -> int:
+    """Levenshtein distance of two id sequences, one numpy row per element of `a`."""
+    if len(a) == 0 or len(b) == 0:
+        return max(len(a), len(b))
+    cols = np.arange(len(b) + 1)
+    prev = cols.copy()
+    for i, token in enumerate(a, start=1):
+        row = np.empty_like(prev)
+        row[0] = i
+        row[1:] = np.minimum(prev[:-1] + (b != token), prev[1:] + 1)
+        # Insertions chain left to right: row[j] = min_k (row[k] + j - k), a running minimum.
+        prev = np.minimum.accumulate(row - cols) + cols
+    return int(prev[-1])
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Video-R1's WER: word-level edit distance / max(1, number of reference words)."""
+    ref, hyp = reference.split()[:MAX_WORDS], hypothesis.split()[:MAX_WORDS]
+    return _edit_distance(*_word_ids(ref, hyp)) / max(1, len(ref))
+
+
+_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def _rouge_tokens(text: str) -> list[str]:
+    return _ROUGE_TOKEN.findall(text.lower())[:MAX_WORDS]
+
+
+def _f1(overlap: int, n_pred: int, n_ref: int) -> float:
+    if overlap == 0 or n_pred == 0 or n_ref == 0:
+        return 0.0
+    precision, recall = overlap / n_pred, overlap / n_ref
+    return 2 * precision * recall / (precision + recall)
+
+
+def _ngram_f1(ref: list[str], pred: list[str], n: int) -> float:
+    ref_grams = Counter(zip(*(ref[k:] for k in range(n)), strict=False))
+    pred_grams = Counter(zip(*(pred[k:] for k in range(n)), strict=False))
+    overlap = sum((ref_grams & pred_grams).values())
+    return _f1(overlap, sum(pred_grams.values()), sum(ref_grams.values()))
+
+
+def _lcs_length(a: np.ndarray, b: np.ndarray) -> int:
+    """Longest common subsequence length, one numpy row per element of `a`."""
+    if len(a) == 0 or len(b) == 0:
+        return 0
+    prev = np.zeros(len(b) + 1, np.int64)
+    for token in a:
+        row = np.zeros_like(prev)
+        row[1:] = np.maximum(prev[:-1] + (b == token), prev[1:])
+        prev = np.maximum.accumulate(row)
+    return int(prev[-1])
+
+
+def rouge_f1s(reference: str, prediction: str) -> tuple[float, float, float]:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin 2004) on lower-cased alphanumeric words, no stemmer."""
+    ref, pred = _rouge_tokens(reference), _rouge_tokens(prediction)
+    lcs = _lcs_length(*_word_ids(ref, pred))
+    return _ngram_f1(ref, pred, 1), _ngram_f1(ref, pred, 2), _f1(lcs, len(pred), len(ref))
+
+
+def multiple_choice_accuracy(answer: str, truth: str) -> float:
+    """Video-R1 multiple choice: 1.0 when the answer equals the solution's answer."""
+    return float(answer.strip() == truth.strip())
+
+
+def numerical_accuracy(answer: str, truth: str) -> float:
+    """Video-R1 numerical: 0 if only one side has '.' or ','; else equal after round(x, 2)."""
+    if (("." in answer) or ("," in answer)) != (("." in truth) or ("," in truth)):
+        return 0.0
+    pred, gt = _to_float(answer), _to_float(truth)
+    if pred is None or gt is None:
+        return 0.0
+    return float(round(pred, 2) == round(gt, 2))
+
+
+def ocr_accuracy(answer: str, truth: str) -> float:
+    """Video-R1 OCR: 1 - word error rate, clipped to [0, 1]."""
+    return min(1.0, max(0.0, 1.0 - word_error_rate(truth, answer)))
+
+
+def free_form_accuracy(answer: str, truth: str) -> float:
+    """Video-R1 free-form: mean of ROUGE-1, ROUGE-2 and ROUGE-L F1, clipped to [0, 1]."""
+    return min(1.0, max(0.0, sum(rouge_f1s(truth, answer)) / 3.0))
+
+
+def regression_accuracy(answer: str, truth: str) -> float:
+    """Video-R1 regression: 1 - min(1, (|pred - gt| + 1e-9) / (|gt| + 1e-9))."""
+    pred, gt = _to_float(answer), _to_float(truth)
+    if pred is None or gt is None:
+        return 0.0
+    return 1.0 - min(1.0, (abs(pred - gt) + 1e-9) / (abs(gt) + 1e-9))
+
+
+ACCURACY_RULES: dict[str, Callable[[str, str], float]] = {
+    "multiple choice": multiple_choice_accuracy,
+    "numerical": numerical_accuracy,
+    "ocr": ocr_accuracy,
+    "free-form": free_form_accuracy,
+    "regression": regression_accuracy,
+}
+
+
+def _rule_for(problem_type: Any) -> Callable[[str, str], float] | None:
+    if not isinstance(problem_type, str):
+        return None
+    key = problem_type.strip().lower().replace("_", " ")
+    return ACCURACY_RULES.get("free-form" if key in ("free form", "freeform") else key)
+
+
+@per_completion("accuracy")
+def accuracy_reward(text: str, solution: Any, problem_type: Any = None, **record: Any) -> float:
+    """Video-R1 accuracy, by the `problem_type` field (unknown or missing type scores 0.0)."""
+    rule, answer, truth = _rule_for(problem_type), extract_answer(text), _solution_text(solution)
+    return rule(answer, truth) if rule is not None and answer and truth else 0.0
+
+
+# ----------------------------------------------------------------------------- length bonus
+
+
+@register("length_bonus")
+def length_bonus_reward(
+    completions: Sequence[Any],
+    solutions: Sequence[Any],
+    *,
+    completion_lengths: Sequence[int] | np.ndarray | None = None,
+    group_ids: Sequence[Any] | np.ndarray | None = None,
+    accuracies: Sequence[float] | np.ndarray | None = None,
+    min_length: int = 320,
+    max_length: int = 512,
+    bonus: float = 0.2,
+    threshold: float = 0.1,
+    **fields: Any,
+) -> list[float]:
+    """Video-R1 length bonus: +bonus for a correct response of min..max tokens, >1 correct in group.
+
+    `completion_lengths` are completion token counts and `group_ids` say which prompt group each
+    completion belongs to (both one per completion; missing ones give 0.0 everywhere). "Correct"
+    means accuracy > threshold, with `accuracies` given or computed by the "accuracy" reward.
+    """
+    n = len(completions)
+    try:
+        if completion_lengths is None or group_ids is None:
+            return [0.0] * n
+        if accuracies is None:
+            accuracies = get("accuracy")(completions, solutions, **fields)
+        correct = [float(_item(accuracies, i, 0.0)) > threshold for i in range(n)]
+        groups = [_item(group_ids, i) for i in range(n)]
+        correct_per_group = Counter(g for g, ok in zip(groups, correct, strict=True) if ok)
+    except Exception:  # noqa: BLE001 - a reward never raises.
+        return [0.0] * n
+
+    def score(i: int) -> float:
+        length = float(_item(completion_lengths, i, -1))
+        in_range = min_length <= length <= max_length
+        return bonus if correct[i] and in_range and correct_per_group[groups[i]] > 1 else 0.0
+
+    return _score_each(score, n, low=min(0.0, bonus), high=max(0.0, bonus))
+
+
+# ----------------------------------------------------------------------------- VideoChat-R1
+
+
+# VideoChat-R1's `(\d+\.?\d*) (to|and) (\d+\.?\d*)` made linear, with the same matches: possessive
+# quantifiers never backtrack (backtracking there cannot help: a shorter number is followed by a
+# digit or '.', not ' '), and a match starting inside a digit run would end where one starting at
+# the run's first digit ends, so it fails the same way and need not be tried.
+_SPAN = re.compile(r"(?<!\d)(\d++(?:\.\d*+)?) (?:to|and) (\d++(?:\.\d*+)?)")
+
+
+def parse_span(answer: str) -> Interval | None:
+    """VideoChat-R1 temporal grounding: the last 'S to E' / 'S and E' in the answer, in seconds."""
+    last = None
+    for last in _SPAN.finditer(answer):  # noqa: B007 - only the last match counts.
+        pass
+    if last is None:
+        return None
+    return float(last.group(1)), float(last.group(2))
+
+
+def _valid(interval: Sequence[float]) -> bool:
+    return len(interval) == 2 and all(map(math.isfinite, interval)) and interval[0] <= interval[1]
+
+
+def interval_iou(pred: Interval, truth: Interval) -> float:
+    """VideoChat-R1 temporal IoU of two [start, end] spans (0.0 for an empty union)."""
+    if not (_valid(pred) and _valid(truth)):
+        return 0.0
+    inter = max(0.0, min(pred[1], truth[1]) - max(pred[0], truth[0]))
+    union = max(pred[1], truth[1]) - min(pred[0], truth[0])
+    return inter / union if union > 0 else 0.0
+
+
+def _solution_span(solution: Any) -> Interval | None:
+    if _is_array(solution):
+        span = tuple(float(x) for x in list(solution)[:3])
+        return span if len(span) == 2 else None  # type: ignore[return-value]
+    text = _solution_text(solution)
+    span = parse_span(text)
+    if span is not None:
+        return span
+    numbers = _numbers(text)
+    return (numbers[0], numbers[1]) if len(numbers) == 2 else None
+
+
+@per_completion("temporal_iou")
+def temporal_iou_reward(text: str, solution: Any, **record: Any) -> float:
+    """VideoChat-R1 temporal grounding reward: IoU of the answer's span with the solution [s, e]."""
+    answer = extract_answer(text)
+    pred, truth = parse_span(answer) if answer else None, _solution_span(solution)
+    return 0.0 if pred is None or truth is None else interval_iou(pred, truth)
+
+
+def merge_intervals(intervals: Sequence[Interval]) -> list[Interval]:
+    """VideoChat-R1: sort by start and merge overlapping (or touching) intervals."""
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
+
+
+def glue_iou(pred: Sequence[Interval], truth: Sequence[Interval]) -> float:
+    """VideoChat-R1 grounded-QA IoU: total intersection / total union of merged intervals.
+
+    Following DESIGN.md, an empty union (both sides of zero total length) scores 1.0.
+    """
+    a, b = merge_intervals(pred), merge_intervals(truth)
+    inter, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):  # Both lists are sorted and disjoint: one sweep suffices.
+        inter += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    union = sum(e - s for s, e in a) + sum(e - s for s, e in b) - inter
+    return inter / union if union > 0 else 1.0
+
+
+def _parse_intervals(value: Any, is_solution: bool) -> list[Interval] | None:
+    """Intervals from pairs of numbers, or from a text's `<glue>` content (else its answer)."""
+    if _is_array(value):
+        pairs = [tuple(float(x) for x in pair) for pair in list(value)[:MAX_NUMBERS]]
+    else:
+        text = _as_text(value)
+        start, end = text.find("<glue>"), text.find("</glue>")
+        if 0 <= start < end:
+            content: str | None = text[start + len("<glue>") : end]
+        else:
+            content = _solution_text(text) if is_solution else extract_answer(text)
+        numbers = _numbers(content) if content else []
+        if len(numbers) % 2:
+            return None
+        pairs = list(zip(numbers[::2], numbers[1::2], strict=True))
+    if not pairs or not all(_valid(p) for p in pairs):
+        return None
+    return pairs  # type: ignore[return-value]
+
+
+@per_completion("glue_iou")
+def glue_iou_reward(text: str, solution: Any, **record: Any) -> float:
+    """VideoChat-R1 grounded-QA reward: merged-interval IoU of the predicted and true time spans."""
+    pred = _parse_intervals(text, is_solution=False)
+    truth = _parse_intervals(solution, is_solution=True)
+    return 0.0 if pred is None or truth is None else glue_iou(pred, truth)
+
+
+_BRACKETED = re.compile(r"[\[(]([^\[\]()]*)[\])]")
+
+
+def parse_boxes(text: str) -> list[Box]:
+    """Innermost bracketed groups of `text` as boxes; a group without exactly 4 numbers gives []."""
+    boxes: list[Box] = []
+    for match in _BRACKETED.finditer(text):
+        numbers = _numbers(match.group(1))
+        if len(numbers) != 4 or len(boxes) >= MAX_NUMBERS:
+            return []
+        boxes.append((numbers[0], numbers[1], numbers[2], numbers[3]))
+    return boxes
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """IoU of two [x0, y0, x1, y1] boxes (0.0 for an empty union)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _solution_boxes(solution: Any) -> list[Box]:
+    if _is_array(solution):
+        return [tuple(float(x) for x in box) for box in list(solution)[:MAX_NUMBERS]]  # type: ignore[misc]
+    return parse_boxes(_solution_text(solution))
+
+
+@per_completion("tracking_iou")
+def tracking_iou_reward(text: str, solution: Any, num_boxes: int = 8, **record: Any) -> float:
+    """VideoChat-R1 tracking reward: mean box IoU; the answer must hold 8 boxes of 4 numbers."""
+    answer = extract_answer(text)
+    pred, truth = parse_boxes(answer) if answer else [], _solution_boxes(solution)
+    if len(pred) != num_boxes or len(truth) != num_boxes:
+        return 0.0
+    if not all(len(box) == 4 and all(map(math.isfinite, box)) for box in truth):
+        return 0.0
+    return sum(box_iou(p, t) for p, t in zip(pred, truth, strict=True)) / num_boxes
+
+
+# ----------------------------------------------------------------------------- option letter
+
+
+_ANSWER_PREFIXES = (
+    "the best answer is", "the correct answer is", "the answer is", "the answer",
+    "the best option is", "the correct option is", "best answer:", "best option:",
+    "correct answer:", "answer:", "option", "choice",
+)  # fmt: skip
+_OPTION_LETTER = re.compile(r"(?<![A-Za-z])[A-G](?![A-Za-z])")
+
+
+def option_letter(text: str) -> str | None:
+    """SEED-Bench-R1 / VideoChat-R1: first standalone letter A-G after common answer prefixes."""
+    text = text.strip()
+    for _ in range(4):  # "Answer: Option (B)" carries two prefixes.
+        lowered = text.lower()
+        prefix = next((p for p in _ANSWER_PREFIXES if lowered.startswith(p)), None)
+        if prefix is None:
+            break
+        text = text[len(prefix) :].lstrip()
+    match = _OPTION_LETTER.search(text)
+    return match.group() if match else None
+
+
+@per_completion("option_letter")
+def option_letter_reward(text: str, solution: Any, **record: Any) -> float:
+    """SEED-Bench-R1 / VideoChat-R1 accuracy: 1.0 when the option letters agree (index 0 = "A")."""
+    if isinstance(solution, int | np.integer) and 0 <= solution < 7:
+        truth: str | None = "ABCDEFG"[int(solution)]
+    else:
+        truth = option_letter(_solution_text(solution))
+    answer = extract_answer(text)
+    pred = option_letter(answer) if answer else None
+    return float(pred is not None and pred == truth)

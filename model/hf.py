@@ -272,13 +272,13 @@ def load_pretrained(
             path, conversion = mapped
             var = flat[path]
             value = _TO_PORT[conversion](tensor)
-            if value.shape != var.value.shape:
+            if value.shape != var.get_value().shape:
                 raise ValueError(
                     f"{file}: tensor {raw_key} has shape {tuple(tensor.shape)}, which does not fit "
-                    f"the parameter {'.'.join(map(str, path))} of shape {var.value.shape}"
+                    f"the parameter {'.'.join(map(str, path))} of shape {var.get_value().shape}"
                 )
-            value = np.asarray(value, dtype=var.value.dtype)
-            target = shardings[path].value if shardings is not None else None
+            value = np.asarray(value, dtype=var.get_value().dtype)
+            target = shardings[path].get_value() if shardings is not None else None
             filled[path] = (
                 jax.device_put(value, target) if target is not None else jnp.asarray(value)
             )
@@ -304,7 +304,7 @@ def export_tensors(model: Qwen2VL, dtype: str | None = None) -> Iterator[tuple[s
     """(hub key, array) for every parameter, converted back to the PyTorch layout."""
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         key, conversion = _path_to_hub_key(path)
-        value = np.asarray(jax.device_get(var.value))
+        value = np.asarray(jax.device_get(var.get_value()))
         if conversion == "linear":
             value = value.T
         elif conversion == "patch":

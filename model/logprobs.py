@@ -21,8 +21,8 @@ def _chunk_stats(h, targets, kernel, temperature: float, with_entropy: bool):
     logp = chosen - lse
     if not with_entropy:
         return logp, jnp.zeros_like(logp)
-    probs = jnp.exp(logits - lse[:, None])
-    entropy = lse - jnp.sum(probs * logits, axis=-1)
+    all_logp = logits - lse[:, None]
+    entropy = -jnp.sum(jnp.exp(all_logp) * all_logp, axis=-1)
     return logp, entropy
 
 

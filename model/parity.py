@@ -191,6 +191,7 @@ def compare(hf_dir: str, tolerance: float = 1e-4, seed: int = 0) -> list[dict]:
     """Runs every parity input; returns one row per input with its differences."""
     import jax
     import torch
+    from flax import nnx
     from transformers import AutoModelForImageTextToText
 
     from model.hf import load_pretrained
@@ -200,7 +201,13 @@ def compare(hf_dir: str, tolerance: float = 1e-4, seed: int = 0) -> list[dict]:
     cfg = port.config
     hf_model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32)
     hf_model.eval()
-    forward = jax.jit(lambda ids, pos, mask, vision: port.logits(port(ids, pos, mask, vision)))
+    graphdef, state = nnx.split(port)
+
+    @jax.jit
+    def forward(state, ids, pos, mask, vision):
+        model = nnx.merge(graphdef, state)
+        return model.logits(model(ids, pos, mask, vision))
+
     rows = []
     for inp in build_inputs(cfg, seed):
         arrays = port_arrays(cfg, inp)

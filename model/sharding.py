@@ -60,7 +60,7 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) 
 
     def one(var):
         axes = var.get_metadata().get("axes")
-        shape = var.value.shape if hasattr(var, "value") else var.shape
+        shape = var.get_value().shape
         spec = logical_to_spec(axes, rules, mesh) if axes else PartitionSpec()
         return var.replace(NamedSharding(mesh, _fits(shape, spec, mesh)))
 

@@ -1,0 +1,45 @@
+"""The port's float32 logits equal transformers' on every input kind, both generations."""
+
+import numpy as np
+import pytest
+from model_fixtures import tiny_checkpoint, tiny_port
+
+from model import parity
+
+# Float32 on both sides with the same math; differences come from summation order only, so we
+# hold the port to the project tolerance of DESIGN.md section 7: 1e-4 x max |logit|.
+TOLERANCE = 1e-4
+
+
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_logits_match_transformers_on_every_input_kind(generation, tie):
+    directory, _ = tiny_checkpoint(generation, tie)
+    rows = parity.compare(directory, TOLERANCE)
+    names = {r["input"] for r in rows}
+    assert names == {"text", "image", "video", "image+video", "two videos", "batch of two, padded"}
+    for r in rows:
+        assert r["rel_diff"] <= TOLERANCE, r
+
+
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+def test_vision_features_reach_the_logits(generation):
+    """Guards the parity test against a vision path that contributes nothing: shuffling the
+    patches of the video must move the logits far beyond the parity tolerance."""
+    model = tiny_port(generation)
+    cfg = model.config
+    inp = next(i for i in parity.build_inputs(cfg) if i.name == "video")
+    arrays = parity.port_arrays(cfg, inp)
+    ids, mask = inp.input_ids, inp.attention_mask.astype(bool)
+    base = np.asarray(model.logits(model(ids, arrays["positions"], mask, arrays["vision"])))
+    shuffled = dict(arrays["vision"])
+    shuffled["patches"] = shuffled["patches"][::-1].copy()
+    moved = np.asarray(model.logits(model(ids, arrays["positions"], mask, shuffled)))
+    assert np.abs(moved - base).max() > 100 * TOLERANCE * np.abs(base).max()
+
+
+def test_parity_cli_exits_nonzero_above_tolerance(capsys):
+    directory, _ = tiny_checkpoint("qwen2_vl")
+    assert parity.main([directory, "--tolerance", "1e-12"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert parity.main([directory]) == 0

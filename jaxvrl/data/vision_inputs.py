@@ -1,0 +1,268 @@
+"""From decoded frames to the vision tower's inputs: frame counts and indices, `smart_resize`,
+resizing, CLIP normalisation, temporal padding and patch flattening in the processor's order.
+
+Everything here is host-side NumPy/Pillow and matches qwen-vl-utils (as used by Video-R1) and the
+transformers Qwen2-VL image/video processors; every limit is an argument (the config's `data`
+fields), none is a constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+# OpenAI CLIP normalisation, the one Qwen2-VL's processors use.
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionSpec:
+    """The vision tower's geometry (from ModelConfig.vision)."""
+
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+
+    @property
+    def factor(self) -> int:
+        """Side of one merged token in pixels: resized sizes are multiples of it."""
+        return self.patch_size * self.spatial_merge_size
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionInput:
+    """One image or video, ready for `model.packing.pack_vision`.
+
+    patches: [t*h*w, channels*temporal_patch*patch*patch] float32 in merge-window order.
+    grid_thw: (t, h, w) in patches. second_per_grid_t: seconds covered by one temporal patch
+    (temporal_patch_size / sample fps; 1.0 for images).
+    """
+
+    kind: str  # "image" or "video"
+    patches: np.ndarray
+    grid_thw: tuple[int, int, int]
+    second_per_grid_t: float = 1.0
+
+    @property
+    def num_patches(self) -> int:
+        t, h, w = self.grid_thw
+        return t * h * w
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes and frame counts.
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = 28,
+    min_pixels: int = 4 * 28 * 28,
+    max_pixels: int = 16384 * 28 * 28,
+    max_aspect_ratio: float = 200.0,
+) -> tuple[int, int]:
+    """Height and width rounded to multiples of `factor`, scaled into [min_pixels, max_pixels]
+    keeping the aspect ratio (qwen-vl-utils `smart_resize`). Scaling up uses ceil, scaling down
+    floor, so a result can overshoot max_pixels only when min_pixels forces it."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if max(height, width) / min(height, width) > max_aspect_ratio:
+        raise ValueError(
+            f"aspect ratio {max(height, width) / min(height, width):.1f} of a {height}x{width} "
+            f"image exceeds {max_aspect_ratio}"
+        )
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def num_video_frames(
+    total_frames: int,
+    video_fps: float,
+    fps: float,
+    min_frames: int,
+    max_frames: int,
+    frame_factor: int = 2,
+) -> int:
+    """Frames to sample (qwen-vl-utils `smart_nframes`): duration * fps, clamped to
+    [min_frames, max_frames] and to the frames the video has, floored to a multiple of
+    `frame_factor`. Raises ValueError when the video has fewer than `frame_factor` frames."""
+    if total_frames < frame_factor:
+        raise ValueError(f"video has {total_frames} frames, fewer than {frame_factor}")
+    if not video_fps > 0:
+        raise ValueError(f"video reports a frame rate of {video_fps}")
+    lo = math.ceil(min_frames / frame_factor) * frame_factor
+    hi = math.floor(min(max_frames, total_frames) / frame_factor) * frame_factor
+    n = total_frames / video_fps * fps
+    n = min(max(n, lo), hi, total_frames)
+    return max(frame_factor, math.floor(n / frame_factor) * frame_factor)
+
+
+def frame_indices(total_frames: int, num_frames: int) -> np.ndarray:
+    """Uniform indices `linspace(0, total_frames - 1, num_frames).round()` (half to even, as
+    torch.round): [num_frames] int64."""
+    return np.round(np.linspace(0, total_frames - 1, num_frames)).astype(np.int64)
+
+
+def video_frame_max_pixels(
+    num_frames: int,
+    min_pixels: int,
+    max_pixels: int,
+    total_pixels: int,
+    frame_factor: int = 2,
+    min_pixels_slack: float = 1.05,
+) -> int:
+    """Per-frame pixel cap of a video (qwen-vl-utils `fetch_video`): an even share of the
+    total-pixel budget per temporal patch, never below min_pixels * slack, never above
+    max_pixels."""
+    share = total_pixels / num_frames * frame_factor
+    return int(min(max_pixels, max(min(max_pixels, share), int(min_pixels * min_pixels_slack))))
+
+
+def video_frame_size(
+    height: int,
+    width: int,
+    num_frames: int,
+    spec: VisionSpec,
+    *,
+    min_pixels: int,
+    max_pixels: int,
+    total_pixels: int,
+    frame_factor: int = 2,
+    min_pixels_slack: float = 1.05,
+    resized_height: int = 0,
+    resized_width: int = 0,
+    max_aspect_ratio: float = 200.0,
+) -> tuple[int, int]:
+    """Resized (height, width) of every frame of a video: a fixed size when `resized_height`
+    and `resized_width` are set (rounded to multiples of the factor), else `smart_resize` within
+    the per-frame budget."""
+    if resized_height and resized_width:
+        return smart_resize(
+            resized_height, resized_width, spec.factor, 0, 1 << 62, max_aspect_ratio
+        )
+    cap = video_frame_max_pixels(
+        num_frames, min_pixels, max_pixels, total_pixels, frame_factor, min_pixels_slack
+    )
+    return smart_resize(height, width, spec.factor, min_pixels, cap, max_aspect_ratio)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pixels.
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes uint8 frames [T, H, W, 3] to [T, height, width, 3] with Pillow bicubic.
+
+    Pillow's bicubic filter (a = -0.5) widens its support when it shrinks, i.e. it antialiases,
+    like the torchvision `resize(..., BICUBIC, antialias=True)` that qwen-vl-utils and the
+    transformers video processor use; both round back to uint8. On natural and synthetic frames
+    the two differ by at most a couple of intensity levels per pixel (tests/test_data_vision_inputs
+    measures it against torch's antialiased bicubic).
+    """
+    frames = np.asarray(frames, np.uint8)
+    if frames.shape[1:3] == (height, width):
+        return frames
+    out = np.empty((frames.shape[0], height, width, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        image = Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC)
+        out[i] = np.asarray(image)
+    return out
+
+
+def normalize(frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> float32 [T, 3, H, W]: /255, then CLIP mean/std."""
+    x = np.asarray(frames, np.float32) * np.float32(1.0 / 255.0)
+    x = (x - CLIP_MEAN) / CLIP_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def pad_frames(frames: np.ndarray, multiple: int) -> np.ndarray:
+    """Repeats the last frame until the count is a multiple of `multiple`: [T', ...]."""
+    pad = -frames.shape[0] % multiple
+    if pad == 0:
+        return frames
+    return np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)], axis=0)
+
+
+def patchify(frames: np.ndarray, spec: VisionSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Flattens normalised frames [T, C, H, W] into patches in the processor's order.
+
+    Frames are padded in time to a multiple of temporal_patch_size by repeating the last one
+    (a single image becomes two identical frames), then reshaped to (grid_t, T, C, gh/m, m, P,
+    gw/m, m, P), transposed to (grid_t, gh/m, gw/m, m, m, C, T, P, P) and flattened.
+    Returns patches [grid_t*gh*gw, C*T*P*P] float32 and grid (grid_t, gh, gw).
+    """
+    tp, p, m = spec.temporal_patch_size, spec.patch_size, spec.spatial_merge_size
+    frames = pad_frames(np.asarray(frames, np.float32), tp)
+    t, c, h, w = frames.shape
+    if h % (p * m) or w % (p * m):
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}")
+    gt, gh, gw = t // tp, h // p, w // p
+    x = frames.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p)), (gt, gh, gw)
+
+
+def vision_input(
+    frames: np.ndarray, kind: str, spec: VisionSpec, sample_fps: float | None = None
+) -> VisionInput:
+    """Resized uint8 frames [T, H, W, 3] -> VisionInput (normalised, padded, patchified).
+    `sample_fps` (videos): frames per second of the sampled frames."""
+    patches, grid = patchify(normalize(frames), spec)
+    seconds = 1.0 if kind == "image" or not sample_fps else spec.temporal_patch_size / sample_fps
+    return VisionInput(kind=kind, patches=patches, grid_thw=grid, second_per_grid_t=seconds)
+
+
+# ------------------------------------------------------------------------------------------------
+# T-GRPO: frames out of order.
+
+
+def shuffle_permutation(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of n items that is never the identity when n > 1: [n] int64."""
+    if n <= 1:
+        return np.arange(n)
+    while True:
+        perm = rng.permutation(n)
+        if np.any(perm != np.arange(n)):
+            return perm
+
+
+def shuffled_patches(
+    frames: np.ndarray | None,
+    item: VisionInput,
+    unit: str,
+    spec: VisionSpec,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Patches of the same video with its frames shuffled (Video-R1 T-GRPO): same grid, same
+    shape as item.patches.
+
+    unit "frame": the sampled (resized uint8 [T, H, W, 3]) frames are permuted one by one, then
+    padded and patchified again, so a temporal patch may mix two distant frames. unit "tubelet":
+    whole temporal patches (temporal_patch_size consecutive frames) are permuted.
+    """
+    t, h, w = item.grid_thw
+    if unit == "tubelet":
+        perm = shuffle_permutation(t, rng)
+        return np.ascontiguousarray(item.patches.reshape(t, h * w, -1)[perm].reshape(t * h * w, -1))
+    if unit == "frame":
+        if frames is None:
+            raise ValueError("frame-level shuffling needs the sampled frames")
+        perm = shuffle_permutation(frames.shape[0], rng)
+        patches, grid = patchify(normalize(frames[perm]), spec)
+        assert grid == item.grid_thw
+        return patches
+    raise ValueError(f"unknown shuffle unit {unit!r}; expected 'frame' or 'tubelet'")

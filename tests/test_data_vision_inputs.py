@@ -1,0 +1,232 @@
+"""Frame counts, frame indices, resized sizes (hand-computed at Video-R1's settings), pixel
+normalisation and patch order against the transformers processor."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jaxvrl.data import vision_inputs as vi
+
+VIDEO_PIXELS = 128 * 28 * 28  # Video-R1 training: min = max = 100352 pixels per frame
+IMAGE_MIN, IMAGE_MAX = 4 * 28 * 28, 256 * 28 * 28
+SPEC = vi.VisionSpec()
+
+
+def video_frames(total, fps):
+    return vi.num_video_frames(total, fps, fps=2.0, min_frames=4, max_frames=16, frame_factor=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Frame counts and indices.
+
+
+def test_short_video_is_raised_to_the_minimum_frame_count():
+    # 1.5 s at 10 fps: 15 frames, 3 at 2 fps -> raised to 4; linspace(0, 14, 4) = 0, 4.67, 9.33, 14
+    assert video_frames(15, 10.0) == 4
+    np.testing.assert_array_equal(vi.frame_indices(15, 4), [0, 5, 9, 14])
+
+
+def test_video_with_fewer_frames_than_the_minimum_uses_what_it_has():
+    # 3 frames: the minimum 4 is capped at the frames available, floored to even -> 2
+    assert video_frames(3, 30.0) == 2
+    np.testing.assert_array_equal(vi.frame_indices(3, 2), [0, 2])
+
+
+def test_odd_frame_count_is_floored_to_even():
+    # 3.5 s at 10 fps -> 7 frames -> 6; linspace(0, 34, 6) = 0, 6.8, 13.6, 20.4, 27.2, 34
+    assert video_frames(35, 10.0) == 6
+    np.testing.assert_array_equal(vi.frame_indices(35, 6), [0, 7, 14, 20, 27, 34])
+
+
+def test_medium_video_samples_two_frames_per_second():
+    # 5 s at 25 fps -> 10 frames; step 124/9 = 13.78
+    assert video_frames(125, 25.0) == 10
+    np.testing.assert_array_equal(
+        vi.frame_indices(125, 10), [0, 14, 28, 41, 55, 69, 83, 96, 110, 124]
+    )
+
+
+def test_long_video_is_capped_at_the_maximum_frame_count():
+    # 60 s at 30 fps -> 120 frames at 2 fps -> 16; index k = round(k * 1799 / 15)
+    assert video_frames(1800, 30.0) == 16
+    expected = [0, 120, 240, 360, 480, 600, 720, 840, 959, 1079, 1199, 1319, 1439, 1559, 1679]
+    np.testing.assert_array_equal(vi.frame_indices(1800, 16), expected + [1799])
+
+
+def test_a_single_frame_video_is_rejected():
+    with pytest.raises(ValueError, match="fewer than 2"):
+        video_frames(1, 25.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes.
+
+
+def test_landscape_video_frame_is_scaled_up_to_the_pixel_budget():
+    # 240 x 320 rounds to 252 x 308 = 77616 < 100352; beta = sqrt(100352 / 76800) = 1.1431;
+    # ceil(9.80) * 28 = 280, ceil(13.06) * 28 = 392
+    assert vi.smart_resize(240, 320, 28, VIDEO_PIXELS, VIDEO_PIXELS) == (280, 392)
+
+
+def test_portrait_video_frame_is_scaled_down_to_the_pixel_budget():
+    # 480 x 270 rounds to 476 x 280 = 133280 > 100352; beta = sqrt(129600 / 100352) = 1.1364;
+    # floor(15.08) * 28 = 420, floor(8.49) * 28 = 224
+    assert vi.smart_resize(480, 270, 28, VIDEO_PIXELS, VIDEO_PIXELS) == (420, 224)
+
+
+def test_odd_sized_video_frame():
+    # 333 x 501 rounds to 336 x 504; beta = sqrt(166833 / 100352) = 1.2894;
+    # floor(9.22) * 28 = 252, floor(13.88) * 28 = 364
+    assert vi.smart_resize(333, 501, 28, VIDEO_PIXELS, VIDEO_PIXELS) == (252, 364)
+
+
+def test_large_image_is_scaled_into_the_image_budget():
+    # 800 x 1000 rounds to 812 x 1008 > 200704; beta = sqrt(800000 / 200704) = 1.9965;
+    # floor(14.31) * 28 = 392, floor(17.89) * 28 = 476
+    assert vi.smart_resize(800, 1000, 28, IMAGE_MIN, IMAGE_MAX) == (392, 476)
+
+
+def test_tiny_image_is_scaled_up_to_the_minimum():
+    # 20 x 30 rounds to 28 x 28 = 784 < 3136; beta = sqrt(3136 / 600) = 2.2862;
+    # ceil(1.63) * 28 = 56, ceil(2.45) * 28 = 84
+    assert vi.smart_resize(20, 30, 28, IMAGE_MIN, IMAGE_MAX) == (56, 84)
+
+
+def test_image_within_budget_is_only_rounded():
+    # 300 x 200: 308 x 196 = 60368 within [3136, 200704]
+    assert vi.smart_resize(300, 200, 28, IMAGE_MIN, IMAGE_MAX) == (308, 196)
+
+
+def test_extreme_aspect_ratio_is_rejected():
+    with pytest.raises(ValueError, match="aspect ratio"):
+        vi.smart_resize(10, 2500, 28, IMAGE_MIN, IMAGE_MAX)
+
+
+def test_total_pixel_cap_shares_the_budget_across_frames_but_never_below_min():
+    # 16 frames, 400000 pixels in total: share 400000 / 16 * 2 = 50000 < 1.05 * min = 105369
+    cap = vi.video_frame_max_pixels(16, VIDEO_PIXELS, 2 * VIDEO_PIXELS, 400000, 2, 1.05)
+    assert cap == 105369
+    # a generous total leaves the per-frame maximum in charge
+    assert vi.video_frame_max_pixels(16, VIDEO_PIXELS, VIDEO_PIXELS, 10**9, 2) == VIDEO_PIXELS
+    # a tight total scales frames down: share 16 * 784 * 16 / 16 * 2 = 25088 -> 32 tokens a frame
+    share = vi.video_frame_max_pixels(16, 16 * 784, 128 * 784, 16 * 784 * 16, 2)
+    assert share == 32 * 784
+
+
+def test_fixed_frame_size_is_rounded_to_the_factor():
+    # SEED-Bench-R1 resizes every frame to 256 x 256, which rounds to 252 x 252
+    size = vi.video_frame_size(
+        720,
+        1280,
+        16,
+        SPEC,
+        min_pixels=VIDEO_PIXELS,
+        max_pixels=VIDEO_PIXELS,
+        total_pixels=10**9,
+        resized_height=256,
+        resized_width=256,
+    )
+    assert size == (252, 252)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pixels and patches.
+
+
+def test_pillow_bicubic_is_within_three_levels_of_torch_antialiased_bicubic():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:120, 0:160]
+    base = 120 + 60 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    frames = (base[None, ..., None] + rng.normal(0, 10, (2, 120, 160, 3))).clip(0, 255)
+    frames = frames.astype(np.uint8)
+    for h, w in ((56, 84), (140, 196)):
+        ours = vi.resize_frames(frames, h, w).astype(int)
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+        ref = torch.nn.functional.interpolate(x, (h, w), mode="bicubic", antialias=True)
+        ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(int)
+        assert np.abs(ours - ref).max() <= 3
+        assert np.abs(ours - ref).mean() < 0.5
+
+
+def test_image_patches_match_the_transformers_image_processor():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    image = np.random.default_rng(1).integers(0, 256, (56, 84, 3), dtype=np.uint8)
+    ref = Qwen2VLImageProcessorPil()(
+        images=[Image.fromarray(image)], do_resize=False, return_tensors="np"
+    )
+    ours = vi.vision_input(image[None], "image", SPEC)
+    assert ours.grid_thw == (1, 4, 6)
+    np.testing.assert_array_equal(ref["image_grid_thw"], [[1, 4, 6]])
+    np.testing.assert_allclose(ours.patches, ref["pixel_values"], atol=1e-5)
+
+
+def reference_video_patches(frames: np.ndarray, spec: vi.VisionSpec) -> np.ndarray:
+    """The processor's patch order written as loops: temporal patch, then 2x2 merge windows in
+    row-major order, then the 4 patches of a window row-major; each patch flattened as
+    (channel, frame, row, column). frames: normalised [T, C, H, W] with T even."""
+    p, m, tp = spec.patch_size, spec.spatial_merge_size, spec.temporal_patch_size
+    t, _, h, w = frames.shape
+    out = []
+    for gt in range(t // tp):
+        for by in range(h // p // m):
+            for bx in range(w // p // m):
+                for my in range(m):
+                    for mx in range(m):
+                        y, x = (by * m + my) * p, (bx * m + mx) * p
+                        block = frames[gt * tp : (gt + 1) * tp, :, y : y + p, x : x + p]
+                        out.append(block.transpose(1, 0, 2, 3).reshape(-1))
+    return np.stack(out)
+
+
+def test_video_patches_follow_the_processor_order_and_pad_the_last_frame():
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (3, 56, 112, 3), dtype=np.uint8)  # odd count: pad to 4
+    item = vi.vision_input(frames, "video", SPEC, sample_fps=2.0)
+    assert item.grid_thw == (2, 4, 8)
+    assert item.second_per_grid_t == 1.0  # temporal_patch_size / sample fps = 2 / 2
+    padded = np.concatenate([frames, frames[-1:]])
+    expected = reference_video_patches(vi.normalize(padded), SPEC)
+    np.testing.assert_array_equal(item.patches, expected)
+
+
+def test_normalisation_is_clip_mean_std_after_dividing_by_255():
+    frame = np.full((1, 2, 2, 3), 255, np.uint8)
+    x = vi.normalize(frame)
+    assert x.shape == (1, 3, 2, 2)
+    np.testing.assert_allclose(x[0, :, 0, 0], (1.0 - vi.CLIP_MEAN) / vi.CLIP_STD, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# T-GRPO shuffling.
+
+
+def test_tubelet_shuffle_permutes_whole_temporal_patches():
+    frames = np.random.default_rng(3).integers(0, 256, (8, 56, 56, 3), dtype=np.uint8)
+    item = vi.vision_input(frames, "video", SPEC, 2.0)
+    out = vi.shuffled_patches(frames, item, "tubelet", SPEC, np.random.default_rng(0))
+    blocks = item.patches.reshape(4, 16, -1)
+    shuffled = out.reshape(4, 16, -1)
+    order = [next(j for j in range(4) if np.array_equal(shuffled[i], blocks[j])) for i in range(4)]
+    assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
+
+
+def test_frame_shuffle_repatchifies_permuted_frames_reproducibly():
+    frames = np.random.default_rng(4).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
+    item = vi.vision_input(frames, "video", SPEC, 2.0)
+    a = vi.shuffled_patches(frames, item, "frame", SPEC, np.random.default_rng(7))
+    b = vi.shuffled_patches(frames, item, "frame", SPEC, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    perm = vi.shuffle_permutation(4, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, vi.patchify(vi.normalize(frames[perm]), SPEC)[0])
+    assert not np.array_equal(a, item.patches)
+
+
+def test_shuffle_permutation_is_never_the_identity():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 8):
+        for _ in range(50):
+            assert not np.array_equal(vi.shuffle_permutation(n, rng), np.arange(n))

@@ -1,0 +1,79 @@
+"""The synthetic set: real videos whose answer needs frame order, a Qwen-style tokenizer and a
+matching tiny model config."""
+
+import json
+import os
+
+import decord
+import numpy as np
+import pytest
+
+from jaxvrl.data import synthetic
+from jaxvrl.data.prompts import load_tokenizer
+from model.config import ModelConfig
+
+SPEC = synthetic.SyntheticSpec(num_videos=6, num_images=4, seconds=1.0, video_fps=8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic.build_dataset(str(tmp_path_factory.mktemp("syn")), SPEC)
+
+
+def centre(frame: np.ndarray) -> np.ndarray:
+    """(row, column) centre of the pixels that differ from the grey background."""
+    mask = np.abs(frame.astype(int) - 96).sum(-1) > 60
+    return np.argwhere(mask).mean(axis=0)
+
+
+def test_records_are_video_r1_rows_for_every_file(dataset):
+    with open(dataset["train_file"]) as f:
+        records = json.load(f)
+    assert len(records) == SPEC.num_videos + SPEC.num_images
+    keys = {"problem_id", "problem", "data_type", "problem_type", "options", "process",
+            "solution", "path", "data_source"}  # fmt: skip
+    for r in records:
+        assert keys <= set(r)
+        assert os.path.isfile(os.path.join(dataset["media_root"], r["path"]))
+    assert {r["problem_type"] for r in records} == {"multiple choice", "numerical"}
+
+
+def test_video_answer_is_the_direction_the_square_moves(dataset):
+    with open(dataset["train_file"]) as f:
+        videos = [r for r in json.load(f) if r["data_type"] == "video"]
+    moves = {"A": (0, 1), "B": (0, -1), "C": (1, 0), "D": (-1, 0)}  # (d row, d column) signs
+    for r in videos:
+        reader = decord.VideoReader(os.path.join(dataset["media_root"], r["path"]))
+        assert len(reader) == 8 and reader[0].shape == (112, 112, 3)
+        first, last = centre(reader[0].asnumpy()), centre(reader[len(reader) - 1].asnumpy())
+        step = np.sign(np.round(last - first)).astype(int)
+        assert tuple(step) == moves[r["solution"][len("<answer>")]]
+
+
+def test_tokenizer_has_qwen_special_tokens_and_keeps_reasoning_tags(dataset):
+    tokenizer = load_tokenizer(dataset["model_dir"])
+    assert len(tokenizer) <= 400
+    for token in synthetic.SPECIAL_TOKENS + synthetic.TAG_TOKENS:
+        ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, token
+    text = "<think>Hmm, 3.14 ünïcode</think> <answer>B</answer>"
+    ids = tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_model_config_special_ids_match_the_tokenizer(dataset):
+    tokenizer = load_tokenizer(dataset["model_dir"])
+    config = ModelConfig.from_pretrained(dataset["model_dir"])
+    assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    assert config.vision_end_token_id == tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    assert config.eos_token_id == (tokenizer.eos_token_id,)
+    assert config.text.vocab_size >= len(tokenizer) and config.text.vocab_size % 64 == 0
+
+
+def test_building_again_with_the_same_spec_reuses_the_files(dataset):
+    before = os.path.getmtime(dataset["train_file"])
+    again = synthetic.build_dataset(dataset["media_root"], SPEC)
+    assert again == dataset and os.path.getmtime(dataset["train_file"]) == before

@@ -12,6 +12,11 @@ from typing import Any
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
+def _int_if_whole(x: float) -> int | float:
+    """transformers declares some config fields int and rejects 2.0 for them."""
+    return int(x) if float(x).is_integer() else x
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     """The vision tower. `generation` picks the block type: Qwen2-VL (LayerNorm, QuickGELU MLP,
@@ -214,7 +219,7 @@ class ModelConfig:
             vision_raw: dict[str, Any] = {
                 "depth": v.depth,
                 "embed_dim": v.hidden_size,
-                "mlp_ratio": v.intermediate_size / v.hidden_size,
+                "mlp_ratio": _int_if_whole(v.intermediate_size / v.hidden_size),
                 "num_heads": v.num_heads,
                 "hidden_act": v.hidden_act,
                 "in_chans": v.in_channels,
@@ -240,7 +245,7 @@ class ModelConfig:
                 "temporal_patch_size": v.temporal_patch_size,
                 "window_size": v.window_size,
                 "fullatt_block_indexes": list(v.fullatt_block_indexes),
-                "tokens_per_second": v.tokens_per_second,
+                "tokens_per_second": _int_if_whole(v.tokens_per_second),
             }
             architecture = "Qwen2_5_VLForConditionalGeneration"
         vision_raw["model_type"] = self.model_type

@@ -225,6 +225,16 @@ def _path_to_hub_key(path: Path) -> tuple[str, str]:
     return f"{layer}.{p[2]}.{p[3]}.{'weight' if p[4] == 'kernel' else 'bias'}", "linear"
 
 
+def _expected_hub_shape(port_shape: tuple[int, ...], conversion: str, config: ModelConfig):
+    """A parameter's shape in the checkpoint's (PyTorch) layout."""
+    if conversion == "linear":
+        return tuple(reversed(port_shape))
+    if conversion == "patch":
+        v = config.vision
+        return (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+    return tuple(port_shape)
+
+
 # ------------------------------------------------------------------------------------------------
 # Import.
 
@@ -273,9 +283,10 @@ def load_pretrained(
             var = flat[path]
             value = _TO_PORT[conversion](tensor)
             if value.shape != var.get_value().shape:
+                expected = _expected_hub_shape(var.get_value().shape, conversion, config)
                 raise ValueError(
-                    f"{file}: tensor {raw_key} has shape {tuple(tensor.shape)}, which does not fit "
-                    f"the parameter {'.'.join(map(str, path))} of shape {var.get_value().shape}"
+                    f"{file}: tensor {raw_key} has shape {tuple(tensor.shape)}, expected shape "
+                    f"{expected} (parameter {'.'.join(map(str, path))})"
                 )
             value = np.asarray(value, dtype=var.get_value().dtype)
             target = shardings[path].get_value() if shardings is not None else None

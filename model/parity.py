@@ -213,6 +213,7 @@ def compare(hf_dir: str, tolerance: float = 1e-4, seed: int = 0) -> list[dict]:
         arrays = port_arrays(cfg, inp)
         ours = np.asarray(
             forward(
+                state,
                 inp.input_ids,
                 arrays["positions"],
                 inp.attention_mask.astype(bool),

@@ -97,7 +97,13 @@ class Qwen2VL(nnx.Module):
     ) -> jnp.ndarray:
         """Full causal forward. input_ids, attention_mask: [batch, seq]; positions: [3, batch,
         seq] (model/rope.py `rope_index`). Returns final hidden states [batch, seq, hidden]."""
-        x = self.embed(input_ids, vision)
+        return self.hidden_states(self.embed(input_ids, vision), positions, attention_mask)
+
+    def hidden_states(
+        self, x: jnp.ndarray, positions: jnp.ndarray, attention_mask: jnp.ndarray
+    ) -> jnp.ndarray:
+        """Full causal forward from input embeddings x [batch, seq, hidden] (e.g. prompt
+        embeddings computed once and shared by several completions)."""
         cos, sin = self._rope(positions)
         hidden, _ = self._layers(x, cos, sin, causal_mask(attention_mask), None)
         return hidden

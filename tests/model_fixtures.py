@@ -1,4 +1,4 @@
-"""Shared builders for the model tests: tiny transformers checkpoints and the port loaded from them."""
+"""Shared builders for the model tests: tiny transformers checkpoints and the port loaded."""
 
 from __future__ import annotations
 

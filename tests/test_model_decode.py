@@ -36,9 +36,7 @@ def test_prefill_then_decode_equals_full_forward_for_a_padded_batch(generation):
     full_pos, _ = rope_index(
         full_ids, full_mask, cfg, np.array([(1, 6, 10)]), np.array([(3, 4, 6)]), [1.0]
     )
-    full = np.asarray(
-        model.logits(model(full_ids, full_pos, full_mask, arrays["vision"]))
-    )
+    full = np.asarray(model.logits(model(full_ids, full_pos, full_mask, arrays["vision"])))
 
     # Prefill the right-padded prompts, then decode the continuation one token at a time.
     cache = model.init_cache(batch=2, slots=full_len + 4)
@@ -51,7 +49,9 @@ def test_prefill_then_decode_equals_full_forward_for_a_padded_batch(generation):
     scale = np.abs(full).max()
     for r in range(2):
         n = int(lengths[r])
-        np.testing.assert_allclose(prompt_logits[r, :n], full[r, :n], atol=TOLERANCE * scale, rtol=0)
+        np.testing.assert_allclose(
+            prompt_logits[r, :n], full[r, :n], atol=TOLERANCE * scale, rtol=0
+        )
     for step in range(continuation):
         pos = (arrays["deltas"] + lengths + step).astype(np.int32)
         positions = np.broadcast_to(pos[None, :, None], (3, 2, 1))

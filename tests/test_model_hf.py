@@ -27,15 +27,6 @@ from model.tiny import make_tiny_checkpoint, tiny_hf_config
 # project's parity tolerance (issue 2) and leaves two orders of magnitude of margin.
 LOGIT_TOLERANCE = 1e-4
 
-# model/config.py `to_hf_dict` writes vision_config.mlp_ratio (Qwen2-VL) and
-# vision_config.tokens_per_second (Qwen2.5-VL) as floats (2.0); transformers 5.23's strict
-# config classes declare both `int` and refuse the export with StrictDataclassFieldValidationError.
-EXPORT_CONFIG_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: to_hf_dict writes mlp_ratio / tokens_per_second as floats; transformers 5.23 "
-    "requires int and cannot load the export",
-)
-
 # Checkpoint forms. Together they cover both generations x both tensor-key layouts x both
 # config.json forms, tied and untied embeddings, and one file or shards with an index.
 CASES = {
@@ -194,7 +185,6 @@ def test_export_copies_tokenizer_files(checkpoints, tmp_path):
 # transformers loads the export.
 
 
-@EXPORT_CONFIG_BUG
 @pytest.mark.parametrize("case", ["qwen2_vl-hub-flat", "qwen2_5_vl-hub-nested-tied"])
 def test_transformers_accepts_the_exported_config(checkpoints, case):
     _, port, target = checkpoints(case)
@@ -202,7 +192,6 @@ def test_transformers_accepts_the_exported_config(checkpoints, case):
     assert config.model_type == port.config.model_type
 
 
-@EXPORT_CONFIG_BUG
 @pytest.mark.parametrize("case", LOGIT_CASES)
 def test_transformers_logits_on_export_equal_port_logits(checkpoints, case):
     _, port, target = checkpoints(case)
@@ -220,11 +209,6 @@ def test_transformers_logits_on_export_equal_port_logits(checkpoints, case):
         assert np.abs(ours - expected)[valid].max() <= LOGIT_TOLERANCE * scale, inp.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bugs: the export's float mlp_ratio / tokens_per_second (see EXPORT_CONFIG_BUG), and "
-    "model.parity.compare calls its jitted forward(state, ids, pos, mask, vision) without state",
-)
 @pytest.mark.parametrize("case", LOGIT_CASES)
 def test_parity_checker_passes_on_export(checkpoints, case):
     _, _, target = checkpoints(case)
@@ -233,7 +217,6 @@ def test_parity_checker_passes_on_export(checkpoints, case):
     assert len(rows) == 6
 
 
-@EXPORT_CONFIG_BUG
 def test_bfloat16_export_loads_in_transformers_as_bfloat16(checkpoints, tmp_path):
     source, port, _ = checkpoints("qwen2_vl-hub-flat")
     export(port, tmp_path, dtype="bfloat16")
@@ -314,11 +297,6 @@ def test_load_with_a_misshapen_tensor_names_it_and_both_shapes(broken):
         load_pretrained(directory)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the shape error reports the expected shape in the port's (transposed) layout, "
-    "so a transposed k_proj.weight [64, 32] reads 'has shape (64, 32) ... of shape (64, 32)'",
-)
 def test_load_with_a_transposed_tensor_names_the_expected_checkpoint_shape(broken):
     directory = broken("qwen2_vl-hub-flat")
     key = "model.layers.0.self_attn.k_proj.weight"  # [kv_heads * head_dim, hidden] = [32, 64]

@@ -1,4 +1,4 @@
-"""On 8 simulated CPU devices (data 2 x fsdp 2 x tensor 2) the port gives the single-device logits."""
+"""On 8 simulated CPU devices (data 2 x fsdp 2 x tensor 2) the port gives single-device logits."""
 
 import jax
 import numpy as np
@@ -24,8 +24,12 @@ def _mesh() -> Mesh:
 def test_logical_rules_map_names_to_mesh_axes():
     mesh = _mesh()
     assert logical_to_spec(("embed", "mlp"), DEFAULT_RULES, mesh) == PartitionSpec("fsdp", "tensor")
-    assert logical_to_spec(("vocab", "embed"), DEFAULT_RULES, mesh) == PartitionSpec("tensor", "fsdp")
-    assert logical_to_spec(("batch", None), DEFAULT_RULES, mesh) == PartitionSpec(("data", "fsdp"), None)
+    assert logical_to_spec(("vocab", "embed"), DEFAULT_RULES, mesh) == PartitionSpec(
+        "tensor", "fsdp"
+    )
+    assert logical_to_spec(("batch", None), DEFAULT_RULES, mesh) == PartitionSpec(
+        ("data", "fsdp"), None
+    )
 
 
 def _batch_of_four(cfg):

@@ -1,0 +1,169 @@
+"""Orbax checkpoints of a run: the train state (parameters, optimizer state, step), the PRNG key and
+the data iterator's state, saved asynchronously every N steps, the last K kept, and restored from
+the newest complete checkpoint in the workdir. Orbax writes each step to a temporary directory and
+renames it when complete, so a run killed mid-save resumes from the previous step.
+
+Also the command-line export of a checkpointed step to a Hugging Face directory:
+
+    python -m jaxvrl.checkpoint export --workdir=RUN_DIR [--step=N] --out=HF_DIR \
+        --base=ORIGINAL_HF_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def _encode_data_state(state: Any) -> dict[str, Any]:
+    if state is None:
+        return {"kind": "none"}
+    if isinstance(state, bytes):
+        return {"kind": "bytes", "value": state.decode("utf-8")}
+    return {"kind": "json", "value": state}
+
+
+def _decode_data_state(raw: dict[str, Any]) -> Any:
+    if raw["kind"] == "none":
+        return None
+    if raw["kind"] == "bytes":
+        return raw["value"].encode("utf-8")
+    return raw["value"]
+
+
+class Checkpointer:
+    """Saves and restores (train state, PRNG key, data-iterator state) in `workdir/checkpoints`."""
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        save_every: int = 100,
+        keep: int = 3,
+        async_save: bool = True,
+    ):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            save_interval_steps=save_every,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self.manager.latest_step()
+
+    def save(
+        self, step: int, state: Any, rng: jax.Array, data_state: Any = None, force: bool = False
+    ) -> bool:
+        """Starts saving when `step` is due (or `force`); returns whether it saved."""
+        meta = {
+            "step": int(step),
+            "rng": np.asarray(jax.random.key_data(rng)).tolist(),
+            "rng_impl": str(jax.random.key_impl(rng)),
+            "data_state": _encode_data_state(data_state),
+        }
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=force,
+        )
+
+    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, jax.Array, Any, int]:
+        """Restores `step` (default: newest) onto the shardings of `abstract_state` (a pytree of
+        jax.ShapeDtypeStruct with shardings). Returns (state, rng, data_state, step)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        meta = restored["meta"]
+        impl = meta.get("rng_impl", "threefry2x32")
+        rng = jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32), impl=_impl_name(impl))
+        return restored["state"], rng, _decode_data_state(meta["data_state"]), int(meta["step"])
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are complete."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _impl_name(impl: str) -> str:
+    # str(key_impl) looks like "PRNGImpl(name=threefry2x32, ...)" or just the name.
+    for name in ("threefry2x32", "rbg", "unsafe_rbg"):
+        if name in impl:
+            return name
+    return "threefry2x32"
+
+
+def export_step(workdir: str, out: str, base: str | None = None, step: int | None = None) -> int:
+    """Writes the parameters of a checkpointed step as a Hugging Face directory (hub layout,
+    config.json, tokenizer files of the run's model directory). Returns the step exported."""
+    from flax import nnx
+
+    from model.hf import save_pretrained
+    from model.qwen2_vl import Qwen2VL
+
+    with open(os.path.join(workdir, "model_config.json")) as f:
+        run_model = json.load(f)
+    from model.config import ModelConfig
+
+    config = ModelConfig.from_hf_dict(run_model["hf_config"])
+    abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(abstract, nnx.Param)
+    checkpointer = Checkpointer(workdir, async_save=False)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    abstract_state = {"params": params}
+    restored = checkpointer.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=abstract_state, partial_restore=True),
+        ),
+    )
+    model = nnx.merge(graphdef, restored["state"]["params"])
+    save_pretrained(model, out, tokenizer_dir=base or run_model.get("tokenizer_dir"))
+    checkpointer.close()
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a checkpointed step to Hugging Face.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="write a step's parameters as a Hugging Face directory")
+    exp.add_argument("--workdir", required=True)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--step", type=int, default=None)
+    exp.add_argument("--base", default=None, help="directory whose tokenizer files to copy")
+    args = parser.parse_args(argv)
+    step = export_step(args.workdir, args.out, args.base, args.step)
+    print(f"exported step {step} of {args.workdir} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The jitted pieces of a training step: per-token log-probs of completions under the model, the
+GRPO and SFT losses over micro-batches with exact accumulation, the optimizer, and the update that
+skips non-finite gradients.
+
+Batch layout shared by RL and SFT (static shapes; every array is padded):
+
+    prompt_ids        [P, Lp]     right-padded prompts          prompt_mask [P, Lp] bool
+    prompt_positions  [3, P, Lp]  M-RoPE ids (model/rope.py)    rope_deltas [P]
+    vision            packed vision items of the P prompts (model/packing.py) or absent
+    sample_to_prompt  [S]         the prompt each completion continues
+    completion_ids    [S, Lc]     completion_mask [S, Lc] bool
+    advantages        [S]         (RL)     old_logp / ref_logp [S, Lc] (RL, optional)
+
+The vision tower and the prompt embeddings run once per prompt and are shared by its completions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxvrl import grpo, sft
+from model.qwen2_vl import Qwen2VL
+
+Batch = dict[str, Any]
+
+
+def completion_logprobs(
+    model: Qwen2VL,
+    batch: Batch,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+    with_prompt: bool = False,
+) -> dict[str, jnp.ndarray]:
+    """log p(completion token | prompt, earlier completion tokens) [S, Lc] (and the entropy, and
+    the prompt tokens' log-probs [S, Lp] for SFT on the prompt)."""
+    s2p = batch["sample_to_prompt"]
+    prompt_mask = batch["prompt_mask"].astype(bool)
+    completion_mask = batch["completion_mask"].astype(bool)
+    lp = prompt_mask.shape[1]
+    lc = completion_mask.shape[1]
+    prompt_x = model.embed(batch["prompt_ids"], batch.get("vision"))[s2p]
+    x = jnp.concatenate([prompt_x, model.embed(batch["completion_ids"])], axis=1)
+    mask = jnp.concatenate([prompt_mask[s2p], completion_mask], axis=1)
+    prompt_len = prompt_mask.sum(axis=1)[s2p]
+    start = (batch["rope_deltas"][s2p] + prompt_len)[:, None] + jnp.arange(lc)[None, :]
+    positions = jnp.concatenate(
+        [batch["prompt_positions"][:, s2p], jnp.broadcast_to(start, (3, *start.shape))], axis=2
+    )
+    hidden = model.hidden_states(x, positions, mask)
+    # Completion token j is predicted at the last prompt token (j = 0) or at token j - 1.
+    source = jnp.where(
+        jnp.arange(lc)[None, :] == 0, (prompt_len - 1)[:, None], lp + jnp.arange(lc) - 1
+    )
+    picked = jnp.take_along_axis(hidden, source[..., None], axis=1)
+    out = {}
+    result = model.token_logprobs(
+        picked,
+        batch["completion_ids"],
+        chunk_size=chunk_size,
+        temperature=temperature,
+        with_entropy=with_entropy,
+    )
+    if with_entropy:
+        out["logp"], out["entropy"] = result
+    else:
+        out["logp"] = result
+    if with_prompt:
+        targets = jnp.roll(batch["prompt_ids"][s2p], -1, axis=1)
+        out["prompt_logp"] = model.token_logprobs(hidden[:, :lp], targets, chunk_size=chunk_size)
+        # Prompt position t predicts token t + 1; the last valid one predicts nothing.
+        out["prompt_target_mask"] = prompt_mask[s2p] & (
+            jnp.arange(lp)[None, :] < (prompt_len - 1)[:, None]
+        )
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """What the loss needs from the config (static: part of the compiled program)."""
+
+    kind: str = "grpo"  # "grpo" or "sft"
+    policy_loss: str = "grpo"
+    aggregation: str = "seq_mean_token_mean"
+    beta: float = 0.0
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    norm_constant: float | None = None
+    temperature: float = 1.0
+    chunk_size: int = 1024
+    train_on_prompt: bool = False
+    with_entropy: bool = True
+
+
+def micro_batch_loss(model: Qwen2VL, batch: Batch, s: LossSettings) -> grpo.LossOutput:
+    """The loss of one micro-batch as (weighted sum, denominator, metric pairs)."""
+    if s.kind == "sft":
+        out = completion_logprobs(
+            model, batch, chunk_size=s.chunk_size, with_prompt=s.train_on_prompt
+        )
+        total, count = sft.sft_loss(out["logp"], batch["completion_mask"])
+        if s.train_on_prompt:
+            p_total, p_count = sft.sft_loss(out["prompt_logp"], out["prompt_target_mask"])
+            total, count = total + p_total, count + p_count
+        return grpo.LossOutput(total, count, {"nll": (jax.lax.stop_gradient(total), count)})
+    out = completion_logprobs(
+        model,
+        batch,
+        temperature=s.temperature,
+        chunk_size=s.chunk_size,
+        with_entropy=s.with_entropy,
+    )
+    logp = out["logp"]
+    old = batch.get("old_logp")
+    old = jax.lax.stop_gradient(logp) if old is None else old
+    loss = grpo.POLICY_LOSSES.get(s.policy_loss)(
+        logp,
+        old,
+        batch["advantages"],
+        batch["completion_mask"],
+        logp_ref=batch.get("ref_logp"),
+        beta=s.beta,
+        eps_low=s.eps_low,
+        eps_high=s.eps_high,
+        aggregation=s.aggregation,
+        norm_constant=s.norm_constant,
+        entropy=out.get("entropy"),
+    )
+    metrics = dict(loss.metrics)
+    if "sampler_logp" in batch:
+        # Sampler vs trainer log-probs of the same tokens: the first thing to look at when RL
+        # goes wrong (a mismatch means the two disagree about the policy).
+        mask = batch["completion_mask"].astype(jnp.float32)
+        diff = jnp.abs(jax.lax.stop_gradient(logp) - batch["sampler_logp"])
+        metrics["sampler_logp_abs_diff"] = (jnp.sum(diff * mask), mask.sum())
+    return grpo.LossOutput(loss.total, loss.denominator, metrics)
+
+
+def make_optimizer(
+    *,
+    learning_rate: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    schedule: str = "cosine",
+    end_lr_fraction: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    freeze: Callable[[tuple], bool] | None = None,
+    params: nnx.State | None = None,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with warm-up then cosine (or constant) decay and global-norm clipping; parameters
+    for which `freeze(path)` is true get no update (e.g. a frozen vision tower)."""
+    total_steps = max(total_steps, 1)
+    if schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup_steps else learning_rate,
+            peak_value=learning_rate,
+            warmup_steps=warmup_steps,
+            decay_steps=max(total_steps, warmup_steps + 1),
+            end_value=learning_rate * end_lr_fraction,
+        )
+    elif schedule == "constant":
+        lr = (
+            optax.join_schedules(
+                [
+                    optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
+                    optax.constant_schedule(learning_rate),
+                ],
+                [warmup_steps],
+            )
+            if warmup_steps
+            else optax.constant_schedule(learning_rate)
+        )
+    else:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r} (cosine, constant)")
+    chain = []
+    if grad_clip:
+        chain.append(optax.clip_by_global_norm(grad_clip))
+    chain.append(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    tx = optax.chain(*chain)
+    if freeze is not None:
+        if params is None:
+            raise ValueError("freezing parameters needs the parameter tree")
+        labels = jax.tree_util.tree_map_with_path(
+            lambda path, _: "frozen" if freeze(_path_names(path)) else "trained", params
+        )
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx, lr
+
+
+def _path_names(path) -> tuple:
+    names = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                names.append(getattr(entry, attr))
+                break
+    return tuple(names)
+
+
+def train_step(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    opt_state: optax.OptState,
+    micro_batches: Batch,
+    tx: optax.GradientTransformation,
+    settings: LossSettings,
+) -> tuple[nnx.State, optax.OptState, dict[str, jnp.ndarray]]:
+    """One optimizer update from micro-batches stacked on a leading axis [M, ...].
+
+    Gradients of the micro-batch loss SUMS are accumulated and divided once by the total
+    denominator, so M micro-batches give exactly the one-batch update. A non-finite loss or
+    gradient leaves parameters and optimizer state unchanged (`skipped` = 1).
+    """
+
+    def loss_sum(p, mb):
+        out = micro_batch_loss(nnx.merge(graphdef, p), mb, settings)
+        return out.total, out
+
+    grad_fn = jax.grad(loss_sum, has_aux=True)
+
+    def accumulate(carry, mb):
+        grads, total, denom, metrics = carry
+        g, out = grad_fn(params, mb)
+        grads = jax.tree.map(jnp.add, grads, g)
+        metrics = {k: (metrics[k][0] + v[0], metrics[k][1] + v[1]) for k, v in out.metrics.items()}
+        return (grads, total + out.total, denom + out.denominator, metrics), None
+
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    metric_shapes = jax.eval_shape(
+        lambda: micro_batch_loss(nnx.merge(graphdef, params), first, settings).metrics
+    )
+    zero_metrics = {k: (jnp.zeros(()), jnp.zeros(())) for k in metric_shapes}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, total, denom, metrics), _ = jax.lax.scan(
+        accumulate, (zeros, jnp.zeros(()), jnp.zeros(()), zero_metrics), micro_batches
+    )
+    scale = jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
+    grads = jax.tree.map(lambda g: g * scale, grads)
+    loss = total * scale
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # Non-finite gradients are zeroed before the update so they cannot poison the moments.
+    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, new_opt_state = tx.update(safe_grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_params = jax.tree.map(keep, new_params, params)
+    new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    out = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "skipped": 1.0 - finite.astype(jnp.float32),
+        **{k: grpo.safe_divide(*v) for k, v in metrics.items()},
+    }
+    return new_params, new_opt_state, out
+
+
+def reference_logprobs(
+    graphdef: nnx.GraphDef, params: nnx.State, batch: Batch, settings: LossSettings
+) -> jnp.ndarray:
+    """Log-probs of the completions under fixed parameters (reference model or old policy)."""
+    model = nnx.merge(graphdef, params)
+    out = completion_logprobs(
+        model, batch, temperature=settings.temperature, chunk_size=settings.chunk_size
+    )
+    return jax.lax.stop_gradient(out["logp"])

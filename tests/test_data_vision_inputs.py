@@ -189,15 +189,15 @@ def test_video_patches_follow_the_processor_order_and_pad_the_last_frame():
     assert item.grid_thw == (2, 4, 8)
     assert item.second_per_grid_t == 1.0  # temporal_patch_size / sample fps = 2 / 2
     padded = np.concatenate([frames, frames[-1:]])
-    expected = reference_video_patches(vi.normalize(padded), SPEC)
+    expected = reference_video_patches(vi.normalize(padded).transpose(0, 3, 1, 2), SPEC)
     np.testing.assert_array_equal(item.patches, expected)
 
 
 def test_normalisation_is_clip_mean_std_after_dividing_by_255():
     frame = np.full((1, 2, 2, 3), 255, np.uint8)
     x = vi.normalize(frame)
-    assert x.shape == (1, 3, 2, 2)
-    np.testing.assert_allclose(x[0, :, 0, 0], (1.0 - vi.CLIP_MEAN) / vi.CLIP_STD, rtol=1e-6)
+    assert x.shape == (1, 2, 2, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, 0, 0], (1.0 - vi.CLIP_MEAN) / vi.CLIP_STD, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,20 +207,20 @@ def test_normalisation_is_clip_mean_std_after_dividing_by_255():
 def test_tubelet_shuffle_permutes_whole_temporal_patches():
     frames = np.random.default_rng(3).integers(0, 256, (8, 56, 56, 3), dtype=np.uint8)
     item = vi.vision_input(frames, "video", SPEC, 2.0)
-    out = vi.shuffled_patches(frames, item, "tubelet", SPEC, np.random.default_rng(0))
+    out = vi.shuffled_patches(item, "tubelet", SPEC, np.random.default_rng(0))
     blocks = item.patches.reshape(4, 16, -1)
     shuffled = out.reshape(4, 16, -1)
     order = [next(j for j in range(4) if np.array_equal(shuffled[i], blocks[j])) for i in range(4)]
     assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
 
 
-def test_frame_shuffle_repatchifies_permuted_frames_reproducibly():
-    frames = np.random.default_rng(4).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
+def test_frame_shuffle_equals_patchifying_the_permuted_frames_and_is_reproducible():
+    frames = np.random.default_rng(4).integers(0, 256, (6, 56, 84, 3), dtype=np.uint8)
     item = vi.vision_input(frames, "video", SPEC, 2.0)
-    a = vi.shuffled_patches(frames, item, "frame", SPEC, np.random.default_rng(7))
-    b = vi.shuffled_patches(frames, item, "frame", SPEC, np.random.default_rng(7))
+    a = vi.shuffled_patches(item, "frame", SPEC, np.random.default_rng(7))
+    b = vi.shuffled_patches(item, "frame", SPEC, np.random.default_rng(7))
     np.testing.assert_array_equal(a, b)
-    perm = vi.shuffle_permutation(4, np.random.default_rng(7))
+    perm = vi.shuffle_permutation(6, np.random.default_rng(7))
     np.testing.assert_array_equal(a, vi.patchify(vi.normalize(frames[perm]), SPEC)[0])
     assert not np.array_equal(a, item.patches)
 

@@ -168,9 +168,7 @@ class ExampleProcessor:
             frame_counts.append(int(frames.frames.shape[0]))
             if self.shuffle_unit != "none" and not self.summary_only:
                 if item.kind == "video":
-                    shuffled.append(
-                        vi.shuffled_patches(frames.frames, item, self.shuffle_unit, self.spec, rng)
-                    )
+                    shuffled.append(vi.shuffled_patches(item, self.shuffle_unit, self.spec, rng))
                 else:
                     shuffled.append(item.patches)
         tokens = self.builder.tokens(example, items)
@@ -283,9 +281,12 @@ class Batcher:
             "vision": vision,
         }
         if self.with_shuffled:
-            shuffled = np.zeros_like(vision["patches"])
-            flat = np.concatenate([r["shuffled_patches"] for r in rows])
-            shuffled[: flat.shape[0]] = flat
+            shuffled = np.zeros(vision["patches"].shape, np.float32)
+            start = 0
+            for r in rows:
+                count = r["shuffled_patches"].shape[0]
+                shuffled[start : start + count] = r["shuffled_patches"]
+                start += count
             batch["vision_shuffled"] = {**vision, "patches": shuffled}
         meta: dict[str, list] = collections.defaultdict(list)
         for r in rows:

@@ -183,10 +183,14 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def normalize(frames: np.ndarray) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> float32 [T, 3, H, W]: /255, then CLIP mean/std."""
-    x = np.asarray(frames, np.float32) * np.float32(1.0 / 255.0)
-    x = (x - CLIP_MEAN) / CLIP_STD
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """uint8 [T, H, W, 3] -> float32 [T, H, W, 3]: /255, then CLIP mean/std, as one multiply
+    and one add per value (same values as the processor's two steps up to float32 rounding)."""
+    scale = (1.0 / (255.0 * CLIP_STD)).astype(np.float32)
+    shift = (-CLIP_MEAN / CLIP_STD).astype(np.float32)
+    x = np.asarray(frames).astype(np.float32)
+    x *= scale
+    x += shift
+    return x
 
 
 def pad_frames(frames: np.ndarray, multiple: int) -> np.ndarray:
@@ -198,22 +202,23 @@ def pad_frames(frames: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def patchify(frames: np.ndarray, spec: VisionSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Flattens normalised frames [T, C, H, W] into patches in the processor's order.
+    """Flattens normalised frames [T, H, W, C] into patches in the processor's order.
 
     Frames are padded in time to a multiple of temporal_patch_size by repeating the last one
-    (a single image becomes two identical frames), then reshaped to (grid_t, T, C, gh/m, m, P,
-    gw/m, m, P), transposed to (grid_t, gh/m, gw/m, m, m, C, T, P, P) and flattened.
-    Returns patches [grid_t*gh*gw, C*T*P*P] float32 and grid (grid_t, gh, gw).
+    (a single image becomes two identical frames). In the processor's terms, frames
+    (grid_t, T, C, gh/m, m, P, gw/m, m, P) are transposed to (grid_t, gh/m, gw/m, m, m, C, T, P, P)
+    and flattened; here the channel axis starts last. Returns patches [grid_t*gh*gw, C*T*P*P]
+    float32 and grid (grid_t, gh, gw).
     """
     tp, p, m = spec.temporal_patch_size, spec.patch_size, spec.spatial_merge_size
     frames = pad_frames(np.asarray(frames, np.float32), tp)
-    t, c, h, w = frames.shape
+    t, h, w, c = frames.shape
     if h % (p * m) or w % (p * m):
         raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}")
     gt, gh, gw = t // tp, h // p, w // p
-    x = frames.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p)
-    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p)), (gt, gh, gw)
+    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c)
+    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    return np.ascontiguousarray(x).reshape(gt * gh * gw, c * tp * p * p), (gt, gh, gw)
 
 
 def vision_input(
@@ -241,28 +246,28 @@ def shuffle_permutation(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def shuffled_patches(
-    frames: np.ndarray | None,
-    item: VisionInput,
-    unit: str,
-    spec: VisionSpec,
-    rng: np.random.Generator,
+    item: VisionInput, unit: str, spec: VisionSpec, rng: np.random.Generator
 ) -> np.ndarray:
     """Patches of the same video with its frames shuffled (Video-R1 T-GRPO): same grid, same
-    shape as item.patches.
+    shape as item.patches, computed from the patches alone.
 
-    unit "frame": the sampled (resized uint8 [T, H, W, 3]) frames are permuted one by one, then
-    padded and patchified again, so a temporal patch may mix two distant frames. unit "tubelet":
-    whole temporal patches (temporal_patch_size consecutive frames) are permuted.
+    unit "frame": the (padded) frames are permuted one by one, exactly as if the permuted frames
+    had been patchified, so a temporal patch may pair two distant frames. unit "tubelet": whole
+    temporal patches (temporal_patch_size consecutive frames) are permuted.
     """
     t, h, w = item.grid_thw
+    tp = spec.temporal_patch_size
     if unit == "tubelet":
         perm = shuffle_permutation(t, rng)
         return np.ascontiguousarray(item.patches.reshape(t, h * w, -1)[perm].reshape(t * h * w, -1))
     if unit == "frame":
-        if frames is None:
-            raise ValueError("frame-level shuffling needs the sampled frames")
-        perm = shuffle_permutation(frames.shape[0], rng)
-        patches, grid = patchify(normalize(frames[perm]), spec)
-        assert grid == item.grid_thw
-        return patches
+        perm = shuffle_permutation(t * tp, rng)
+        # Patch values are laid out (channel, frame in tubelet, row, column): frame f lives in
+        # tubelet f // tp at slot f % tp.
+        channels = item.patches.shape[1] // (tp * spec.patch_size**2)
+        x = item.patches.reshape(t, h * w, channels, tp, -1)
+        out = np.empty_like(x)
+        for target, source in enumerate(perm):
+            out[target // tp, :, :, target % tp] = x[source // tp, :, :, source % tp]
+        return out.reshape(t * h * w, -1)
     raise ValueError(f"unknown shuffle unit {unit!r}; expected 'frame' or 'tubelet'")

@@ -189,6 +189,14 @@ def test_bad_inputs_are_skipped_and_counted(demo_dir, bad_records):
     assert out[-1]["meta"]["skipped"] == sum(out[-1]["meta"]["skip_counts"].values()) >= 2
 
 
+def test_examples_past_the_largest_bucket_are_skipped_and_an_all_skipped_shard_stops(demo_dir):
+    config = small_config(demo_dir, token_buckets=(32,), num_epochs=0)
+    it = iter(pipeline.build_dataset(config, process_index=0, process_count=1))
+    with pytest.raises(pipeline.DataError, match="all 18 examples of this shard were skipped"):
+        next(it)
+    assert it.skip_counts() == {"too_long": 18}
+
+
 def test_strict_mode_names_the_file_and_the_record(demo_dir, bad_records):
     config = small_config(demo_dir, train_files=bad_records, strict=True)
     with pytest.raises(pipeline.DataError, match=r"bad\.json:5: malformed video_r1 record"):

@@ -308,15 +308,21 @@ class BucketBatchDataset(grain.IterDataset):
         batcher: Batcher,
         initial_skips: Mapping[str, int] | None = None,
         drop_remainder: bool = False,
+        epoch_size: int = 0,
     ):
         super().__init__(parent)
         self._batcher = batcher
         self._initial_skips = dict(initial_skips or {})
         self._drop_remainder = drop_remainder
+        self._epoch_size = epoch_size
 
     def __iter__(self) -> BucketBatchIterator:
         return BucketBatchIterator(
-            self._parent.__iter__(), self._batcher, self._initial_skips, self._drop_remainder
+            self._parent.__iter__(),
+            self._batcher,
+            self._initial_skips,
+            self._drop_remainder,
+            self._epoch_size,
         )
 
     def __str__(self) -> str:
@@ -325,7 +331,8 @@ class BucketBatchDataset(grain.IterDataset):
 
 class BucketBatchIterator(grain.DatasetIterator):
     """Iterator of BucketBatchDataset. get_state/set_state hold the upstream position and the
-    skip counts; the state is plain JSON-serialisable data."""
+    skip counts; the state is plain JSON-serialisable data. Raises DataError when a whole epoch
+    (`epoch_size` examples) in a row is skipped, instead of looping forever."""
 
     def __init__(
         self,
@@ -333,14 +340,17 @@ class BucketBatchIterator(grain.DatasetIterator):
         batcher: Batcher,
         initial_skips: Mapping[str, int],
         drop_remainder: bool,
+        epoch_size: int = 0,
     ):
         super().__init__(parent)
         self._batcher = batcher
         self._skips: collections.Counter[str] = collections.Counter(initial_skips)
         self._drop_remainder = drop_remainder
+        self._epoch_size = epoch_size
 
     def __next__(self) -> dict[str, Any]:
         rows = []
+        skipped_in_a_row = 0
         while len(rows) < self._batcher.batch_size:
             try:
                 element = next(self._parent)
@@ -349,7 +359,14 @@ class BucketBatchIterator(grain.DatasetIterator):
             if "skip" in element:
                 self._skips[element["skip"]] += 1
                 log.warning("skipping %s", element["message"])
+                skipped_in_a_row += 1
+                if self._epoch_size and skipped_in_a_row >= self._epoch_size:
+                    raise DataError(
+                        f"all {self._epoch_size} examples of this shard were skipped "
+                        f"({dict(self._skips)}); the last: {element['message']}"
+                    )
                 continue
+            skipped_in_a_row = 0
             rows.append(element)
         if not rows or (self._drop_remainder and len(rows) < self._batcher.batch_size):
             raise StopIteration
@@ -478,4 +495,4 @@ def build_dataset(
         vision=model_config.vision,
         with_shuffled=data.shuffle_unit != "none",
     )
-    return BucketBatchDataset(stream, batcher, initial)
+    return BucketBatchDataset(stream, batcher, initial, epoch_size=len(shard))

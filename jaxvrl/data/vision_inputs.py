@@ -166,11 +166,12 @@ def video_frame_size(
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resizes uint8 frames [T, H, W, 3] to [T, height, width, 3] with Pillow bicubic.
 
-    Pillow's bicubic filter (a = -0.5) widens its support when it shrinks, i.e. it antialiases,
-    like the torchvision `resize(..., BICUBIC, antialias=True)` that qwen-vl-utils and the
-    transformers video processor use; both round back to uint8. On natural and synthetic frames
-    the two differ by at most a couple of intensity levels per pixel (tests/test_data_vision_inputs
-    measures it against torch's antialiased bicubic).
+    transformers' Pillow-backend Qwen2-VL image processor resizes exactly like this (Pillow
+    BICUBIC); its torchvision backend, the video processor and qwen-vl-utils use torchvision
+    `resize(..., BICUBIC, antialias=True)`. Pillow's bicubic (a = -0.5) also widens its support
+    when it shrinks, i.e. it antialiases too, and both round back to uint8: against torch's
+    antialiased bicubic the two differ by at most 3 intensity levels and about 0.2 on average
+    (tests/test_data_vision_inputs.py measures it).
     """
     frames = np.asarray(frames, np.uint8)
     if frames.shape[1:3] == (height, width):

@@ -100,33 +100,6 @@ def _video_size(
 # Videos.
 
 
-@dataclasses.dataclass(frozen=True)
-class VideoInfo:
-    total_frames: int
-    fps: float
-    height: int
-    width: int
-
-
-def probe_video(path: str, decode_threads: int = 1) -> VideoInfo:
-    """Frame count, average fps and frame size of a video file (decodes the first frame)."""
-    _check_file(path)
-    import decord
-
-    try:
-        reader = decord.VideoReader(path, num_threads=decode_threads)
-        total = len(reader)
-        fps = float(reader.get_avg_fps())
-        height, width = reader[0].shape[:2] if total else (0, 0)
-    except Exception as e:  # decord raises its own DECORDError and RuntimeError
-        raise MediaError(
-            f"{path}: cannot decode video ({type(e).__name__}: {e})", "bad_video"
-        ) from e
-    if total == 0:
-        raise MediaError(f"{path}: video has no frames", "bad_video")
-    return VideoInfo(total, fps, int(height), int(width))
-
-
 def read_video(path: str, sampling: FrameSampling, spec: vi.VisionSpec) -> Frames:
     """Decodes a video file with decord, samples frames by fps and resizes them.
 

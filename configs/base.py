@@ -137,24 +137,106 @@ def data_config() -> ml_collections.ConfigDict:
     return d
 
 
+def rl_config() -> ml_collections.ConfigDict:
+    """The `rl` section: sampling, rewards, advantages, T-GRPO and the policy loss."""
+    return ml_collections.ConfigDict(
+        {
+            "steps": 0,  # RL updates; 0 skips the stage
+            "algorithm": "grpo",  # "grpo" or "tgrpo" (Video-R1's temporal contrast)
+            "num_generations": 8,  # G: samples per prompt
+            "shuffled_generations": 4,  # T-GRPO samples on shuffled frames (G/2)
+            "max_completion_tokens": 768,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            # Rewards by name (jaxvrl/rewards.py) with weights; summed into the group reward.
+            "rewards": [["accuracy", 1.0], ["format", 1.0]],
+            "accuracy_reward": "accuracy",  # the reward the temporal contrast and eval read
+            "advantage": "grpo",  # "grpo" or "dr_grpo"
+            "advantage_eps": 1e-4,
+            "unbiased_std": True,
+            "temporal": {"alpha": 0.3, "mu": 0.8, "rule": "ratio", "threshold": 0.1},
+            "policy_loss": "grpo",
+            "aggregation": "seq_mean_token_mean",
+            "beta": 0.04,  # KL weight; 0 drops the reference model
+            "eps_low": 0.2,
+            "eps_high": 0.2,
+            "num_iterations": 1,  # optimisation passes per rollout
+        }
+    )
+
+
 def get_config() -> ml_collections.ConfigDict:
-    """The shared base config. Recipes fill `model.path` and their own RL settings."""
+    """The shared base config. Recipes fill `model.path`, the data files and their RL settings."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    config.demo = False  # print the demo's before/after table at the end
     config.model = ml_collections.ConfigDict(
         {
             "path": "",  # local checkpoint directory (config.json, tokenizer, weights)
             "tokenizer_path": "",  # "" = model.path
+            "init": "pretrained",  # "pretrained" (weights in model.path) or "random"
             "param_dtype": "float32",
             "dtype": "float32",
+            "remat": False,  # rematerialise decoder layers in the backward pass
+            "freeze_vision": False,  # no updates to the vision tower
+        }
+    )
+    config.mesh = ml_collections.ConfigDict(
+        {
+            # Sizes of the mesh axes; one may be -1 (all remaining devices).
+            "shape": {"data": -1, "fsdp": 1, "tensor": 1},
+            # Logical axis -> mesh axis rules; [] = model/sharding.py DEFAULT_RULES.
+            "rules": [],
+            "distributed": ml_collections.FieldReference(None, field_type=bool),  # None = auto
         }
     )
     config.data = data_config()
-    config.rl = ml_collections.ConfigDict(
+    config.optim = ml_collections.ConfigDict(
         {
-            "algorithm": "grpo",  # "grpo" or "tgrpo"
-            "num_generations": 8,
-            "max_completion_tokens": 768,
+            "learning_rate": 1e-6,
+            "schedule": "cosine",  # "cosine" or "constant"
+            "warmup_steps": 0,
+            "end_lr_fraction": 0.0,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "weight_decay": 0.01,
+            "grad_clip": 5.0,
         }
     )
+    config.sft = ml_collections.ConfigDict(
+        {
+            "steps": 0,  # SFT updates before RL; 0 skips the stage
+            "learning_rate": 0.0,  # 0 = optim.learning_rate
+            "train_files": "",  # "" = data.train_files
+            "train_on_prompt": False,  # Video-R1's SFT also trained on the prompt tokens
+        }
+    )
+    config.rl = rl_config()
+    config.train = ml_collections.ConfigDict(
+        {
+            "micro_batches": 1,  # pipeline batches per update (gradient accumulation)
+            "logprob_chunk": 1024,  # tokens per chunk of the log-prob computation
+        }
+    )
+    config.rollout = ml_collections.ConfigDict(
+        {
+            "prompt_buckets": (128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+            "patch_buckets": (1024, 2048, 4096, 8192, 16384, 32768, 65536),
+            "prompt_row_buckets": (),
+            "sample_row_buckets": (),
+        }
+    )
+    config.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})
+    config.eval = ml_collections.ConfigDict(
+        {
+            "files": "",  # evaluation records; "" = no evaluation
+            "num_examples": 0,  # 0 = all
+            "batch_size": 0,  # 0 = data.batch_size
+            "video_max_pixels": 256 * TOKEN_PIXELS,  # Video-R1 evaluates at 256*28*28
+        }
+    )
+    config.metrics = ml_collections.ConfigDict({"tensorboard": True, "progress": True})
+    config.export = ml_collections.ConfigDict({"hf_dir": ""})  # export the final model here
     return config

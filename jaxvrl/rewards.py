@@ -560,3 +560,24 @@ def option_letter_reward(text: str, solution: Any, **record: Any) -> float:
     answer = extract_answer(text)
     pred = option_letter(answer) if answer else None
     return float(pred is not None and pred == truth)
+
+
+# ----------------------------------------------------------------------------- task dispatch
+
+# VideoChat-R1 trains one model on several perception tasks; each task's accuracy reward.
+TASK_REWARDS = {
+    "temporal grounding": "temporal_iou",
+    "grounded qa": "option_letter",
+    "tracking": "tracking_iou",
+    "multiple choice": "option_letter",
+}
+
+
+@per_completion("task_accuracy")
+def task_accuracy_reward(
+    text: str, solution: Any, problem_type: Any = None, **record: Any
+) -> float:
+    """VideoChat-R1: the accuracy reward of the sample's task (`problem_type`), 0.0 if unknown."""
+    key = problem_type.strip().lower().replace("_", " ") if isinstance(problem_type, str) else ""
+    name = TASK_REWARDS.get(key)
+    return get(name)([text], [solution], **record)[0] if name else 0.0

@@ -77,6 +77,7 @@ class SyntheticSpec:
     """What `build_dataset` writes. Sizes are (height, width) in pixels."""
 
     num_videos: int = 32
+    num_eval_videos: int = 0  # held-out videos, written to eval.json
     num_images: int = 16
     video_size: tuple[int, int] = (112, 112)
     image_size: tuple[int, int] = (112, 112)
@@ -146,35 +147,47 @@ def _letter_options(names: Sequence[str]) -> list[str]:
     return [f"{chr(ord('A') + i)}. {n}" for i, n in enumerate(names)]
 
 
+def _video_record(directory: str, name: str, spec: SyntheticSpec, rng) -> dict[str, Any]:
+    """Writes one moving-square video and returns its Video-R1 record."""
+    num_frames = max(2, round(spec.seconds * spec.video_fps))
+    d = int(rng.integers(len(DIRECTIONS)))
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    frames = moving_square_frames(
+        DIRECTIONS[d], num_frames, spec.video_size, spec.square, COLOURS[colour], rng
+    )
+    rel = f"videos/{name}.mp4"
+    write_video(os.path.join(directory, rel), frames, spec.video_fps, spec.codec)
+    start, end = DIRECTIONS[d].split(" to ")
+    return {
+        "problem_id": name,
+        "problem": VIDEO_QUESTION,
+        "data_type": "video",
+        "problem_type": "multiple choice",
+        "options": _letter_options(DIRECTIONS),
+        "process": (
+            f"<think>The {colour} square starts at the {start} and ends at the {end}.</think>"
+        ),
+        "solution": f"<answer>{chr(ord('A') + d)}</answer>",
+        "path": rel,
+        "data_source": "synthetic_motion",
+    }
+
+
+def eval_records(directory: str, spec: SyntheticSpec) -> list[dict[str, Any]]:
+    """Held-out videos (their own random stream, so the training set does not change)."""
+    rng = np.random.default_rng([spec.seed, 1])
+    return [
+        _video_record(directory, f"eval_{i:04d}", spec, rng) for i in range(spec.num_eval_videos)
+    ]
+
+
 def build_media_and_records(directory: str, spec: SyntheticSpec) -> list[dict[str, Any]]:
     """Writes videos/ and images/ under `directory`; returns Video-R1 records (relative paths)."""
     rng = np.random.default_rng(spec.seed)
     colours = list(COLOURS)
     records: list[dict[str, Any]] = []
-    num_frames = max(2, round(spec.seconds * spec.video_fps))
     for i in range(spec.num_videos):
-        d = int(rng.integers(len(DIRECTIONS)))
-        colour = colours[int(rng.integers(len(colours)))]
-        frames = moving_square_frames(
-            DIRECTIONS[d], num_frames, spec.video_size, spec.square, COLOURS[colour], rng
-        )
-        rel = f"videos/move_{i:04d}.mp4"
-        write_video(os.path.join(directory, rel), frames, spec.video_fps, spec.codec)
-        start, end = DIRECTIONS[d].split(" to ")
-        records.append(
-            {
-                "problem_id": f"video_{i:04d}",
-                "problem": VIDEO_QUESTION,
-                "data_type": "video",
-                "problem_type": "multiple choice",
-                "options": _letter_options(DIRECTIONS),
-                "process": f"<think>The {colour} square starts at the {start} and ends at the "
-                f"{end}.</think>",
-                "solution": f"<answer>{chr(ord('A') + d)}</answer>",
-                "path": rel,
-                "data_source": "synthetic_motion",
-            }
-        )
+        records.append(_video_record(directory, f"move_{i:04d}", spec, rng))
     for i in range(spec.num_images):
         colour_index = int(rng.integers(len(colours)))
         colour = colours[colour_index]
@@ -297,12 +310,16 @@ def build_dataset(
     directory: str, spec: SyntheticSpec | None = None, generation: str = "qwen2_vl"
 ) -> dict[str, str]:
     """Writes the whole synthetic set under `directory`: videos/, images/, train.json (Video-R1
-    records) and model/ (tokenizer + tiny config.json). Skips the work when `directory` already
-    holds a set built from the same spec. Returns the paths {"train_file", "media_root",
-    "model_dir"}."""
+    records; also split into train_videos.json and train_images.json), eval.json (held-out
+    videos) and model/ (tokenizer + tiny config.json). Skips the work when `directory` already
+    holds a set built from the same spec. Returns the paths {"train_file", "video_file",
+    "image_file", "eval_file", "media_root", "model_dir"}."""
     spec = spec or SyntheticSpec()
     paths = {
         "train_file": os.path.join(directory, "train.json"),
+        "video_file": os.path.join(directory, "train_videos.json"),
+        "image_file": os.path.join(directory, "train_images.json"),
+        "eval_file": os.path.join(directory, "eval.json"),
         "media_root": directory,
         "model_dir": os.path.join(directory, "model"),
     }
@@ -314,8 +331,15 @@ def build_dataset(
                 return paths
     os.makedirs(directory, exist_ok=True)
     records = build_media_and_records(directory, spec)
-    with open(paths["train_file"], "w") as f:
-        json.dump(records, f, indent=1)
+    held_out = eval_records(directory, spec)
+    for key, subset in (
+        ("train_file", records),
+        ("video_file", [r for r in records if r["data_type"] == "video"]),
+        ("image_file", [r for r in records if r["data_type"] == "image"]),
+        ("eval_file", held_out),
+    ):
+        with open(paths[key], "w") as f:
+            json.dump(subset, f, indent=1)
     tokenizer = make_tokenizer(paths["model_dir"], _corpus(records))
     write_model_config(paths["model_dir"], tokenizer, generation)
     with open(manifest, "w") as f:

@@ -2,14 +2,16 @@
 GRPO and SFT losses over micro-batches with exact accumulation, the optimizer, and the update that
 skips non-finite gradients.
 
-Batch layout shared by RL and SFT (static shapes; every array is padded):
+RL batch layout (static shapes; every array is padded):
 
     prompt_ids        [P, Lp]     right-padded prompts          prompt_mask [P, Lp] bool
     prompt_positions  [3, P, Lp]  M-RoPE ids (model/rope.py)    rope_deltas [P]
     vision            packed vision items of the P prompts (model/packing.py) or absent
     sample_to_prompt  [S]         the prompt each completion continues
     completion_ids    [S, Lc]     completion_mask [S, Lc] bool
-    advantages        [S]         (RL)     old_logp / ref_logp [S, Lc] (RL, optional)
+    advantages        [S]         old_logp / ref_logp / sampler_logp [S, Lc] (optional)
+
+SFT batches are the data pipeline's whole sequences (prompt + target) with a loss_mask.
 
 The vision tower and the prompt embeddings run once per prompt and are shared by its completions.
 """
@@ -38,10 +40,8 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     with_entropy: bool = False,
-    with_prompt: bool = False,
 ) -> dict[str, jnp.ndarray]:
-    """log p(completion token | prompt, earlier completion tokens) [S, Lc] (and the entropy, and
-    the prompt tokens' log-probs [S, Lp] for SFT on the prompt)."""
+    """log p(completion token | prompt, earlier completion tokens) [S, Lc] (and the entropy)."""
     s2p = batch["sample_to_prompt"]
     prompt_mask = batch["prompt_mask"].astype(bool)
     completion_mask = batch["completion_mask"].astype(bool)
@@ -73,13 +73,6 @@ def completion_logprobs(
         out["logp"], out["entropy"] = result
     else:
         out["logp"] = result
-    if with_prompt:
-        targets = jnp.roll(batch["prompt_ids"][s2p], -1, axis=1)
-        out["prompt_logp"] = model.token_logprobs(hidden[:, :lp], targets, chunk_size=chunk_size)
-        # Prompt position t predicts token t + 1; the last valid one predicts nothing.
-        out["prompt_target_mask"] = prompt_mask[s2p] & (
-            jnp.arange(lp)[None, :] < (prompt_len - 1)[:, None]
-        )
     return out
 
 
@@ -103,14 +96,7 @@ class LossSettings:
 def micro_batch_loss(model: Qwen2VL, batch: Batch, s: LossSettings) -> grpo.LossOutput:
     """The loss of one micro-batch as (weighted sum, denominator, metric pairs)."""
     if s.kind == "sft":
-        out = completion_logprobs(
-            model, batch, chunk_size=s.chunk_size, with_prompt=s.train_on_prompt
-        )
-        total, count = sft.sft_loss(out["logp"], batch["completion_mask"])
-        if s.train_on_prompt:
-            p_total, p_count = sft.sft_loss(out["prompt_logp"], out["prompt_target_mask"])
-            total, count = total + p_total, count + p_count
-        return grpo.LossOutput(total, count, {"nll": (jax.lax.stop_gradient(total), count)})
+        return sft_micro_batch_loss(model, batch, s)
     out = completion_logprobs(
         model,
         batch,
@@ -142,6 +128,20 @@ def micro_batch_loss(model: Qwen2VL, batch: Batch, s: LossSettings) -> grpo.Loss
         diff = jnp.abs(jax.lax.stop_gradient(logp) - batch["sampler_logp"])
         metrics["sampler_logp_abs_diff"] = (jnp.sum(diff * mask), mask.sum())
     return grpo.LossOutput(loss.total, loss.denominator, metrics)
+
+
+def sft_micro_batch_loss(model: Qwen2VL, batch: Batch, s: LossSettings) -> grpo.LossOutput:
+    """SFT on whole sequences (prompt + target) of the data pipeline: input_ids, attention_mask,
+    positions, vision, loss_mask [B, L] (1 on target tokens). Position t predicts token t + 1."""
+    valid = batch["attention_mask"].astype(bool)
+    hidden = model(batch["input_ids"], batch["positions"], valid, batch.get("vision"))
+    targets = jnp.roll(batch["input_ids"], -1, axis=1)
+    logp = model.token_logprobs(hidden, targets, chunk_size=s.chunk_size)
+    next_valid = jnp.roll(valid, -1, axis=1).at[:, -1].set(False)
+    target_mask = jnp.roll(batch["loss_mask"].astype(bool), -1, axis=1) & next_valid
+    prompt_mask = valid & next_valid & ~target_mask
+    total, count = sft.sft_loss(logp, target_mask, prompt_mask, train_on_prompt=s.train_on_prompt)
+    return grpo.LossOutput(total, count, {"nll": (jax.lax.stop_gradient(total), count)})
 
 
 def make_optimizer(
@@ -249,7 +249,7 @@ def train_step(
     scale = jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
     loss = total * scale
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # Non-finite gradients are zeroed before the update so they cannot poison the moments.
     safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)

@@ -1,0 +1,228 @@
+"""From a rollout to a training batch (host side): rewards on the decoded text, group advantages
+with the T-GRPO temporal bonus, and the static-shape arrays the jitted GRPO step consumes.
+
+A group is one prompt's G ordered samples. Its T-GRPO companion samples (the same prompt with the
+video frames shuffled) only decide the temporal bonus; they are never trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvrl import grpo, rewards
+from jaxvrl.rollout import Prompts, Rollout
+
+# Record fields handed to every reward function (TRL style keyword arguments, one per sample).
+REWARD_FIELDS = ("problem_type", "data_type", "data_source", "uid")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSettings:
+    """The RL part of a recipe that shapes rewards and advantages."""
+
+    num_generations: int = 8
+    shuffled_generations: int = 4
+    temporal: bool = True  # T-GRPO (needs the pipeline's shuffled-frame companions)
+    rewards: tuple[tuple[str, float], ...] = (("accuracy", 1.0), ("format", 1.0))
+    accuracy_reward: str = "accuracy"
+    advantage: str = "grpo"
+    advantage_eps: float = 1e-4
+    unbiased_std: bool = True
+    temporal_alpha: float = 0.3
+    temporal_mu: float = 0.8
+    temporal_rule: str = "ratio"
+    temporal_threshold: float = 0.1
+
+    @classmethod
+    def from_config(cls, rl) -> RLSettings:
+        return cls(
+            num_generations=int(rl.num_generations),
+            shuffled_generations=int(rl.shuffled_generations),
+            temporal=rl.algorithm == "tgrpo",
+            rewards=tuple((str(n), float(w)) for n, w in rl.rewards),
+            accuracy_reward=str(rl.accuracy_reward),
+            advantage=str(rl.advantage),
+            advantage_eps=float(rl.advantage_eps),
+            unbiased_std=bool(rl.unbiased_std),
+            temporal_alpha=float(rl.temporal.alpha),
+            temporal_mu=float(rl.temporal.mu),
+            temporal_rule=str(rl.temporal.rule),
+            temporal_threshold=float(rl.temporal.threshold),
+        )
+
+
+def prompt_seeds(uids: Sequence[str]) -> np.ndarray:
+    """A stable 31-bit seed per example id: a prompt's samples do not depend on its batch."""
+    return np.array([zlib.crc32(u.encode()) & 0x7FFFFFFF for u in uids], np.int64)
+
+
+def rollout_prompts(
+    batch: dict[str, Any], settings: RLSettings, vision_config
+) -> tuple[Prompts, list[int], list[int]]:
+    """The prompts of one pipeline batch for the sampler: every real row with G samples, plus a
+    shuffled-frame companion of every video row with G~ samples (T-GRPO).
+
+    Returns (prompts, sample counts per prompt row, the rows that have a companion).
+    """
+    meta = batch["meta"]
+    keep = np.asarray(batch["example_mask"], bool)
+    prompts = Prompts.from_batch(batch, seeds=prompt_seeds(meta["uid"]))
+    counts = [settings.num_generations if k else 0 for k in keep]
+    companion_rows: list[int] = []
+    if settings.temporal and batch.get("vision_shuffled") is not None:
+        is_video = np.asarray(batch["is_video"], bool)
+        companion_rows = [r for r in range(len(keep)) if keep[r] and is_video[r]]
+        if companion_rows:
+            prompts = prompts.with_companions(
+                batch["vision_shuffled"], companion_rows, meta["grid_thw"], vision_config
+            )
+            counts += [settings.shuffled_generations] * len(companion_rows)
+    return prompts, counts, companion_rows
+
+
+def _fields(meta: dict[str, Any], rows: np.ndarray) -> dict[str, list]:
+    return {f: [meta[f][r] for r in rows] for f in REWARD_FIELDS if f in meta}
+
+
+def score_rollout(
+    batch: dict[str, Any],
+    rollout: Rollout,
+    companion_rows: Sequence[int],
+    settings: RLSettings,
+) -> dict[str, Any]:
+    """Rewards, accuracies and advantages of one batch's rollout.
+
+    Returns host arrays: `advantages` [P * G] (0 for filler rows), `ordered` [P * G] indices of
+    the ordered samples in the rollout (filler rows: -1), per-reward means and the T-GRPO
+    diagnostics.
+    """
+    meta = batch["meta"]
+    keep = np.asarray(batch["example_mask"], bool)
+    p, g = len(keep), settings.num_generations
+    s2p = np.asarray(jax.device_get(rollout.sample_to_prompt))
+    lengths = np.asarray(jax.device_get(rollout.lengths))
+    texts = list(rollout.texts or ())
+    ordered_idx = np.flatnonzero(s2p < p)
+    rows = s2p[ordered_idx]
+    solutions = [meta["solution"][r] for r in rows]
+    total, per_reward = rewards.combine(
+        list(settings.rewards),
+        [texts[i] for i in ordered_idx],
+        solutions,
+        completion_lengths=lengths[ordered_idx].tolist(),
+        group_ids=rows.tolist(),
+        **_fields(meta, rows),
+    )
+    accuracy_fn = rewards.get(settings.accuracy_reward)
+    accuracy = np.asarray(
+        accuracy_fn([texts[i] for i in ordered_idx], solutions, **_fields(meta, rows)), np.float32
+    )
+    valid_rows = np.flatnonzero(keep)
+    groups = len(valid_rows)
+    total = np.asarray(total, np.float32).reshape(groups, g)
+    accuracy_g = accuracy.reshape(groups, g)
+    # Shuffled-frame companions: [groups, G~] accuracies, zeros where a row has none.
+    shuffled = np.zeros((groups, max(settings.shuffled_generations, 1)), np.float32)
+    is_video = np.zeros((groups,), bool)
+    if companion_rows:
+        comp_idx = np.flatnonzero(s2p >= p)
+        comp_rows = np.asarray(companion_rows)[s2p[comp_idx] - p]
+        comp_acc = np.asarray(
+            accuracy_fn(
+                [texts[i] for i in comp_idx],
+                [meta["solution"][r] for r in comp_rows],
+                **_fields(meta, comp_rows),
+            ),
+            np.float32,
+        ).reshape(len(companion_rows), settings.shuffled_generations)
+        position = {int(r): i for i, r in enumerate(valid_rows)}
+        for j, r in enumerate(companion_rows):
+            shuffled[position[r]] = comp_acc[j]
+            is_video[position[r]] = True
+    estimator_options = {"eps": settings.advantage_eps, "unbiased_std": settings.unbiased_std}
+    if settings.advantage != "grpo":
+        estimator_options = {}
+    if settings.temporal:
+        adv, tb = grpo.t_grpo_advantages(
+            jnp.asarray(total),
+            jnp.asarray(accuracy_g),
+            jnp.asarray(shuffled),
+            jnp.asarray(is_video),
+            estimator=settings.advantage,
+            estimator_options=estimator_options,
+            alpha=settings.temporal_alpha,
+            mu=settings.temporal_mu,
+            rule=settings.temporal_rule,
+            threshold=settings.temporal_threshold,
+        )
+        bonus = np.asarray(tb.bonus)
+        applied = np.asarray(tb.applied)
+        temporal = {
+            "temporal/p": float(np.asarray(tb.p)[is_video].mean()) if is_video.any() else None,
+            "temporal/p_shuffled": float(np.asarray(tb.p_shuffled)[is_video].mean())
+            if is_video.any()
+            else None,
+            "temporal/bonus_rate": float(applied[is_video].mean()) if is_video.any() else None,
+            "temporal/bonus_mean": float(bonus.mean()),
+        }
+    else:
+        adv = grpo.ADVANTAGE_ESTIMATORS.get(settings.advantage)(
+            jnp.asarray(total), **estimator_options
+        )
+        bonus = np.zeros_like(total)
+        temporal = {}
+    # Lay the groups out over all P rows (filler rows: no samples, advantage 0).
+    advantages = np.zeros((p, g), np.float32)
+    advantages[valid_rows] = np.asarray(adv)
+    ordered = np.full((p, g), -1, np.int64)
+    ordered[valid_rows] = ordered_idx.reshape(groups, g)
+    metrics = {
+        "reward/total": float(total.mean()),
+        **{f"reward/{name}": float(np.mean(v)) for name, v in per_reward.items()},
+        "accuracy": float(accuracy.mean()),
+        "reward/std_within_group": float(total.std(axis=1).mean()),
+        "completion_length": float(lengths[ordered_idx].mean()),
+        "completion_stopped": float(
+            (np.asarray(jax.device_get(rollout.finish_reason))[ordered_idx] == 1).mean()
+        ),
+        **temporal,
+    }
+    return {
+        "advantages": advantages.reshape(-1),
+        "ordered": ordered.reshape(-1),
+        "metrics": metrics,
+        "texts": [texts[i] for i in ordered_idx[: min(4, len(ordered_idx))]],
+    }
+
+
+def training_batch(
+    batch: dict[str, Any], rollout: Rollout, scored: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """The GRPO step's arrays (jaxvrl/steps.py layout) for one pipeline batch: the P prompts with
+    their original frames, and P * G ordered completions (filler rows: fully masked)."""
+    ordered = scored["ordered"]
+    real = ordered >= 0
+    take = np.where(real, ordered, 0)
+    tokens = np.asarray(jax.device_get(rollout.tokens))[take]
+    mask = np.asarray(jax.device_get(rollout.mask))[take] & real[:, None]
+    logp = np.asarray(jax.device_get(rollout.logprobs))[take] * mask
+    g = len(ordered) // len(batch["example_mask"])
+    return {
+        "prompt_ids": np.asarray(batch["input_ids"], np.int32),
+        "prompt_mask": np.asarray(batch["attention_mask"]).astype(bool),
+        "prompt_positions": np.asarray(batch["positions"], np.int32),
+        "rope_deltas": np.asarray(batch["rope_deltas"], np.int32),
+        "vision": batch.get("vision"),
+        "sample_to_prompt": np.repeat(np.arange(len(batch["example_mask"])), g).astype(np.int32),
+        "completion_ids": tokens.astype(np.int32),
+        "completion_mask": mask,
+        "advantages": scored["advantages"].astype(np.float32),
+        "sampler_logp": logp.astype(np.float32),
+    }

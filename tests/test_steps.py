@@ -1,0 +1,184 @@
+"""The jitted training pieces: completion log-probs, exact micro-batch accumulation, the update
+that skips non-finite gradients, frozen parameters, and the 8-device step."""
+
+import functools
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from model_fixtures import tiny_port
+
+from jaxvrl import steps
+from model import parity
+from model.packing import pack_vision
+from model.rope import rope_index
+from model.sharding import DEFAULT_RULES, shard_model
+
+# Float32 throughout; accumulation and sharding only change summation order.
+TOLERANCE = 1e-5
+
+
+def _rl_batch(model, seed=0):
+    """Two prompts (an image row and a video row, right-padded) and two completions each."""
+    cfg = model.config
+    inp = next(i for i in parity.build_inputs(cfg) if i.name == "batch of two, padded")
+    arrays = parity.port_arrays(cfg, inp)
+    rng = np.random.default_rng(seed)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
+    return inp, {
+        "prompt_ids": inp.input_ids.astype(np.int32),
+        "prompt_mask": inp.attention_mask.astype(bool),
+        "prompt_positions": arrays["positions"],
+        "rope_deltas": arrays["deltas"],
+        "vision": arrays["vision"],
+        "sample_to_prompt": np.array([0, 0, 1, 1], np.int32),
+        "completion_ids": rng.integers(10, cfg.text.vocab_size, (4, 5)).astype(np.int32),
+        "completion_mask": mask,
+        "advantages": np.array([1.0, -1.0, 0.5, -0.5], np.float32),
+    }
+
+
+def test_completion_logprobs_equal_a_full_forward_of_prompt_and_completion():
+    model = tiny_port("qwen2_vl")
+    cfg = model.config
+    inp, batch = _rl_batch(model)
+    got = np.asarray(steps.completion_logprobs(model, batch)["logp"])
+    for s in range(4):
+        row = batch["sample_to_prompt"][s]
+        n = int(inp.attention_mask[row].sum())
+        ids = np.concatenate([inp.input_ids[row, :n], batch["completion_ids"][s]])[None]
+        kind, grid, patches = inp.items[row]
+        grids = np.array([grid])
+        pos, _ = rope_index(
+            ids, None, cfg, grids if kind == "image" else None, grids if kind == "video" else None
+        )
+        vision = pack_vision([patches], grids, cfg.vision)
+        logits = model.logits(model(ids, pos, np.ones_like(ids, bool), vision))[0]
+        logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+        expected = logp[n - 1 + np.arange(5), batch["completion_ids"][s]]
+        valid = batch["completion_mask"][s]
+        np.testing.assert_allclose(got[s][valid], expected[valid], atol=TOLERANCE, rtol=0)
+
+
+def _split(batch, rows):
+    """The micro-batch of prompt `rows` with their completions (vision of those rows only)."""
+    return batch | {
+        "prompt_ids": batch["prompt_ids"][rows],
+        "prompt_mask": batch["prompt_mask"][rows],
+        "prompt_positions": batch["prompt_positions"][:, rows],
+        "rope_deltas": batch["rope_deltas"][rows],
+    }
+
+
+def _stack(batches):
+    return jax.tree.map(lambda *x: np.stack(x), *batches)
+
+
+def _step(model, settings, stacked, learning_rate=1e-2, **opt):
+    graphdef, params = nnx.split(model)
+    tx, _ = steps.make_optimizer(learning_rate=learning_rate, total_steps=10, **opt)
+    fn = jax.jit(functools.partial(steps.train_step, graphdef, tx=tx, settings=settings))
+    return fn(params, tx.init(params), stacked)
+
+
+def test_two_micro_batches_give_exactly_the_one_batch_update():
+    model = tiny_port("qwen2_vl")
+    cfg = model.config
+    inp, batch = _rl_batch(model)
+    settings = steps.LossSettings(aggregation="token_mean")
+    one_params, _, one = _step(model, settings, _stack([batch]))
+    # The same four completions as two micro-batches of one prompt each.
+    halves = []
+    for row in range(2):
+        kind, grid, patches = inp.items[row]
+        sub = _split(batch, [row]) | {
+            "vision": pack_vision([patches], np.array([grid]), cfg.vision, num_patches=240),
+            "sample_to_prompt": np.zeros(2, np.int32),
+        }
+        sel = batch["sample_to_prompt"] == row
+        for key in ("completion_ids", "completion_mask", "advantages"):
+            sub[key] = batch[key][sel]
+        halves.append(sub)
+    two_params, _, two = _step(model, settings, _stack(halves))
+    np.testing.assert_allclose(two["loss"], one["loss"], atol=TOLERANCE)
+    np.testing.assert_allclose(two["grad_norm"], one["grad_norm"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(two_params), jax.tree.leaves(one_params), strict=True):
+        np.testing.assert_allclose(a, b, atol=TOLERANCE, rtol=0)
+
+
+def test_non_finite_gradient_skips_the_update_and_is_counted():
+    model = tiny_port("qwen2_vl")
+    _, batch = _rl_batch(model)
+    batch["advantages"] = np.array([np.nan, 1.0, 1.0, 1.0], np.float32)
+    params_before = nnx.state(model)
+    params, opt_state, out = _step(model, steps.LossSettings(), _stack([batch]))
+    assert out["skipped"] == 1.0
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_before), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The optimizer state is untouched too: its step count is still 0, its moments finite.
+    leaves = jax.tree.leaves(opt_state)
+    assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    assert all(int(x) == 0 for x in leaves if np.asarray(x).dtype == np.int32)
+
+
+def test_frozen_vision_tower_gets_no_update():
+    model = tiny_port("qwen2_vl")
+    _, batch = _rl_batch(model)
+    before = nnx.state(model)
+    params, _, out = _step(
+        model,
+        steps.LossSettings(),
+        _stack([batch]),
+        freeze=lambda path: path[:1] == ("visual",),
+        params=before,
+    )
+    assert out["skipped"] == 0.0
+    np.testing.assert_array_equal(
+        params["visual"]["patch_embed"]["kernel"][...],
+        before["visual"]["patch_embed"]["kernel"][...],
+    )
+    changed = params["layers"][0]["mlp"]["up_proj"]["kernel"][...]
+    assert np.abs(changed - before["layers"][0]["mlp"]["up_proj"]["kernel"][...]).max() > 0
+
+
+def test_sft_loss_counts_only_target_tokens():
+    model = tiny_port("qwen2_vl")
+    ids = np.arange(20, 44, dtype=np.int32).reshape(2, 12)
+    mask = np.ones_like(ids, bool)
+    loss_mask = np.zeros_like(ids)
+    loss_mask[:, 8:] = 1  # the last four tokens are the target
+    pos = np.broadcast_to(np.arange(12, dtype=np.int32), (3, 2, 12))
+    batch = {"input_ids": ids, "attention_mask": mask, "positions": pos, "loss_mask": loss_mask}
+    out = steps.sft_micro_batch_loss(model, batch, steps.LossSettings(kind="sft"))
+    logp = jax.nn.log_softmax(model.logits(model(ids, pos, mask)), axis=-1)
+    targets = np.asarray(logp)[:, 7:11][np.arange(2)[:, None], np.arange(4)[None], ids[:, 8:12]]
+    np.testing.assert_allclose(out.total, -targets.sum(), rtol=1e-5)
+    assert float(out.denominator) == 8.0
+    with_prompt = steps.sft_micro_batch_loss(
+        model, batch, steps.LossSettings(kind="sft", train_on_prompt=True)
+    )
+    assert float(with_prompt.denominator) == 2 * 11  # every next-token target of each row
+
+
+def test_train_step_on_eight_devices_equals_one_device():
+    model = tiny_port("qwen2_5_vl")
+    _, batch = _rl_batch(model)
+    batch = _stack([batch])
+    settings = steps.LossSettings(beta=0.0)
+    # Adam's first update is about lr * sign(gradient): a gradient that rounds differently near
+    # zero moves by up to lr, so a small lr keeps parameter differences at rounding level.
+    expected_params, _, expected = _step(model, settings, batch, learning_rate=1e-4)
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    sharded = nnx.merge(*nnx.split(model))  # a copy to shard
+    shard_model(sharded, mesh, DEFAULT_RULES)
+    put = {k: jax.device_put(v, NamedSharding(mesh, PartitionSpec())) for k, v in batch.items()}
+    put["completion_ids"] = jax.device_put(
+        batch["completion_ids"], NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
+    )
+    params, _, out = _step(sharded, settings, put, learning_rate=1e-4)
+    assert len(params["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.device_set) == 8
+    np.testing.assert_allclose(out["loss"], expected["loss"], atol=TOLERANCE)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOLERANCE, rtol=0)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import AxisType, Mesh
 
 from model.sharding import DEFAULT_RULES, Rules
 
@@ -71,7 +71,11 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(shape, len(devices))
     if len(devices) == jax.device_count() and devices == list(jax.devices()):
-        return jax.make_mesh(sizes, MESH_AXES, devices=devices)
+        # Auto axes: shardings propagate through the program (the model and sampler annotate
+        # inputs and parameters; jax.make_mesh would default to explicit sharding types).
+        return jax.make_mesh(
+            sizes, MESH_AXES, devices=devices, axis_types=(AxisType.Auto,) * len(MESH_AXES)
+        )
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 
 

@@ -1,0 +1,521 @@
+"""Group rollout: the vision tower and the prefill run once per prompt, the prompt's keys and
+values are shared by its G samples, and every sample decodes in one jitted `lax.while_loop` that
+stops when all samples have finished or at max_new_tokens.
+
+    sampler = Sampler(model, mesh=mesh, config=RolloutConfig(), tokenizer=tokenizer)
+    prompts = Prompts.from_batch(batch, seeds=example_ids)          # [P] prompt rows
+    out = sampler.sample(state, prompts, 8, SamplingParams(temperature=1.0, top_p=0.95), seed=step)
+    out.tokens, out.logprobs, out.mask, out.lengths, out.finish_reason, out.texts
+
+T-GRPO: the shuffled-frame companion of a video prompt is one more prompt row with its own sample
+count, sampled in the same call:
+
+    video_rows = np.flatnonzero(batch["is_video"] & batch["example_mask"])
+    both = prompts.with_companions(batch["vision_shuffled"], video_rows,
+                                   batch["meta"]["grid_thw"], model.config.vision)
+    counts = [G] * prompts.num_prompts + [G // 2] * len(video_rows)
+    out = sampler.sample(state, both, counts, params, seed=step)
+    # samples of prompt row r: out.sample_to_prompt == r (companion of video_rows[i]: row P + i)
+
+One program (jaxvrl/group_decode.py `group_rollout`) does everything: vision in chunks of whole
+temporal slices, prefill, decoding with samples laid out as groups [P, G] that read their prompt's
+cache in place (not a copy per sample). It is compiled once per static shape: prompt rows and
+prompt length (bucketed), vision chunks (bucketed), the group width G, max_new_tokens and the
+static sampling options (top-k, whether top-p is on, greedy, min_new_tokens, stop tokens).
+Temperature and top-p values are runtime inputs. Parameters enter as a jit argument (nnx.split),
+so they are never baked into the program. On a mesh the parameters are resharded once per rollout
+to a decode layout (by default the training rules with `embed` replicated: FSDP shards are
+gathered once, not on every token, while tensor parallelism stays); prompts, their samples and the
+vision chunks are split over the batch axes, and each batch shard samples its own rows.
+
+Log-probs are those of the sampling policy as TRL/Video-R1 recompute them: log-softmax of the
+temperature-scaled, unfiltered logits (see jaxvrl/sampling.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from jaxvrl import group_decode
+from jaxvrl.group_decode import FINISH_LENGTH, FINISH_NONE, FINISH_STOP, Static, logical_sharding
+from model.config import ModelConfig, VisionConfig
+from model.packing import pack_vision
+from model.sharding import DEFAULT_RULES, Rules, logical_to_spec, state_shardings
+
+log = logging.getLogger(__name__)
+
+FINISH_NAMES = {FINISH_NONE: "none", FINISH_STOP: "stop", FINISH_LENGTH: "length"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration.
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. `temperature` and `top_p` are runtime values (changing them does not
+    recompile); the other fields are part of the compiled program."""
+
+    max_new_tokens: int = 768
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    greedy: bool = False
+    # Stop tokens are suppressed (logit -inf) before this many new tokens, as in HF generate.
+    min_new_tokens: int = 0
+    stop_token_ids: tuple[int, ...] | None = None  # None: `default_stop_tokens(model config)`
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Static-shape buckets and the decode layout. A size past the largest bucket rounds up to a
+    multiple of the largest (one more program)."""
+
+    # Prompt length (tokens); steps of ~1.5x bound the padding waste.
+    prompt_buckets: tuple[int, ...] = (
+        128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384,
+    )  # fmt: skip
+    # Prompt rows (prompts and companions), rounded up to a multiple of the mesh's batch-axis size
+    # too. With T-GRPO the companion count varies per batch; one bucket at the largest count
+    # (2 * batch) keeps a single program.
+    prompt_row_buckets: tuple[int, ...] = ()
+    # Samples per prompt row: the group width G of the decode layout (the largest count).
+    group_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    # Vision patches incl. padding. The tower runs on chunks of whole temporal slices of
+    # `vision_chunk_patches` patches (raised to the largest slice): bucket(chunks x chunk size)
+    # / chunk size chunks. Multiples of 1024 keep the tower's attention chunked.
+    patch_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+    vision_chunk_patches: int = 1024
+    rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES  # batch axes and the training layout
+    decode_rules: tuple[tuple[str, Any], ...] | None = None  # None: `decode_rules(rules)`
+
+
+def decode_rules(rules: Rules = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
+    """The decode layout: `embed` replicated (no FSDP gather per token), everything else as in
+    `rules` (tensor parallelism over heads / mlp / vocab stays)."""
+    return tuple((name, None if name == "embed" else target) for name, target in rules)
+
+
+def bucket(size: int, buckets: Sequence[int], multiple: int = 1) -> int:
+    """The smallest bucket >= size (past the largest: the next multiple of the largest), rounded
+    up to `multiple`."""
+    out = None
+    for b in sorted(buckets):
+        if size <= b:
+            out = b
+            break
+    if out is None:
+        out = -(-size // buckets[-1]) * buckets[-1] if buckets else size
+    return -(-max(out, 1) // multiple) * multiple
+
+
+def default_stop_tokens(
+    config: ModelConfig, tokenizer: Any = None, checkpoint_dir: str | os.PathLike | None = None
+) -> tuple[int, ...]:
+    """Stop tokens: the model config's eos ids, the tokenizer's eos id, and the eos ids of the
+    checkpoint's generation_config.json (Qwen2-VL-Instruct: <|im_end|> and <|endoftext|>)."""
+    ids = set(config.eos_token_id)
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if checkpoint_dir is not None:
+        path = os.path.join(os.fspath(checkpoint_dir), "generation_config.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                eos = json.load(f).get("eos_token_id")
+            ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    return tuple(sorted(int(i) for i in ids))
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompts (host side).
+
+
+@dataclasses.dataclass
+class Prompts:
+    """A batch of prompts, host-side NumPy, right-padded (left padding is moved to the right).
+
+    input_ids, attention_mask: [P, L]; positions: [3, P, L] (model.rope.rope_index); rope_deltas:
+    [P]; vision: model.packing.pack_vision dict of all rows' items in pad-token order, or None;
+    seeds: [P] int, an id of each prompt that seeds its PRNG stream (use an example id, not the row:
+    then a prompt's samples do not depend on the rest of the batch; default: the row index).
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    positions: np.ndarray
+    rope_deltas: np.ndarray
+    vision: dict[str, np.ndarray] | None = None
+    seeds: np.ndarray | None = None
+
+    def __post_init__(self):
+        ids = np.asarray(self.input_ids, np.int32)
+        mask = np.asarray(self.attention_mask).astype(bool)
+        positions = np.asarray(self.positions, np.int32)
+        p, length = ids.shape
+        if mask.shape != (p, length) or positions.shape != (3, p, length):
+            raise ValueError(
+                f"shapes do not agree: input_ids {ids.shape}, attention_mask {mask.shape}, "
+                f"positions {positions.shape} (expected [3, {p}, {length}])"
+            )
+        if not mask.any(axis=1).all():
+            raise ValueError("every prompt row needs at least one valid token")
+        lengths = mask.sum(axis=1)
+        if not (mask == (np.arange(length)[None] < lengths[:, None])).all():
+            # Left (or gapped) padding: move each row's valid tokens to the front.
+            order = np.argsort(~mask, axis=1, kind="stable")
+            ids = np.take_along_axis(ids, order, axis=1)
+            positions = np.take_along_axis(positions, order[None], axis=2)
+            mask = np.arange(length)[None] < lengths[:, None]
+        self.input_ids, self.attention_mask, self.positions = ids, mask, positions
+        self.rope_deltas = np.asarray(self.rope_deltas, np.int32).reshape(p)
+        self.seeds = (
+            np.arange(p, dtype=np.int32)
+            if self.seeds is None
+            else np.asarray(self.seeds).astype(np.int64).astype(np.int32).reshape(p)
+        )
+        if self.vision is not None:
+            self.vision = {k: np.asarray(v) for k, v in self.vision.items()}
+
+    @property
+    def num_prompts(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Valid tokens per row: [P]."""
+        return self.attention_mask.sum(axis=1).astype(np.int32)
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, Any], seeds: Sequence[int] | None = None) -> Prompts:
+        """From a jaxvrl.data.pipeline batch (input_ids, attention_mask, positions, rope_deltas,
+        vision). `seeds` may cover only the real rows (the batch's meta does): filler rows at the
+        end get their row index."""
+        p = np.asarray(batch["input_ids"]).shape[0]
+        if seeds is not None:
+            seeds = np.asarray(seeds, np.int64)
+            if seeds.size > p:
+                raise ValueError(f"{seeds.size} seeds for {p} prompt rows")
+            seeds = np.concatenate([seeds, np.arange(seeds.size, p)])
+        return cls(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["positions"],
+            batch["rope_deltas"],
+            batch.get("vision"),
+            seeds,
+        )
+
+    def with_companions(
+        self,
+        vision_shuffled: dict[str, np.ndarray],
+        rows: Sequence[int],
+        grid_thw: Sequence[Sequence[Sequence[int]]],
+        vision_config: VisionConfig,
+        seeds: Sequence[int] | None = None,
+    ) -> Prompts:
+        """These prompts followed by a T-GRPO companion of each row in `rows`: the same tokens
+        and positions with the items' patches taken from `vision_shuffled` (same packing as
+        `self.vision`, frames shuffled). grid_thw: per row, the (t, h, w) of its items in order.
+        Rows past the end of `grid_thw` (filler rows) hold no items. Companion seeds default to
+        -1 - seed (a stream distinct from the ordered prompt's)."""
+        if self.vision is None:
+            raise ValueError("companions need vision inputs (T-GRPO shuffles video frames)")
+        rows = [int(r) for r in rows]
+        grids = [np.asarray(g, np.int64).reshape(-1, 3) for g in grid_thw]
+        if len(grids) > self.num_prompts:
+            raise ValueError(f"grid_thw has {len(grids)} rows for {self.num_prompts} prompts")
+        grids += [np.zeros((0, 3), np.int64)] * (self.num_prompts - len(grids))
+        counts = [int(np.prod(g, axis=1).sum()) for g in grids[: self.num_prompts]]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        total = int(offsets[-1])
+        items = [self.vision["patches"][:total]]
+        items += [vision_shuffled["patches"][offsets[r] : offsets[r + 1]] for r in rows]
+        all_grids = np.concatenate(grids[: self.num_prompts] + [grids[r] for r in rows])
+        vision = pack_vision(np.concatenate(items), all_grids, vision_config)
+        extra = -1 - self.seeds[rows].astype(np.int64) if seeds is None else np.asarray(seeds)
+        return Prompts(
+            np.concatenate([self.input_ids, self.input_ids[rows]]),
+            np.concatenate([self.attention_mask, self.attention_mask[rows]]),
+            np.concatenate([self.positions, self.positions[:, rows]], axis=1),
+            np.concatenate([self.rope_deltas, self.rope_deltas[rows]]),
+            vision,
+            np.concatenate([self.seeds.astype(np.int64), extra]),
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Output.
+
+
+@struct.dataclass
+class Rollout:
+    """Samples of one `Sampler.sample` call (S samples, M = max_new_tokens).
+
+    tokens [S, M] int32: completion tokens, the stop token included, pad after the end.
+    logprobs [S, M] float32: log softmax(logits / temperature) of each sampled token over the
+        unfiltered logits (TRL/Video-R1's `logp_old`), 0 after the end.
+    mask [S, M] bool: completion tokens (stop token included).
+    lengths [S] int32: completion lengths. finish_reason [S] int32: FINISH_STOP / FINISH_LENGTH.
+    sample_to_prompt [S] int32: the prompt row of each sample; sample_index [S] int32: its index
+        among that prompt's samples. prompt_lengths [S] int32: valid prompt tokens of its prompt.
+    num_steps: int32 scalar, decoding steps run (<= M; fewer when all samples stopped early).
+    texts: decoded completions (host side, `skip_special_tokens`), when the sampler has a
+        tokenizer.
+    """
+
+    tokens: jnp.ndarray
+    logprobs: jnp.ndarray
+    mask: jnp.ndarray
+    lengths: jnp.ndarray
+    finish_reason: jnp.ndarray
+    sample_to_prompt: jnp.ndarray
+    sample_index: jnp.ndarray
+    prompt_lengths: jnp.ndarray
+    num_steps: jnp.ndarray
+    texts: tuple[str, ...] | None = struct.field(pytree_node=False, default=None)
+
+    @property
+    def num_samples(self) -> int:
+        return self.tokens.shape[0]
+
+
+def completion_positions(
+    rope_deltas: jnp.ndarray | np.ndarray, prompt_lengths: jnp.ndarray | np.ndarray, length: int
+):
+    """M-RoPE positions of completion tokens: rope delta + prompt length + index, the same on
+    the three axes. rope_deltas, prompt_lengths: [S]. Returns [3, S, length] int32."""
+    xp = jnp if isinstance(rope_deltas, jax.Array) else np
+    pos = (rope_deltas + prompt_lengths)[:, None] + xp.arange(length)[None]
+    return xp.broadcast_to(pos.astype(xp.int32)[None], (3, *pos.shape))
+
+
+def decode_texts(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray) -> tuple[str, ...]:
+    """Host-side text of each completion (its first `length` tokens, special tokens skipped)."""
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    seqs = [tokens[i, : lengths[i]].tolist() for i in range(tokens.shape[0])]
+    return tuple(tokenizer.batch_decode(seqs, skip_special_tokens=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# The sampler.
+
+
+class Sampler:
+    """Compiles and runs the rollout program; one compiled program per static shape.
+
+    `num_compilations` and `compile_seconds` count the programs built so far (for the trainer's
+    logs); every compilation is also logged at INFO level with its shapes and compile time.
+    """
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        *,
+        mesh: Mesh | None = None,
+        config: RolloutConfig | None = None,
+        tokenizer: Any = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+    ):
+        self.graphdef, abstract_state = nnx.split(model)
+        self.model_config: ModelConfig = model.config
+        self.config = config or RolloutConfig()
+        if mesh is None:
+            mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+        self.mesh = mesh
+        self.tokenizer = tokenizer
+        self.stop_tokens = default_stop_tokens(self.model_config, tokenizer, checkpoint_dir)
+        rules = self.config.decode_rules or decode_rules(self.config.rules)
+        self.decode_shardings = state_shardings(abstract_state, mesh, rules)
+        spec = logical_to_spec(("batch",), self.config.rules, mesh)[0]
+        self.batch_axis_size = group_decode.axis_size(mesh, spec)
+        self.num_compilations = 0
+        self.compile_seconds = 0.0
+        self._programs: dict[Any, Any] = {}
+
+    # -- host-side preparation -------------------------------------------------------------------
+
+    def _put(self, x: np.ndarray, axes: Sequence[str | None]) -> jax.Array:
+        return jax.device_put(x, logical_sharding(self.mesh, self.config.rules, axes, x.shape))
+
+    def _prepare_prompts(self, prompts: Prompts, rows: int) -> dict[str, Any]:
+        p = prompts.num_prompts
+        length = bucket(int(prompts.lengths.max()), self.config.prompt_buckets)
+        pad_id = self.model_config.pad_token_id or 0
+
+        def fit(x: np.ndarray, axis: int, size: int, value=0) -> np.ndarray:
+            x = np.take(x, np.arange(min(size, x.shape[axis])), axis=axis)
+            widths = [(0, 0)] * x.ndim
+            widths[axis] = (0, size - x.shape[axis])
+            return np.pad(x, widths, constant_values=value)
+
+        mask = fit(fit(prompts.attention_mask, 1, length), 0, rows)
+        mask[p:, 0] = True  # filler rows: one visible token, so no row is fully masked
+        out = {
+            "input_ids": self._put(
+                fit(fit(prompts.input_ids, 1, length, pad_id), 0, rows, pad_id), ("batch", None)
+            ),
+            "attention_mask": self._put(mask, ("batch", None)),
+            "positions": self._put(
+                fit(fit(prompts.positions, 2, length), 1, rows), (None, "batch", None)
+            ),
+            "rope_deltas": self._put(fit(prompts.rope_deltas, 0, rows), ("batch",)),
+            "prompt_seeds": self._put(fit(prompts.seeds, 0, rows), ("batch",)),
+            "chunks": None,
+            "feature_index": None,
+        }
+        if prompts.vision is not None:
+            chunks, index = group_decode.vision_chunks(
+                prompts.vision,
+                self.model_config.vision,
+                self.config.vision_chunk_patches,
+                self.config.patch_buckets,
+                self.batch_axis_size,
+            )
+            out["chunks"] = {k: self._put(v, ("batch",)) for k, v in chunks.items()}
+            out["feature_index"] = self._put(index, ())
+        return out
+
+    # -- compilation -----------------------------------------------------------------------------
+
+    def _program(self, static: Static, args: tuple) -> Any:
+        leaves, treedef = jax.tree.flatten(args)
+        signature = tuple(
+            (leaf.shape, str(leaf.dtype), getattr(leaf, "sharding", None)) for leaf in leaves
+        )
+        key = (static, treedef, signature)
+        program = self._programs.get(key)
+        if program is not None:
+            return program
+        fn = functools.partial(
+            group_decode.group_rollout,
+            self.graphdef,
+            static,
+            self.mesh,
+            self.config.rules,
+            self.decode_shardings,
+        )
+        start = time.perf_counter()
+        program = jax.jit(fn).lower(*args).compile()
+        seconds = time.perf_counter() - start
+        self._programs[key] = program
+        self.num_compilations += 1
+        self.compile_seconds += seconds
+        ids, chunks, active = args[1], args[5], args[7]
+        log.info(
+            "rollout: compiled program %d (prompts %s, vision chunks %s, groups %s, max_new_tokens "
+            "%d, top_k %d, top_p %s, greedy %s) in %.2f s",
+            self.num_compilations,
+            "x".join(map(str, ids.shape)),
+            None if chunks is None else "x".join(map(str, chunks["patches"].shape[:2])),
+            "x".join(map(str, active.shape)),
+            static.max_new_tokens,
+            static.top_k,
+            static.use_top_p,
+            static.greedy,
+            seconds,
+        )
+        return program
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        state: nnx.State | nnx.Module,
+        prompts: Prompts,
+        samples_per_prompt: int | Sequence[int],
+        params: SamplingParams | None = None,
+        seed: int = 0,
+    ) -> Rollout:
+        """Samples `samples_per_prompt` completions of every prompt row (one count for all, or
+        one per row; 0 skips a row) in one compiled call.
+
+        state: the model's state (`nnx.split(model)[1]`, any sharding on this sampler's mesh) or
+        the model itself. seed: the rollout seed (e.g. the training step); a sample's stream is
+        (seed, prompt seed, sample index, step). Returns a Rollout of S = sum(counts) samples,
+        ordered by prompt row, then sample index.
+        """
+        params = params or SamplingParams()
+        if isinstance(state, nnx.Module):
+            state = nnx.state(state)
+        p = prompts.num_prompts
+        counts = np.asarray(
+            [samples_per_prompt] * p
+            if isinstance(samples_per_prompt, int | np.integer)
+            else list(samples_per_prompt),
+            np.int64,
+        )
+        if counts.shape != (p,) or (counts < 0).any() or counts.sum() == 0:
+            raise ValueError(f"need one non-negative sample count per prompt row, got {counts}")
+        rows = bucket(p, self.config.prompt_row_buckets or (p,), self.batch_axis_size)
+        group = bucket(int(counts.max()), self.config.group_buckets)
+        active = np.zeros((rows, group), bool)
+        active[:p] = np.arange(group)[None] < counts[:, None]
+        arrays = self._prepare_prompts(prompts, rows)
+        stops = self.stop_tokens if params.stop_token_ids is None else params.stop_token_ids
+        static = Static(
+            max_new_tokens=params.max_new_tokens,
+            top_k=params.top_k,
+            use_top_p=params.top_p < 1.0,
+            greedy=params.greedy,
+            min_new_tokens=params.min_new_tokens,
+            stop_ids=tuple(sorted(int(t) for t in stops)),
+            pad_id=int(self.model_config.pad_token_id or 0),
+        )
+        args = (
+            state,
+            arrays["input_ids"],
+            arrays["attention_mask"],
+            arrays["positions"],
+            arrays["rope_deltas"],
+            arrays["chunks"],
+            arrays["feature_index"],
+            self._put(active, ("batch", None)),
+            arrays["prompt_seeds"],
+            np.int32(seed),
+            # Greedy decoding reports log-probs at the given temperature (1 when it is 0).
+            np.float32(params.temperature if params.temperature > 0 else 1.0),
+            np.float32(params.top_p),
+        )
+        out = self._program(static, args)(*args)
+        slots = np.flatnonzero(active.reshape(-1)).astype(np.int32)
+        if slots.size != active.size:
+            index = jnp.asarray(slots)
+            out = {k: (v if v.ndim == 0 else jnp.take(v, index, axis=0)) for k, v in out.items()}
+        texts = None
+        if self.tokenizer is not None:
+            texts = decode_texts(
+                self.tokenizer, jax.device_get(out["tokens"]), jax.device_get(out["lengths"])
+            )
+        return Rollout(
+            tokens=out["tokens"],
+            logprobs=out["logprobs"],
+            mask=out["mask"],
+            lengths=out["lengths"],
+            finish_reason=out["finish_reason"],
+            sample_to_prompt=jnp.asarray(slots // group),
+            sample_index=jnp.asarray(slots % group),
+            prompt_lengths=out["prompt_lengths"],
+            num_steps=out["num_steps"],
+            texts=texts,
+        )

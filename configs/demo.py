@@ -64,8 +64,12 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
             "seconds": 2.0,
             "video_fps": 8,
             "square": 24,
+            "travel": 1.0,
+            "video_task": "change",
             "seed": 0,
             "generation": "qwen2_vl",
+            # The tiny model's size (model/tiny.py tiny_hf_config arguments).
+            "model": {"hidden_size": 128, "num_layers": 2, "vision_depth": 4, "vision_width": 64},
         }
     )
 

@@ -92,7 +92,6 @@ def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
         prompt_buckets=tuple(int(b) for b in r.prompt_buckets),
         patch_buckets=tuple(int(b) for b in r.patch_buckets),
         prompt_row_buckets=tuple(int(b) for b in r.prompt_row_buckets),
-        sample_row_buckets=tuple(int(b) for b in r.sample_row_buckets),
         rules=rules_from_config(config.mesh.rules),
     )
 

@@ -68,6 +68,9 @@ COLOURS = {
     "yellow": (230, 210, 40),
 }
 VIDEO_QUESTION = "In which direction does the square move?"
+# The "change" task: how the square changes over time (order-dependent, lost when shuffled).
+CHANGES = ("it grows", "it shrinks", "it gets brighter", "it gets darker")
+CHANGE_QUESTION = "How does the square change over time?"
 COLOUR_QUESTION = "What is the colour of the square?"
 COUNT_QUESTION = "How many squares are in the image?"
 
@@ -84,6 +87,11 @@ class SyntheticSpec:
     seconds: float = 2.0
     video_fps: int = 8
     square: int = 24
+    # Share of the free span the square travels: 1.0 crosses the frame; smaller values keep the
+    # shift between sampled frames under a patch, so a single tubelet shows the motion.
+    travel: float = 1.0
+    # "motion" (which way the square moves) or "change" (grows, shrinks, brightens, darkens).
+    video_task: str = "motion"
     seed: int = 0
     codec: str = "mpeg4"
 
@@ -93,21 +101,53 @@ class SyntheticSpec:
 
 
 def moving_square_frames(
-    direction: str, num_frames: int, size: tuple[int, int], square: int, colour, rng
+    direction: str,
+    num_frames: int,
+    size: tuple[int, int],
+    square: int,
+    colour,
+    rng,
+    travel: float = 1.0,
 ) -> np.ndarray:
-    """Frames of a square crossing the frame: [num_frames, H, W, 3] uint8 on a grey background.
-    The cross-axis position is random; the square travels from one edge region to the other."""
+    """Frames of a square moving in `direction`: [num_frames, H, W, 3] uint8 on a grey
+    background. It covers `travel` of the free span from a random start; the cross-axis position
+    is random. With travel 1.0 it crosses from one edge region to the other."""
     height, width = size
     frames = np.full((num_frames, height, width, 3), 96, np.uint8)
     horizontal = direction in ("left to right", "right to left")
     along = width - square if horizontal else height - square
     cross = int(rng.integers(0, (height if horizontal else width) - square + 1))
-    steps = np.linspace(0, along, num_frames).round().astype(int)
+    distance = int(round(along * travel))
+    offset = int(rng.integers(0, along - distance + 1)) if distance < along else 0
+    steps = offset + np.linspace(0, distance, num_frames).round().astype(int)
     if direction in ("right to left", "bottom to top"):
-        steps = steps[::-1]
+        steps = (2 * offset + distance) - steps
     for i, s in enumerate(steps):
         y, x = (cross, s) if horizontal else (s, cross)
         frames[i, y : y + square, x : x + square] = colour
+    return frames
+
+
+def changing_square_frames(
+    change: str, num_frames: int, size: tuple[int, int], square: int, colour, rng
+) -> np.ndarray:
+    """Frames of a square that grows, shrinks, brightens or darkens over time: [num_frames, H, W,
+    3] uint8 on a grey background, centred at a random point. Sizes go between square/2 and 2 *
+    square; brightness between 35% and 100% of the colour."""
+    height, width = size
+    frames = np.full((num_frames, height, width, 3), 96, np.uint8)
+    ramp = np.linspace(0.0, 1.0, num_frames)
+    if change in ("it shrinks", "it gets darker"):
+        ramp = ramp[::-1]
+    big = min(2 * square, height, width)
+    cy = int(rng.integers(big // 2, height - big // 2 + 1))
+    cx = int(rng.integers(big // 2, width - big // 2 + 1))
+    resizing = change in ("it grows", "it shrinks")
+    for i, r in enumerate(ramp):
+        side = int(round(square / 2 + r * (big - square / 2))) if resizing else square
+        shade = 1.0 if resizing else 0.35 + 0.65 * r
+        y0, x0 = cy - side // 2, cx - side // 2
+        frames[i, y0 : y0 + side, x0 : x0 + side] = np.round(np.asarray(colour) * shade)
     return frames
 
 
@@ -148,28 +188,40 @@ def _letter_options(names: Sequence[str]) -> list[str]:
 
 
 def _video_record(directory: str, name: str, spec: SyntheticSpec, rng) -> dict[str, Any]:
-    """Writes one moving-square video and returns its Video-R1 record."""
+    """Writes one video of the spec's task and returns its Video-R1 record."""
     num_frames = max(2, round(spec.seconds * spec.video_fps))
-    d = int(rng.integers(len(DIRECTIONS)))
-    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    frames = moving_square_frames(
-        DIRECTIONS[d], num_frames, spec.video_size, spec.square, COLOURS[colour], rng
-    )
     rel = f"videos/{name}.mp4"
+    if spec.video_task == "change":
+        d = int(rng.integers(len(CHANGES)))
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        frames = changing_square_frames(
+            CHANGES[d], num_frames, spec.video_size, spec.square, COLOURS[colour], rng
+        )
+        question, options, source = CHANGE_QUESTION, CHANGES, "synthetic_change"
+        process = f"<think>The {colour} square: {CHANGES[d]}.</think>"
+    elif spec.video_task == "motion":
+        d = int(rng.integers(len(DIRECTIONS)))
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        frames = moving_square_frames(
+            DIRECTIONS[d], num_frames, spec.video_size, spec.square, COLOURS[colour], rng,
+            spec.travel,
+        )  # fmt: skip
+        start, end = DIRECTIONS[d].split(" to ")
+        question, options, source = VIDEO_QUESTION, DIRECTIONS, "synthetic_motion"
+        process = f"<think>The {colour} square starts at the {start} and ends at the {end}.</think>"
+    else:
+        raise ValueError(f"unknown synthetic video_task {spec.video_task!r} (motion, change)")
     write_video(os.path.join(directory, rel), frames, spec.video_fps, spec.codec)
-    start, end = DIRECTIONS[d].split(" to ")
     return {
         "problem_id": name,
-        "problem": VIDEO_QUESTION,
+        "problem": question,
         "data_type": "video",
         "problem_type": "multiple choice",
-        "options": _letter_options(DIRECTIONS),
-        "process": (
-            f"<think>The {colour} square starts at the {start} and ends at the {end}.</think>"
-        ),
+        "options": _letter_options(options),
+        "process": process,
         "solution": f"<answer>{chr(ord('A') + d)}</answer>",
         "path": rel,
-        "data_source": "synthetic_motion",
+        "data_source": source,
     }
 
 
@@ -233,7 +285,9 @@ def _corpus(records: Sequence[dict[str, Any]]) -> list[str]:
     texts += list(type_instructions().values())
     for r in records:
         texts += [r["problem"], *r["options"], r["process"], r["solution"]]
-    texts += [f"{d} {c}" for d in DIRECTIONS for c in COLOURS] + ["0 1 2 3 4 5 6 7 8 9 . , ?"]
+    texts += [f"{d} {c}" for d in (*DIRECTIONS, *CHANGES) for c in COLOURS] + [
+        "0 1 2 3 4 5 6 7 8 9 . , ?"
+    ]
     return texts
 
 
@@ -307,7 +361,10 @@ def write_model_config(
 
 
 def build_dataset(
-    directory: str, spec: SyntheticSpec | None = None, generation: str = "qwen2_vl"
+    directory: str,
+    spec: SyntheticSpec | None = None,
+    generation: str = "qwen2_vl",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Writes the whole synthetic set under `directory`: videos/, images/, train.json (Video-R1
     records; also split into train_videos.json and train_images.json), eval.json (held-out
@@ -324,7 +381,11 @@ def build_dataset(
         "model_dir": os.path.join(directory, "model"),
     }
     manifest = os.path.join(directory, "synthetic.json")
-    wanted = {"spec": dataclasses.asdict(spec), "generation": generation}
+    wanted = {
+        "spec": dataclasses.asdict(spec),
+        "generation": generation,
+        "model": dict(model_kwargs or {}),
+    }
     if os.path.isfile(manifest):
         with open(manifest) as f:
             if json.load(f) == json.loads(json.dumps(wanted)):
@@ -341,7 +402,7 @@ def build_dataset(
         with open(paths[key], "w") as f:
             json.dump(subset, f, indent=1)
     tokenizer = make_tokenizer(paths["model_dir"], _corpus(records))
-    write_model_config(paths["model_dir"], tokenizer, generation)
+    write_model_config(paths["model_dir"], tokenizer, generation, **(model_kwargs or {}))
     with open(manifest, "w") as f:
         json.dump(wanted, f)
     return paths
@@ -367,6 +428,7 @@ def ensure_from_config(config) -> None:
         str(synthetic.directory),
         spec_from_config(synthetic),
         str(synthetic.get("generation", "qwen2_vl")),
+        dict(synthetic.get("model", {})),
     )
 
 

@@ -69,6 +69,11 @@ def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over `devices` (default: all) with axes (data, fsdp, tensor)."""
     devices = list(jax.devices() if devices is None else devices)
+    fixed = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+    if -1 not in fixed and math.prod(fixed) < len(devices):
+        # A mesh smaller than the machine (e.g. the demo's single device): the first devices.
+        log.info("mesh %s uses %d of %d devices", dict(shape), math.prod(fixed), len(devices))
+        devices = devices[: math.prod(fixed)]
     sizes = mesh_shape(shape, len(devices))
     if len(devices) == jax.device_count() and devices == list(jax.devices()):
         # Auto axes: shardings propagate through the program (the model and sampler annotate

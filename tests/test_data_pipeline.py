@@ -33,6 +33,7 @@ def small_config(directory, **data):
     config = demo.get_config(directory)
     config.data.synthetic.num_videos = 12
     config.data.synthetic.num_images = 6
+    config.data.train_files = os.path.join(directory, "train.json")  # videos and images
     config.data.update(data)
     return config
 

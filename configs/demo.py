@@ -57,7 +57,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
         {
             "enabled": True,
             "directory": directory,
-            "num_videos": 64,
+            "num_videos": 256,
             "num_images": 32,
             "video_size": (112, 112),
             "image_size": (112, 112),
@@ -80,7 +80,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     config.model.init = "random"
     config.mesh.shape = {"data": 1, "fsdp": 1, "tensor": 1}
 
-    config.sft.steps = 30
+    config.sft.steps = 300
     config.sft.train_files = os.path.join(directory, "train_images.json")
 
     config.optim.learning_rate = 1e-3
@@ -89,7 +89,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     config.optim.grad_clip = 1.0
 
     rl = config.rl
-    rl.steps = 60
+    rl.steps = 200
     rl.algorithm = "tgrpo"
     rl.num_generations = 8
     rl.shuffled_generations = 4

@@ -38,13 +38,18 @@ def segment_attention(
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         return jnp.einsum("hqk,khd->qhd", probs, v)
 
-    if n <= query_chunk or n % query_chunk:
+    if n <= query_chunk:
         return block(q, segments)
+    # Pad the queries to whole chunks (padding queries belong to no segment) so the score matrix
+    # never holds more than query_chunk x patches entries.
+    pad = (-n) % query_chunk
+    q_padded = jnp.pad(q, ((0, pad), (0, 0), (0, 0)))
+    seg_padded = jnp.pad(segments, (0, pad))
     out = jax.lax.map(
         lambda args: block(*args),
-        (q.reshape(n // query_chunk, query_chunk, h, d), segments.reshape(-1, query_chunk)),
+        (q_padded.reshape(-1, query_chunk, h, d), seg_padded.reshape(-1, query_chunk)),
     )
-    return out.reshape(n, h, d)
+    return out.reshape(n + pad, h, d)[:n]
 
 
 class VisionAttention(nnx.Module):

@@ -157,13 +157,21 @@ def port_arrays(cfg: ModelConfig, inp: ParityInput) -> dict:
     return {"positions": positions, "deltas": deltas, "vision": vision}
 
 
-def torch_logits(hf_model, cfg: ModelConfig, inp: ParityInput, positions: np.ndarray) -> np.ndarray:
-    """Logits of the transformers model for one input, with the port's position ids."""
+def torch_inputs(
+    cfg: ModelConfig, input_ids: np.ndarray, items: list, second_per_grid_ts: list[float]
+) -> dict:
+    """transformers keyword arguments for token ids [batch, seq] and vision items in token order:
+    input_ids, mm_token_type_ids (0 text, 1 image, 2 video; transformers 5.23 requires them),
+    pixel values and grids of the images and of the videos (and their seconds per grid)."""
     import torch
 
-    kwargs = {}
-    images = [(g, p) for kind, g, p in inp.items if kind == "image"]
-    videos = [(g, p) for kind, g, p in inp.items if kind == "video"]
+    ids = torch.tensor(np.asarray(input_ids))
+    token_type = torch.zeros_like(ids)
+    token_type[ids == cfg.image_token_id] = 1
+    token_type[ids == cfg.video_token_id] = 2
+    kwargs = {"input_ids": ids, "mm_token_type_ids": token_type}
+    images = [(g, p) for kind, g, p in items if kind == "image"]
+    videos = [(g, p) for kind, g, p in items if kind == "video"]
     if images:
         kwargs["pixel_values"] = torch.tensor(np.concatenate([p for _, p in images]))
         kwargs["image_grid_thw"] = torch.tensor([g for g, _ in images])
@@ -171,17 +179,19 @@ def torch_logits(hf_model, cfg: ModelConfig, inp: ParityInput, positions: np.nda
         kwargs["pixel_values_videos"] = torch.tensor(np.concatenate([p for _, p in videos]))
         kwargs["video_grid_thw"] = torch.tensor([g for g, _ in videos])
         if cfg.model_type == "qwen2_5_vl":
-            kwargs["second_per_grid_ts"] = torch.tensor(inp.second_per_grid_ts)
-    ids = torch.tensor(inp.input_ids)
-    token_type = torch.zeros_like(ids)
-    token_type[ids == cfg.image_token_id] = 1
-    token_type[ids == cfg.video_token_id] = 2
+            kwargs["second_per_grid_ts"] = torch.tensor(second_per_grid_ts)
+    return kwargs
+
+
+def torch_logits(hf_model, cfg: ModelConfig, inp: ParityInput, positions: np.ndarray) -> np.ndarray:
+    """Logits of the transformers model for one input, with the port's position ids."""
+    import torch
+
+    kwargs = torch_inputs(cfg, inp.input_ids, inp.items, inp.second_per_grid_ts)
     with torch.no_grad():
         out = hf_model(
-            input_ids=ids,
             attention_mask=torch.tensor(inp.attention_mask),
             position_ids=torch.tensor(positions.astype(np.int64)),
-            mm_token_type_ids=token_type,
             **kwargs,
         )
     return out.logits.float().numpy()

@@ -27,6 +27,7 @@ from scipy import stats
 
 from jaxvrl import group_decode, rollout, sampling
 from jaxvrl.rollout import Prompts, RolloutConfig, Sampler, SamplingParams
+from model import parity
 from model.hf import load_pretrained
 from model.packing import pack_vision
 from model.rope import rope_index
@@ -84,26 +85,12 @@ def hf_greedy(torch_model, cfg, row, max_new_tokens):
     import torch
 
     ids, items = row
-    kwargs = {}
-    images = [(g, p) for kind, g, p in items if kind == "image"]
-    videos = [(g, p) for kind, g, p in items if kind == "video"]
-    if images:
-        kwargs["pixel_values"] = torch.tensor(np.concatenate([p for _, p in images]))
-        kwargs["image_grid_thw"] = torch.tensor([g for g, _ in images])
-    if videos:
-        kwargs["pixel_values_videos"] = torch.tensor(np.concatenate([p for _, p in videos]))
-        kwargs["video_grid_thw"] = torch.tensor([g for g, _ in videos])
-        if cfg.model_type == "qwen2_5_vl":
-            kwargs["second_per_grid_ts"] = torch.tensor([SECONDS_PER_GRID] * len(videos))
-    input_ids = torch.tensor([ids])
-    token_type = torch.zeros_like(input_ids)
-    token_type[input_ids == cfg.image_token_id] = 1
-    token_type[input_ids == cfg.video_token_id] = 2
+    videos = sum(kind == "video" for kind, _, _ in items)
+    kwargs = parity.torch_inputs(cfg, [ids], items, [SECONDS_PER_GRID] * videos)
+    input_ids = kwargs["input_ids"]
     with torch.no_grad():
         out = torch_model.generate(
-            input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            mm_token_type_ids=token_type,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=cfg.pad_token_id or 0,

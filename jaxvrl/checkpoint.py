@@ -124,13 +124,12 @@ def export_step(workdir: str, out: str, base: str | None = None, step: int | Non
     config.json, tokenizer files of the run's model directory). Returns the step exported."""
     from flax import nnx
 
+    from model.config import ModelConfig
     from model.hf import save_pretrained
     from model.qwen2_vl import Qwen2VL
 
     with open(os.path.join(workdir, "model_config.json")) as f:
         run_model = json.load(f)
-    from model.config import ModelConfig
-
     config = ModelConfig.from_hf_dict(run_model["hf_config"])
     abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract, nnx.Param)

@@ -128,3 +128,17 @@ def test_sigkill_and_restart_ends_bit_identical_to_an_uninterrupted_run(
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     steps = [row["step"] for row in read_metrics(workdir)]
     assert steps == list(range(1, 8))
+
+
+def test_checkpoint_export_cli_writes_the_final_parameters(uninterrupted, tmp_path):
+    from jaxvrl import checkpoint
+
+    workdir, _ = uninterrupted
+    out = str(tmp_path / "exported")
+    assert checkpoint.main(["export", f"--workdir={workdir}", f"--out={out}"]) == 0
+    a = load_file(os.path.join(workdir, "hf", "model.safetensors"))
+    b = load_file(os.path.join(out, "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert os.path.isfile(os.path.join(out, "tokenizer.json"))

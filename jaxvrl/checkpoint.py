@@ -102,6 +102,19 @@ class Checkpointer:
         rng = jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32), impl=_impl_name(impl))
         return restored["state"], rng, _decode_data_state(meta["data_state"]), int(meta["step"])
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the parameters of `step` (a partial restore: optimizer state, reference model
+        and data state stay on disk), onto the shardings of `abstract_params`."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={"params": abstract_params}, partial_restore=True
+                ),
+            ),
+        )
+        return restored["state"]["params"]
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are complete."""
         self.manager.wait_until_finished()
@@ -137,14 +150,7 @@ def export_step(workdir: str, out: str, base: str | None = None, step: int | Non
     step = checkpointer.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-    abstract_state = {"params": params}
-    restored = checkpointer.manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=abstract_state, partial_restore=True),
-        ),
-    )
-    model = nnx.merge(graphdef, restored["state"]["params"])
+    model = nnx.merge(graphdef, checkpointer.restore_params(step, params))
     save_pretrained(model, out, tokenizer_dir=base or run_model.get("tokenizer_dir"))
     checkpointer.close()
     return step

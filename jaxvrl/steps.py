@@ -13,7 +13,8 @@ RL batch layout (static shapes; every array is padded):
 
 SFT batches are the data pipeline's whole sequences (prompt + target) with a loss_mask.
 
-The vision tower and the prompt embeddings run once per prompt and are shared by its completions.
+The vision tower and the prompt's pass through the decoder run once per prompt and are shared by
+its completions (Qwen2VL.shared_prefix_hidden_states).
 """
 
 from __future__ import annotations
@@ -45,22 +46,21 @@ def completion_logprobs(
     s2p = batch["sample_to_prompt"]
     prompt_mask = batch["prompt_mask"].astype(bool)
     completion_mask = batch["completion_mask"].astype(bool)
-    lp = prompt_mask.shape[1]
     lc = completion_mask.shape[1]
-    prompt_x = model.embed(batch["prompt_ids"], batch.get("vision"))[s2p]
-    x = jnp.concatenate([prompt_x, model.embed(batch["completion_ids"])], axis=1)
-    mask = jnp.concatenate([prompt_mask[s2p], completion_mask], axis=1)
-    prompt_len = prompt_mask.sum(axis=1)[s2p]
-    start = (batch["rope_deltas"][s2p] + prompt_len)[:, None] + jnp.arange(lc)[None, :]
-    positions = jnp.concatenate(
-        [batch["prompt_positions"][:, s2p], jnp.broadcast_to(start, (3, *start.shape))], axis=2
+    prompt_len = prompt_mask.sum(axis=1)
+    start = (batch["rope_deltas"] + prompt_len)[s2p][:, None] + jnp.arange(lc)[None, :]
+    prompt_h, completion_h = model.shared_prefix_hidden_states(
+        model.embed(batch["prompt_ids"], batch.get("vision")),
+        batch["prompt_positions"],
+        prompt_mask,
+        model.embed(batch["completion_ids"]),
+        jnp.broadcast_to(start, (3, *start.shape)),
+        completion_mask,
+        s2p,
     )
-    hidden = model.hidden_states(x, positions, mask)
-    # Completion token j is predicted at the last prompt token (j = 0) or at token j - 1.
-    source = jnp.where(
-        jnp.arange(lc)[None, :] == 0, (prompt_len - 1)[:, None], lp + jnp.arange(lc) - 1
-    )
-    picked = jnp.take_along_axis(hidden, source[..., None], axis=1)
+    # Completion token 0 is predicted at its prompt's last token, token j at token j - 1.
+    last = jnp.take_along_axis(prompt_h, (prompt_len - 1)[:, None, None], axis=1)[s2p]
+    picked = jnp.concatenate([last, completion_h[:, : lc - 1]], axis=1)
     out = {}
     result = model.token_logprobs(
         picked,

@@ -279,12 +279,16 @@ class Trainer:
             for stage in self.stages:
                 if latest is not None and latest >= stage.last and stage is not self.stages[-1]:
                     continue  # finished earlier; its parameters come with a later checkpoint
+                if latest is not None and latest == stage.first and stage.first > 0:
+                    # Stopped at the boundary: the previous stage's end starts this one (and is
+                    # what the before-RL evaluation scores).
+                    self.params = self.checkpointer.restore_params(latest, _abstract(self.params))
                 if stage.name == "rl" and config.eval.files:
-                    results["before_rl"] = self._evaluate_once("before_rl", latest, stage)
+                    results["before_rl"] = self._evaluate_once("before_rl", stage.first, latest)
                 self._run_stage(stage, latest, writer)
                 latest = stage.last
             if config.eval.files:
-                results["after_rl"] = self._evaluate_once("after_rl", None, self.stages[-1])
+                results["after_rl"] = self._evaluate_once("after_rl", self.total_steps, None)
         finally:
             writer.close()
             self.checkpointer.close()
@@ -300,14 +304,19 @@ class Trainer:
         results["history"] = self.history
         return results
 
-    def _evaluate_once(self, tag: str, latest: int | None, stage: Stage) -> dict[str, Any]:
-        """Evaluates now, or reads the result of an earlier run of this workdir."""
+    def _evaluate_once(self, tag: str, step: int, latest: int | None) -> dict[str, Any]:
+        """Evaluates the parameters of `step` (the current ones), or reads the result an
+        earlier run of this workdir wrote for that step."""
         path = os.path.join(self.workdir, f"eval_{tag}.json")
-        if os.path.isfile(path) and (tag != "before_rl" or (latest or 0) > stage.first):
+        if os.path.isfile(path):
             with open(path) as f:
-                return json.load(f)
-        if tag == "before_rl" and latest is not None and latest > stage.first:
-            raise FileNotFoundError(f"resuming inside RL but {path} is missing")
+                earlier = json.load(f)
+            if earlier.get("step") == step:
+                return earlier
+        if latest is not None and latest > step:
+            raise FileNotFoundError(
+                f"resuming at step {latest}, but {path} holds no evaluation of step {step}"
+            )
         ev = self.config.eval
         result = evaluate(
             self.params,
@@ -320,6 +329,7 @@ class Trainer:
             ),
             accuracy_reward=str(self.config.rl.accuracy_reward),
         )
+        result["step"] = step
         if jax.process_index() == 0:
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)
@@ -349,12 +359,6 @@ class Trainer:
             ref_params = state.get("ref_params")
             iterator.set_state(data_state)
             log.info("resumed %s at step %d", stage.name, step)
-        elif latest is not None and latest == stage.first and stage.first > 0:
-            # The checkpoint of the previous stage's end: its parameters start this stage.
-            prev = {"params": self.params, "opt_state": opt_state}
-            state, _, _, _ = self.checkpointer.restore(latest, _abstract(prev))
-            self.params = state["params"]
-            ref_params = jax.tree.map(lambda x: x.copy(), self.params) if with_ref else None
         train_fn = self._train_fn(tx, settings)
         ref_fn = jax.jit(
             functools.partial(steps.reference_logprobs, self.graphdef, settings=settings)

@@ -37,6 +37,7 @@ class VisionConfig:
     fullatt_block_indexes: tuple[int, ...] = ()
     tokens_per_second: float = 2.0
     rope_theta: float = 10000.0
+    initializer_range: float = 0.02  # std of the random init (only used without weights)
 
     @property
     def head_dim(self) -> int:
@@ -71,6 +72,7 @@ class TextConfig:
     mrope_section: tuple[int, int, int] = (16, 24, 24)
     hidden_act: str = "silu"
     max_position_embeddings: int = 32768
+    initializer_range: float = 0.02  # std of the random init (only used without weights)
 
     @property
     def head_dim(self) -> int:
@@ -132,12 +134,14 @@ class ModelConfig:
             mrope_section=mrope,  # type: ignore[arg-type]
             hidden_act=text_raw.get("hidden_act", "silu"),
             max_position_embeddings=int(text_raw.get("max_position_embeddings", 32768)),
+            initializer_range=float(text_raw.get("initializer_range", 0.02)),
         )
         if sum(mrope) * 2 != text.head_dim:
             raise ValueError(
                 f"mrope_section {list(mrope)} sums to {sum(mrope)}, expected head_dim/2 = "
                 f"{text.head_dim // 2}"
             )
+        vision_init = float(vision_raw.get("initializer_range", text.initializer_range))
         in_channels = int(vision_raw.get("in_channels", vision_raw.get("in_chans", 3)))
         patch = int(vision_raw.get("patch_size", vision_raw.get("spatial_patch_size", 14)))
         if model_type == "qwen2_vl":
@@ -154,6 +158,7 @@ class ModelConfig:
                 temporal_patch_size=int(vision_raw.get("temporal_patch_size", 2)),
                 spatial_merge_size=int(vision_raw.get("spatial_merge_size", 2)),
                 out_hidden_size=int(vision_raw.get("hidden_size", text.hidden_size)),
+                initializer_range=vision_init,
             )
         else:
             vision = VisionConfig(
@@ -173,6 +178,7 @@ class ModelConfig:
                     int(i) for i in vision_raw.get("fullatt_block_indexes", (7, 15, 23, 31))
                 ),
                 tokens_per_second=float(vision_raw.get("tokens_per_second", 2)),
+                initializer_range=vision_init,
             )
         if vision.out_hidden_size != text.hidden_size:
             raise ValueError(
@@ -249,6 +255,7 @@ class ModelConfig:
             }
             architecture = "Qwen2_5_VLForConditionalGeneration"
         vision_raw["model_type"] = self.model_type
+        vision_raw["initializer_range"] = v.initializer_range
         eos = list(self.eos_token_id)
         return {
             "architectures": [architecture],
@@ -261,6 +268,7 @@ class ModelConfig:
             "num_key_value_heads": t.num_kv_heads,
             "hidden_act": t.hidden_act,
             "rms_norm_eps": t.rms_norm_eps,
+            "initializer_range": t.initializer_range,
             "rope_theta": t.rope_theta,
             "rope_scaling": {"type": "mrope", "mrope_section": list(t.mrope_section)},
             "max_position_embeddings": t.max_position_embeddings,

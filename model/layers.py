@@ -35,10 +35,12 @@ class Dense(nnx.Module):
         use_bias: bool = True,
         param_dtype: jnp.dtype = jnp.float32,
         dtype: jnp.dtype = jnp.float32,
+        init_std: float = 0.02,
         rngs: nnx.Rngs,
     ):
         self.kernel = nnx.Param(
-            normal_init()(rngs.params(), (in_features, out_features), param_dtype), axes=axes
+            normal_init(init_std)(rngs.params(), (in_features, out_features), param_dtype),
+            axes=axes,
         )
         self.bias = (
             nnx.Param(jnp.zeros((out_features,), param_dtype), axes=(axes[1],))

@@ -30,7 +30,9 @@ class Qwen2VL(nnx.Module):
         self.dtype = dtype
         self.visual = VisionTower(config.vision, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.embed_tokens = nnx.Param(
-            normal_init()(rngs.params(), (t.vocab_size, t.hidden_size), param_dtype),
+            normal_init(t.initializer_range)(
+                rngs.params(), (t.vocab_size, t.hidden_size), param_dtype
+            ),
             axes=("vocab", "embed"),
         )
         self.layers = nnx.List(
@@ -44,7 +46,9 @@ class Qwen2VL(nnx.Module):
             None
             if config.tie_word_embeddings
             else nnx.Param(
-                normal_init()(rngs.params(), (t.hidden_size, t.vocab_size), param_dtype),
+                normal_init(t.initializer_range)(
+                    rngs.params(), (t.hidden_size, t.vocab_size), param_dtype
+                ),
                 axes=("embed", "vocab"),
             )
         )
@@ -107,6 +111,45 @@ class Qwen2VL(nnx.Module):
         cos, sin = self._rope(positions)
         hidden, _ = self._layers(x, cos, sin, causal_mask(attention_mask), None)
         return hidden
+
+    def shared_prefix_hidden_states(
+        self,
+        prompt_x: jnp.ndarray,
+        prompt_positions: jnp.ndarray,
+        prompt_mask: jnp.ndarray,
+        completion_x: jnp.ndarray,
+        completion_positions: jnp.ndarray,
+        completion_mask: jnp.ndarray,
+        sample_to_prompt: jnp.ndarray,
+    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Causal forward of S completions that continue P shared prompts, each prompt run once
+        (the G samples of a GRPO group share theirs). prompt_x: [P, Lp, hidden] (right-padded,
+        prompt_mask [P, Lp]); completion_x: [S, Lc, hidden] (completion_mask [S, Lc]) after
+        prompt `sample_to_prompt[s]`; positions [3, ., .]. Returns final hidden states of the
+        prompts [P, Lp, hidden] and of the completions [S, Lc, hidden], equal to a forward over
+        every concatenated (padded) prompt + completion."""
+        prompt_mask = prompt_mask.astype(bool)
+        completion_mask = completion_mask.astype(bool)
+        rope_p = self._rope(prompt_positions)
+        rope_c = self._rope(completion_positions)
+        mask_p = causal_mask(prompt_mask)
+        lc = completion_mask.shape[1]
+        sees_prompt = jnp.broadcast_to(
+            prompt_mask[sample_to_prompt][:, None, :],
+            (completion_mask.shape[0], lc, prompt_mask.shape[1]),
+        )
+        mask_c = jnp.concatenate([sees_prompt, causal_mask(completion_mask)], axis=2)
+        xp, xc = prompt_x, completion_x
+        for layer in self.layers:
+            if self.remat:
+                xp, xc = nnx.remat(lambda lyr, *a: lyr.shared_prefix(*a))(
+                    layer, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt
+                )
+            else:
+                xp, xc = layer.shared_prefix(
+                    xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt
+                )
+        return self.norm(xp), self.norm(xc)
 
     def prefill(
         self,

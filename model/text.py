@@ -47,19 +47,29 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
         self.q_proj = Dense(d, h * hd, axes=("embed", "heads"), **kw)
         self.k_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), **kw)
         self.v_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), **kw)
         self.o_proj = Dense(h * hd, d, axes=("heads", "embed"), use_bias=False, **kw)
         self.shape = (h, kv, hd)
 
-    def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
+    def project(self, x, cos, sin):
+        """Rotated queries [b, len, heads, d] and keys, and values [b, len, kv_heads, d]."""
         b, length, _ = x.shape
         h, kv, hd = self.shape
         q = apply_rotary(self.q_proj(x).reshape(b, length, h, hd), cos, sin)
         k = apply_rotary(self.k_proj(x).reshape(b, length, kv, hd), cos, sin)
-        v = self.v_proj(x).reshape(b, length, kv, hd)
+        return q, k, self.v_proj(x).reshape(b, length, kv, hd)
+
+    def output(self, out):
+        """Attention output [b, len, heads, d] -> the residual update [b, len, hidden]."""
+        b, length, h, hd = out.shape
+        return self.o_proj(out.reshape(b, length, h * hd))
+
+    def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
+        hd = self.shape[2]
+        q, k, v = self.project(x, cos, sin)
         if kv_cache is not None:
             k_all = jax.lax.dynamic_update_slice(
                 kv_cache[0], k.astype(kv_cache[0].dtype), (0, index, 0, 0)
@@ -69,14 +79,36 @@ class Attention(nnx.Module):
             )
             kv_cache = (k_all, v_all)
             k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
-        out = attention(q, k, v, mask, hd**-0.5)
-        return self.o_proj(out.reshape(b, length, h * hd)), kv_cache
+        return self.output(attention(q, k, v, mask, hd**-0.5)), kv_cache
+
+    def shared_prefix(self, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt):
+        """Attention for completions that continue shared prompts, the prompts computed once.
+
+        xp: [P, Lp, hidden] prompts; xc: [S, Lc, hidden] completions, completion s continuing
+        prompt `sample_to_prompt[s]`. rope_p / rope_c: (cos, sin) of each. mask_p: [P, Lp, Lp];
+        mask_c: [S, Lc, Lp + Lc] over the prompt's keys, then the completion's own keys.
+        Returns the residual updates of both. Equal to attention over each concatenated
+        prompt + completion, without running the prompt once per completion."""
+        hd = self.shape[2]
+        qp, kp, vp = self.project(xp, *rope_p)
+        qc, kc, vc = self.project(xc, *rope_c)
+        out_p = attention(qp, kp, vp, mask_p, hd**-0.5)
+        k = jnp.concatenate([kp[sample_to_prompt], kc], axis=1)
+        v = jnp.concatenate([vp[sample_to_prompt], vc], axis=1)
+        out_c = attention(qc, k, v, mask_c, hd**-0.5)
+        return self.output(out_p), self.output(out_c)
 
 
 class MLP(nnx.Module):
     def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
-        kw = dict(param_dtype=param_dtype, dtype=dtype, use_bias=False, rngs=rngs)
+        kw = dict(
+            param_dtype=param_dtype,
+            dtype=dtype,
+            use_bias=False,
+            init_std=cfg.initializer_range,
+            rngs=rngs,
+        )
         self.gate_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
         self.up_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
         self.down_proj = Dense(f, d, axes=("mlp", "embed"), **kw)
@@ -99,6 +131,22 @@ class DecoderLayer(nnx.Module):
         attn, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, index)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), kv_cache
+
+    def shared_prefix(self, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt):
+        """The layer over prompts xp [P, Lp, hidden] and the completions xc [S, Lc, hidden]
+        that continue them (Attention.shared_prefix). Returns both outputs."""
+        ap, ac = self.self_attn.shared_prefix(
+            self.input_layernorm(xp),
+            self.input_layernorm(xc),
+            rope_p,
+            rope_c,
+            mask_p,
+            mask_c,
+            sample_to_prompt,
+        )
+        xp, xc = xp + ap, xc + ac
+        xp = xp + self.mlp(self.post_attention_layernorm(xp))
+        return xp, xc + self.mlp(self.post_attention_layernorm(xc))
 
 
 def causal_mask(attention_mask: jnp.ndarray) -> jnp.ndarray:

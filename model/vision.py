@@ -55,12 +55,9 @@ def segment_attention(
 class VisionAttention(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         d = cfg.hidden_size
-        self.qkv = Dense(
-            d, 3 * d, axes=("embed", "qkv"), param_dtype=param_dtype, dtype=dtype, rngs=rngs
-        )
-        self.proj = Dense(
-            d, d, axes=("qkv", "embed"), param_dtype=param_dtype, dtype=dtype, rngs=rngs
-        )
+        kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
+        self.qkv = Dense(d, 3 * d, axes=("embed", "qkv"), **kw)
+        self.proj = Dense(d, d, axes=("qkv", "embed"), **kw)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
 
@@ -79,7 +76,7 @@ class VisionMLP(nnx.Module):
 
     def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
-        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
         self.gated = cfg.is_windowed
         if self.gated:
             self.gate_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
@@ -115,7 +112,7 @@ class PatchMerger(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         norm = RMSNorm if cfg.is_windowed else LayerNorm
         wide = cfg.hidden_size * cfg.merge_unit
-        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
         self.ln_q = norm(cfg.hidden_size, 1e-6, param_dtype=param_dtype)
         self.mlp_in = Dense(wide, wide, axes=("embed", "mlp"), **kw)
         self.mlp_out = Dense(wide, cfg.out_hidden_size, axes=("mlp", "embed"), **kw)
@@ -136,7 +133,12 @@ class VisionTower(nnx.Module):
         self.dtype = dtype
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.patch_embed = Dense(
-            cfg.patch_dim, cfg.hidden_size, axes=(None, "embed"), use_bias=False, **kw
+            cfg.patch_dim,
+            cfg.hidden_size,
+            axes=(None, "embed"),
+            use_bias=False,
+            init_std=cfg.initializer_range,
+            **kw,
         )
         self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
         self.merger = PatchMerger(cfg, **kw)

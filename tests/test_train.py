@@ -142,3 +142,28 @@ def test_checkpoint_export_cli_writes_the_final_parameters(uninterrupted, tmp_pa
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert os.path.isfile(os.path.join(out, "tokenizer.json"))
+
+
+def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
+    root, uninterrupted, tmp_path
+):
+    """A run stopped right after the SFT stage (its last checkpoint, no RL one yet) restarts with
+    the SFT parameters: the before-RL evaluation and the final parameters equal the
+    uninterrupted run's."""
+    workdir_a, _ = uninterrupted
+    workdir = str(tmp_path / "run_c")
+    sft_only = [*command(root, workdir), "--config.rl.steps=0"]
+    for cmd in (sft_only, command(root, workdir)):
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+    with open(os.path.join(workdir_a, "eval_before_rl.json")) as f:
+        before_a = json.load(f)
+    with open(os.path.join(workdir, "eval_before_rl.json")) as f:
+        before_c = json.load(f)
+    assert before_c == before_a and before_c["step"] == 3
+    with open(os.path.join(workdir, "eval_after_rl.json")) as f:
+        assert json.load(f)["step"] == 7
+    a = load_file(os.path.join(workdir_a, "hf", "model.safetensors"))
+    c = load_file(os.path.join(workdir, "hf", "model.safetensors"))
+    for key in a:
+        np.testing.assert_array_equal(a[key], c[key], err_msg=key)

@@ -105,14 +105,24 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters of `step` (a partial restore: optimizer state, reference model
         and data state stay on disk), onto the shardings of `abstract_params`."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={"params": abstract_params}, partial_restore=True
-                ),
-            ),
+        # A reader of its own: a manager binds each item to the handler it first used, and this
+        # one saves "state" with the standard handler.
+        reader = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(read_only=True),
+            item_names=("state",),
         )
+        try:
+            restored = reader.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item={"params": abstract_params}, partial_restore=True
+                    ),
+                ),
+            )
+        finally:
+            reader.close()
         return restored["state"]["params"]
 
     def wait(self) -> None:

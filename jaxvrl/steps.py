@@ -276,3 +276,10 @@ def reference_logprobs(
         model, batch, temperature=settings.temperature, chunk_size=settings.chunk_size
     )
     return jax.lax.stop_gradient(out["logp"])
+
+
+def stacked_reference_logprobs(
+    graphdef: nnx.GraphDef, params: nnx.State, stacked: Batch, settings: LossSettings
+) -> jnp.ndarray:
+    """`reference_logprobs` of every micro-batch of a stacked batch [M, ...] -> [M, S, Lc]."""
+    return jax.lax.map(lambda mb: reference_logprobs(graphdef, params, mb, settings), stacked)

@@ -360,8 +360,9 @@ class Trainer:
             iterator.set_state(data_state)
             log.info("resumed %s at step %d", stage.name, step)
         train_fn = self._train_fn(tx, settings)
+        # One compiled program per batch shape (a lambda made per step would recompile).
         ref_fn = jax.jit(
-            functools.partial(steps.reference_logprobs, self.graphdef, settings=settings)
+            functools.partial(steps.stacked_reference_logprobs, self.graphdef, settings=settings)
         )
         rng = jax.random.key(int(config.seed))
         micro = int(config.train.micro_batches)
@@ -379,11 +380,11 @@ class Trainer:
                 batching.stack(batches, self.model_config.vision.merge_unit)
             )
             if with_ref:
-                stacked["ref_logp"] = jax.lax.map(lambda mb: ref_fn(ref_params, mb), stacked)
+                stacked["ref_logp"] = ref_fn(ref_params, stacked)
             t1 = time.perf_counter()
             passes = int(config.rl.num_iterations) if stage.name == "rl" else 1
             if passes > 1:
-                stacked["old_logp"] = jax.lax.map(lambda mb: ref_fn(self.params, mb), stacked)
+                stacked["old_logp"] = ref_fn(self.params, stacked)
             self._count_program(stage.name, stacked)
             for _ in range(passes):
                 self.params, opt_state, out = train_fn(self.params, opt_state, stacked)

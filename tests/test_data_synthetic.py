@@ -12,7 +12,9 @@ from jaxvrl.data import synthetic
 from jaxvrl.data.prompts import load_tokenizer
 from model.config import ModelConfig
 
-SPEC = synthetic.SyntheticSpec(num_videos=6, num_images=4, seconds=1.0, video_fps=8, seed=1)
+SPEC = synthetic.SyntheticSpec(
+    num_videos=6, num_images=4, seconds=1.0, video_fps=8, seed=1, cold_start_videos=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,16 @@ def test_records_are_video_r1_rows_for_every_file(dataset):
         assert keys <= set(r)
         assert os.path.isfile(os.path.join(dataset["media_root"], r["path"]))
     assert {r["problem_type"] for r in records} == {"multiple choice", "numerical"}
+
+
+def test_cold_start_file_holds_every_image_and_the_first_videos(dataset):
+    def load(key):
+        with open(dataset[key]) as f:
+            return json.load(f)
+
+    cold = load("cold_start_file")
+    assert cold == load("image_file") + load("video_file")[: SPEC.cold_start_videos]
+    assert all(r["process"].startswith("<think>") for r in cold)
 
 
 def test_video_answer_is_the_direction_the_square_moves(dataset):

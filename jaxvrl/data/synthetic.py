@@ -92,6 +92,9 @@ class SyntheticSpec:
     travel: float = 1.0
     # "motion" (which way the square moves) or "change" (grows, shrinks, brightens, darkens).
     video_task: str = "motion"
+    # Videos (the first ones of the training set) that also go, with their reasoning, into
+    # cold_start.json beside every image: the SFT cold start (Video-R1's CoT subset).
+    cold_start_videos: int = 0
     seed: int = 0
     codec: str = "mpeg4"
 
@@ -367,15 +370,17 @@ def build_dataset(
     model_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Writes the whole synthetic set under `directory`: videos/, images/, train.json (Video-R1
-    records; also split into train_videos.json and train_images.json), eval.json (held-out
-    videos) and model/ (tokenizer + tiny config.json). Skips the work when `directory` already
-    holds a set built from the same spec. Returns the paths {"train_file", "video_file",
-    "image_file", "eval_file", "media_root", "model_dir"}."""
+    records; also split into train_videos.json and train_images.json), cold_start.json (the
+    images and the first `cold_start_videos` videos), eval.json (held-out videos) and model/
+    (tokenizer + tiny config.json). Skips the work when `directory` already holds a set built
+    from the same spec. Returns the paths {"train_file", "video_file", "image_file",
+    "cold_start_file", "eval_file", "media_root", "model_dir"}."""
     spec = spec or SyntheticSpec()
     paths = {
         "train_file": os.path.join(directory, "train.json"),
         "video_file": os.path.join(directory, "train_videos.json"),
         "image_file": os.path.join(directory, "train_images.json"),
+        "cold_start_file": os.path.join(directory, "cold_start.json"),
         "eval_file": os.path.join(directory, "eval.json"),
         "media_root": directory,
         "model_dir": os.path.join(directory, "model"),
@@ -393,10 +398,13 @@ def build_dataset(
     os.makedirs(directory, exist_ok=True)
     records = build_media_and_records(directory, spec)
     held_out = eval_records(directory, spec)
+    videos = [r for r in records if r["data_type"] == "video"]
+    images = [r for r in records if r["data_type"] == "image"]
     for key, subset in (
         ("train_file", records),
-        ("video_file", [r for r in records if r["data_type"] == "video"]),
-        ("image_file", [r for r in records if r["data_type"] == "image"]),
+        ("video_file", videos),
+        ("image_file", images),
+        ("cold_start_file", images + videos[: spec.cold_start_videos]),
         ("eval_file", held_out),
     ):
         with open(paths[key], "w") as f:

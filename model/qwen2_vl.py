@@ -81,7 +81,7 @@ class Qwen2VL(nnx.Module):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             index = None if cache is None else cache.index
             if self.remat and cache is None:
-                x, kv = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, cos, sin, mask)
+                x, kv = _rematerialised(layer, "__call__", x, cos, sin, mask)
             else:
                 x, kv = layer(x, cos, sin, mask, kv, index)
             if kv is not None:
@@ -142,8 +142,8 @@ class Qwen2VL(nnx.Module):
         xp, xc = prompt_x, completion_x
         for layer in self.layers:
             if self.remat:
-                xp, xc = nnx.remat(lambda lyr, *a: lyr.shared_prefix(*a))(
-                    layer, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt
+                xp, xc = _rematerialised(
+                    layer, "shared_prefix", xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt
                 )
             else:
                 xp, xc = layer.shared_prefix(
@@ -216,3 +216,15 @@ class Qwen2VL(nnx.Module):
             temperature=temperature,
             with_entropy=with_entropy,
         )
+
+
+def _rematerialised(layer: nnx.Module, method: str, *args):
+    """`layer.method(*args)` with its activations recomputed in the backward pass. Functional
+    (split state, jax.checkpoint, merge inside), so it works under any enclosing transform
+    (jit, grad, scan over micro-batches)."""
+    graphdef, state = nnx.split(layer)
+
+    def run(state, *args):
+        return getattr(nnx.merge(graphdef, state), method)(*args)
+
+    return jax.checkpoint(run)(state, *args)

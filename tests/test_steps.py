@@ -93,7 +93,7 @@ def _concatenated_logprobs(model, batch):
 def test_shared_prompt_pass_has_the_gradient_of_the_concatenated_forward(remat):
     """The prompt run once for its completions gives the log-probs and the parameter gradient of
     running every prompt + completion (float32, 1e-5: only summation order differs)."""
-    model = tiny_port("qwen2_vl")
+    model = nnx.merge(*nnx.split(tiny_port("qwen2_vl")))  # a copy: the fixture is shared
     model.remat = remat
     _, batch = _rl_batch(model)
     weights = jnp.asarray(batch["completion_mask"], jnp.float32) * batch["advantages"][:, None]
@@ -131,16 +131,18 @@ def _step(model, settings, stacked, learning_rate=1e-2, **opt):
     return fn(params, tx.init(params), stacked)
 
 
-def test_two_micro_batches_give_exactly_the_one_batch_update():
-    model = tiny_port("qwen2_vl")
+@pytest.mark.parametrize("remat", [False, True])
+def test_two_micro_batches_give_exactly_the_one_batch_update(remat):
+    model = nnx.merge(*nnx.split(tiny_port("qwen2_vl")))  # a copy: the fixture is shared
+    model.remat = remat  # rematerialised layers inside the scan over micro-batches
     cfg = model.config
     inp, batch = _rl_batch(model)
     settings = steps.LossSettings(aggregation="token_mean")
-    # Adam divides by sqrt(v) + eps: with the default eps 1e-8 a parameter whose gradient is
-    # ~1e-8 (a token no completion uses) moves by ~lr/2 in a direction set by summation-order
-    # noise. eps 1e-6 keeps the one-step comparison well-conditioned; gradients above ~1e-5
-    # are untouched by it.
-    opt = {"eps": 1e-6}
+    # Adam's first step moves each parameter by lr * g / (|g| + eps): for the tiny gradients of
+    # rarely used parameters (~1e-6) the default eps 1e-8 turns float32 summation-order noise
+    # (~1e-9) into differences of ~1e-5. eps 1e-4 bounds that amplification by lr / eps = 100,
+    # so the comparison tests the accumulation and not the conditioning of the optimizer.
+    opt = {"eps": 1e-4}
     one_params, _, one = _step(model, settings, _stack([batch]), **opt)
     # The same four completions as two micro-batches of one prompt each.
     halves = []

@@ -129,8 +129,11 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
         attn, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, index)
-        x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), kv_cache
+        return self.feed_forward(x + attn), kv_cache
+
+    def feed_forward(self, x):
+        """The MLP half of the layer with its residual."""
+        return x + self.mlp(self.post_attention_layernorm(x))
 
     def shared_prefix(self, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt):
         """The layer over prompts xp [P, Lp, hidden] and the completions xc [S, Lc, hidden]
@@ -144,9 +147,7 @@ class DecoderLayer(nnx.Module):
             mask_c,
             sample_to_prompt,
         )
-        xp, xc = xp + ap, xc + ac
-        xp = xp + self.mlp(self.post_attention_layernorm(xp))
-        return xp, xc + self.mlp(self.post_attention_layernorm(xc))
+        return self.feed_forward(xp + ap), self.feed_forward(xc + ac)
 
 
 def causal_mask(attention_mask: jnp.ndarray) -> jnp.ndarray:

@@ -261,13 +261,17 @@ def grpo_policy_loss(
     aggregation: str = "seq_mean_token_mean",
     norm_constant: float | None = None,
     entropy: jax.Array | None = None,
+    entropy_coef: float = 0.0,
 ) -> LossOutput:
-    """GRPO (DeepSeekMath; Video-R1) per-token loss -surrogate + beta * k3 KL, aggregated by name.
+    """GRPO (DeepSeekMath; Video-R1) per-token loss -surrogate + beta * k3 KL - entropy_coef *
+    entropy, aggregated by name.
 
     `logp`, `logp_old`, `logp_ref`, `mask`, `entropy`: [batch, completion_len] (log-probs of the
     sampled tokens under the policy, the rollout policy and the reference). `advantages`: [batch]
     (one per sequence) or [batch, completion_len]. The KL term is skipped when `beta` is 0 or there
-    is no reference. Metrics: clip fractions (ratio below 1-eps_lo with A<0, above 1+eps_hi with
+    is no reference; the entropy bonus (PPO's, verl's `entropy_coeff`; 0 in the papers' recipes)
+    needs `entropy` and keeps a policy from turning deterministic while groups still disagree.
+    Metrics: clip fractions (ratio below 1-eps_lo with A<0, above 1+eps_hi with
     A>0), mean ratio, mean KL (whenever a reference is given) and mean entropy, over valid tokens.
     """
     valid = jnp.asarray(mask) > 0
@@ -293,7 +297,12 @@ def grpo_policy_loss(
         if not skip_kl:
             per_token = per_token + beta * kl
     if entropy is not None:
-        metrics["entropy"] = masked_mean_pair(jnp.where(valid, entropy, 0.0), weight)
+        entropy = jnp.where(valid, entropy, 0.0)
+        metrics["entropy"] = masked_mean_pair(entropy, weight)
+        if not (isinstance(entropy_coef, int | float) and entropy_coef == 0):
+            per_token = per_token - entropy_coef * entropy
+    elif entropy_coef:
+        raise ValueError("entropy_coef needs the per-token entropy")
 
     total, denominator = AGGREGATIONS.get(aggregation)(
         per_token, weight, norm_constant=norm_constant

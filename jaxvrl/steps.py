@@ -84,6 +84,7 @@ class LossSettings:
     policy_loss: str = "grpo"
     aggregation: str = "seq_mean_token_mean"
     beta: float = 0.0
+    entropy_coef: float = 0.0
     eps_low: float = 0.2
     eps_high: float = 0.2
     norm_constant: float | None = None
@@ -119,6 +120,7 @@ def micro_batch_loss(model: Qwen2VL, batch: Batch, s: LossSettings) -> grpo.Loss
         aggregation=s.aggregation,
         norm_constant=s.norm_constant,
         entropy=out.get("entropy"),
+        entropy_coef=s.entropy_coef,
     )
     metrics = dict(loss.metrics)
     if "sampler_logp" in batch:

@@ -176,6 +176,7 @@ def loss_settings(config: ml_collections.ConfigDict, stage: Stage) -> steps.Loss
         policy_loss=str(rl.policy_loss),
         aggregation=str(rl.aggregation),
         beta=float(rl.beta),
+        entropy_coef=float(rl.entropy_coef),
         eps_low=float(rl.eps_low),
         eps_high=float(rl.eps_high),
         norm_constant=float(rl.max_completion_tokens),

@@ -292,6 +292,31 @@ def test_kl_is_skipped_when_beta_is_zero_or_there_is_no_reference():
     np.testing.assert_allclose(with_kl.total - plain.total, 0.04 * kl_sum, rtol=1e-5)
 
 
+def test_entropy_bonus_subtracts_the_aggregated_entropy_and_pushes_towards_uniform():
+    b = random_batch(seed=6)
+    args = (b["logp"], b["logp_old"], b["advantages"], b["mask"])
+    plain = grpo.grpo_policy_loss(*args, entropy=b["entropy"])
+    bonus = grpo.grpo_policy_loss(*args, entropy=b["entropy"], entropy_coef=0.01)
+    entropy_sum, _ = grpo.AGGREGATIONS.get("seq_mean_token_mean")(b["entropy"], b["mask"])
+    np.testing.assert_allclose(plain.total - bonus.total, 0.01 * entropy_sum, rtol=1e-5)
+    with pytest.raises(ValueError, match="entropy"):
+        grpo.grpo_policy_loss(*args, entropy_coef=0.01)
+
+    # Through the logits: with zero advantages only the bonus moves them, and a gradient step
+    # on the loss raises the entropy of a peaked distribution.
+    logits = jnp.array([[[3.0, 0.0, -1.0, 0.5]]])
+
+    def loss(z):
+        out = grpo.grpo_policy_loss(
+            jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.zeros(1), jnp.ones((1, 1)),
+            entropy=grpo.token_entropy(z), entropy_coef=0.1,
+        )  # fmt: skip
+        return out.total / out.denominator
+
+    stepped = logits - 1.0 * jax.grad(loss)(logits)
+    assert float(grpo.token_entropy(stepped)[0, 0]) > float(grpo.token_entropy(logits)[0, 0])
+
+
 def test_k3_kl_known_values_and_clamp():
     kl = grpo.k3_kl(jnp.array([0.0, 0.0, 0.0, 0.0]), jnp.array([0.0, 1.0, -1.0, 50.0]))
     np.testing.assert_allclose(kl, [0, np.e - 2, np.exp(-1), np.exp(10) - 11], rtol=1e-6)

@@ -163,6 +163,8 @@ def rl_config() -> ml_collections.ConfigDict:
             "eps_low": 0.2,
             "eps_high": 0.2,
             "num_iterations": 1,  # optimisation passes per rollout
+            # No vision-tower updates in the RL stage only (an SFT stage still trains it).
+            "freeze_vision": False,
         }
     )
 
@@ -180,7 +182,7 @@ def get_config() -> ml_collections.ConfigDict:
             "param_dtype": "float32",
             "dtype": "float32",
             "remat": False,  # rematerialise decoder layers in the backward pass
-            "freeze_vision": False,  # no updates to the vision tower
+            "freeze_vision": False,  # no updates to the vision tower in any stage
         }
     )
     config.mesh = ml_collections.ConfigDict(

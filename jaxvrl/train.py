@@ -146,7 +146,8 @@ def optimizer_for(config: ml_collections.ConfigDict, stage: Stage, params):
         if stage.name == "sft" and config.sft.learning_rate
         else float(o.learning_rate)
     )
-    freeze = (lambda path: path[:1] == ("visual",)) if config.model.freeze_vision else None
+    frozen_vision = config.model.freeze_vision or (stage.name == "rl" and config.rl.freeze_vision)
+    freeze = (lambda path: path[:1] == ("visual",)) if frozen_vision else None
     return steps.make_optimizer(
         learning_rate=lr,
         total_steps=stage.last - stage.first,

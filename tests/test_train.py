@@ -167,3 +167,31 @@ def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
     c = load_file(os.path.join(workdir, "hf", "model.safetensors"))
     for key in a:
         np.testing.assert_array_equal(a[key], c[key], err_msg=key)
+
+
+@pytest.mark.parametrize("model_wide", [False, True])
+def test_rl_freeze_vision_keeps_the_tower_in_rl_only(model_wide):
+    """`rl.freeze_vision` freezes the vision tower in the RL stage and leaves the SFT stage
+    training it; `model.freeze_vision` freezes it in both."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from jaxvrl import train
+    from tests.model_fixtures import tiny_port
+
+    params = nnx.state(tiny_port("qwen2_vl"), nnx.Param)
+    config = demo.get_config("/nonexistent")
+    config.model.freeze_vision = model_wide
+    config.rl.freeze_vision = True
+    config.optim.warmup_steps = 0  # the first update moves what is trained
+    grads = jax.tree.map(jax.numpy.ones_like, params)
+    for name, vision_moves in (("sft", not model_wide), ("rl", False)):
+        tx, _ = train.optimizer_for(config, train.Stage(name, 0, 10), params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        vision = new["visual"]["patch_embed"]["kernel"][...]
+        moved = np.abs(vision - params["visual"]["patch_embed"]["kernel"][...]).max() > 0
+        assert moved == vision_moves, name
+        text = new["layers"][0]["mlp"]["up_proj"]["kernel"][...]
+        assert np.abs(text - params["layers"][0]["mlp"]["up_proj"]["kernel"][...]).max() > 0

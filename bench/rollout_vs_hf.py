@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vision-depth", type=int, default=4)
     parser.add_argument("--vision-width", type=int, default=128)
+    parser.add_argument("--intermediate", type=int, default=0, help="LM MLP width; 0 = 2 x hidden")
+    parser.add_argument("--vision-mlp-ratio", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--frames", type=int, default=4)
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     directory = tempfile.mkdtemp(prefix="jaxvrl_bench_rollout_")
+    intermediate = args.intermediate or 2 * args.hidden
     torch_model = make_tiny_checkpoint(
         directory,
         args.generation,
@@ -160,14 +163,17 @@ def main(argv: list[str] | None = None) -> None:
         num_layers=args.layers,
         vision_depth=args.vision_depth,
         vision_width=args.vision_width,
+        vision_mlp_ratio=args.vision_mlp_ratio,
         vocab_size=args.vocab,
+        intermediate_size=intermediate,
     )
     model = load_pretrained(directory, param_dtype="float32", dtype="float32")
     cfg = model.config
     ids, patches, grid, vision_tokens = build_batch(cfg, args, np.random.default_rng(0))
     print(
-        f"model {args.generation}: hidden {args.hidden}, {args.layers} layers, vision depth "
-        f"{args.vision_depth} width {args.vision_width}, vocab {args.vocab}; float32"
+        f"model {args.generation}: hidden {args.hidden} (MLP {intermediate}), "
+        f"{args.layers} layers, vision depth {args.vision_depth} width {args.vision_width} (MLP "
+        f"ratio {args.vision_mlp_ratio}), vocab {args.vocab}; float32"
     )
     print(
         f"batch: {args.prompts} video prompts x {ids.shape[1]} tokens ({vision_tokens} vision "

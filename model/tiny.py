@@ -28,6 +28,7 @@ def tiny_hf_config(
     num_layers: int = 2,
     vision_depth: int = 4,
     vision_width: int = 32,
+    vision_mlp_ratio: int = 2,
     token_ids: dict[str, int] | None = None,
     nested: bool = False,
     **overrides: Any,
@@ -58,7 +59,7 @@ def tiny_hf_config(
         vision = {
             "depth": vision_depth,
             "embed_dim": vision_width,
-            "mlp_ratio": 2,
+            "mlp_ratio": vision_mlp_ratio,
             "num_heads": 4,
             "hidden_size": hidden_size,
             "in_chans": 3,
@@ -72,7 +73,7 @@ def tiny_hf_config(
         vision = {
             "depth": vision_depth,
             "hidden_size": vision_width,
-            "intermediate_size": vision_width * 2,
+            "intermediate_size": vision_width * vision_mlp_ratio,
             "num_heads": 4,
             "hidden_act": "silu",
             "out_hidden_size": hidden_size,

@@ -9,11 +9,16 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
+import optax
 import pytest
+from flax import nnx
+from model_fixtures import tiny_port
 from safetensors.numpy import load_file
 
 from configs import demo
+from jaxvrl import train
 from jaxvrl.data import synthetic
 from jaxvrl.metrics import read_metrics
 from model import parity
@@ -173,13 +178,6 @@ def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
 def test_rl_freeze_vision_keeps_the_tower_in_rl_only(model_wide):
     """`rl.freeze_vision` freezes the vision tower in the RL stage and leaves the SFT stage
     training it; `model.freeze_vision` freezes it in both."""
-    import jax
-    import optax
-    from flax import nnx
-
-    from jaxvrl import train
-    from tests.model_fixtures import tiny_port
-
     params = nnx.state(tiny_port("qwen2_vl"), nnx.Param)
     config = demo.get_config("/nonexistent")
     config.model.freeze_vision = model_wide

@@ -12,9 +12,10 @@ record files and model/ with the tokenizer and a tiny config.json); it is genera
 The Video-R1 recipe in miniature on a 2-core CPU: a tiny random model, an SFT cold start on the
 image questions and a quarter of the videos with their reasoning (it learns the
 <think>/<answer> format, to answer with an option letter and part of the task), then T-GRPO on
-all training videos with the vision tower kept at its SFT weights. The task: does the square grow, shrink, brighten or darken? Without the
-frame order only the pair (size or brightness) can be told, so shuffled frames cap accuracy at
-about 0.5 (chance 0.25). Held-out videos are evaluated before and after RL.
+all training videos with the vision tower kept at its SFT weights. The task: does the square
+grow, shrink, brighten or darken? Without the frame order only the pair (size or brightness) can
+be told, so shuffled frames cap accuracy at about 0.5 (chance 0.25). Held-out videos are
+evaluated before and after RL.
 """
 
 from __future__ import annotations

@@ -212,6 +212,7 @@ def get_config() -> ml_collections.ConfigDict:
         {
             "steps": 0,  # SFT updates before RL; 0 skips the stage
             "learning_rate": 0.0,  # 0 = optim.learning_rate
+            "batch_size": 0,  # prompts per SFT step; 0 = data.batch_size
             "train_files": "",  # "" = data.train_files
             "train_on_prompt": False,  # Video-R1's SFT also trained on the prompt tokens
         }

@@ -114,6 +114,8 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
         out.data.shuffle_unit = "none"
         if config.sft.train_files:
             out.data.train_files = config.sft.train_files
+        if config.sft.batch_size:
+            out.data.batch_size = int(config.sft.batch_size)
         out.data.seed = int(config.data.seed) + 1
     elif config.rl.algorithm != "tgrpo":
         out.data.shuffle_unit = "none"

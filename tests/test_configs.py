@@ -96,8 +96,9 @@ def test_recipe_builds_mesh_model_sampler_and_every_stage_pipeline(name, media, 
     stages = [s.name for s in trainer.stages]
     assert "rl" in stages
     for stage in trainer.stages:
-        batch = next(iter(pipeline.build_dataset(train.stage_config(config, stage.name))))
-        assert batch["input_ids"].shape[0] == config.data.batch_size
+        stage_config = train.stage_config(config, stage.name)
+        batch = next(iter(pipeline.build_dataset(stage_config)))
+        assert batch["input_ids"].shape[0] == stage_config.data.batch_size
         if stage.name == "sft":
             assert batch["loss_mask"].sum() > 0
         else:

@@ -29,8 +29,9 @@ def demo_dir(tmp_path_factory):
 
 
 def small_config(directory, **data):
-    """The demo config on a 12-video, 6-image synthetic set."""
+    """The demo config on a 12-video, 6-image synthetic set, 4 examples per batch."""
     config = demo.get_config(directory)
+    config.data.batch_size = 4
     config.data.synthetic.num_videos = 12
     config.data.synthetic.num_images = 6
     config.data.train_files = os.path.join(directory, "train.json")  # videos and images

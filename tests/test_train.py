@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 
 from configs import demo
 from jaxvrl import train
-from jaxvrl.data import synthetic
+from jaxvrl.data import pipeline, synthetic
 from jaxvrl.metrics import read_metrics
 from model import parity
 
@@ -34,6 +34,7 @@ def short_overrides(root: str, workdir: str) -> list[str]:
         "--config.data.synthetic.num_videos=8",
         "--config.data.synthetic.num_images=4",
         "--config.data.synthetic.num_eval_videos=4",
+        "--config.data.batch_size=4",
         "--config.sft.steps=3",
         "--config.rl.steps=4",
         "--config.rl.num_generations=4",
@@ -193,3 +194,14 @@ def test_rl_freeze_vision_keeps_the_tower_in_rl_only(model_wide):
         assert moved == vision_moves, name
         text = new["layers"][0]["mlp"]["up_proj"]["kernel"][...]
         assert np.abs(text - params["layers"][0]["mlp"]["up_proj"]["kernel"][...]).max() > 0
+
+
+def test_sft_batch_size_sets_the_sft_stage_batches_only(root):
+    """`sft.batch_size` is the SFT stage's prompts per step; RL keeps `data.batch_size`."""
+    config = demo.get_config(root)
+    config.data.batch_size = 4
+    config.sft.batch_size = 2
+    for stage, size in (("sft", 2), ("rl", 4)):
+        batch = next(iter(pipeline.build_dataset(train.stage_config(config, stage))))
+        assert np.asarray(batch["example_mask"]).shape == (size,), stage
+        assert np.asarray(batch["example_mask"]).all(), stage

@@ -247,6 +247,11 @@ def masked_mean_pair(values: jax.Array, mask: jax.Array) -> Pair:
     return jax.lax.stop_gradient((values * mask).sum()), jax.lax.stop_gradient(mask.sum())
 
 
+def _static_zero(weight) -> bool:
+    """True for a Python 0: its term is left out of the loss. A traced weight always counts."""
+    return isinstance(weight, int | float) and weight == 0
+
+
 @POLICY_LOSSES.register("grpo")
 def grpo_policy_loss(
     logp: jax.Array,
@@ -293,15 +298,14 @@ def grpo_policy_loss(
     if logp_ref is not None:
         kl = k3_kl(logp, jnp.where(valid, logp_ref, 0.0))
         metrics["kl"] = masked_mean_pair(kl, weight)
-        skip_kl = isinstance(beta, int | float) and beta == 0
-        if not skip_kl:
+        if not _static_zero(beta):
             per_token = per_token + beta * kl
     if entropy is not None:
         entropy = jnp.where(valid, entropy, 0.0)
         metrics["entropy"] = masked_mean_pair(entropy, weight)
-        if not (isinstance(entropy_coef, int | float) and entropy_coef == 0):
+        if not _static_zero(entropy_coef):
             per_token = per_token - entropy_coef * entropy
-    elif entropy_coef:
+    elif not _static_zero(entropy_coef):
         raise ValueError("entropy_coef needs the per-token entropy")
 
     total, denominator = AGGREGATIONS.get(aggregation)(

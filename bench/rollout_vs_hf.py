@@ -41,7 +41,8 @@ from model.tiny import make_tiny_checkpoint  # noqa: E402
 def build_batch(cfg, args, rng):
     """Token ids [P, n], patches per prompt and the video grid, all prompts of one length."""
     patch = cfg.vision.patch_size
-    grid = (args.frames // cfg.vision.temporal_patch_size, args.side // patch, args.side // patch)
+    width = args.width or args.side
+    grid = (args.frames // cfg.vision.temporal_patch_size, args.side // patch, width // patch)
     vision_tokens = int(np.prod(grid)) // cfg.vision.merge_unit
     rows, patches = [], []
     for _ in range(args.prompts):
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--side", type=int, default=448)
+    parser.add_argument("--side", type=int, default=448, help="frame height (and width)")
+    parser.add_argument("--width", type=int, default=0, help="frame width; 0 = --side")
     parser.add_argument("--text", type=int, default=16)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)

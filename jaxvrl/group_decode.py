@@ -72,8 +72,11 @@ def vision_chunks(
     """Repacks a packed vision input into chunks of whole temporal slices.
 
     Consecutive slices fill chunks of C = `chunk_patches` patches (raised to the largest slice,
-    then rounded up to a multiple of 1024 so the tower's attention stays chunked). The number of
-    chunks K is bucket(needed chunks x C, patch_buckets) / C, rounded up to `num_chunks_multiple`.
+    then rounded up to a multiple of 1024). `chunk_patches` = 0 fits C to the largest slice: the
+    next power of two from 256 to 1024, a multiple of 1024 above (attention costs C per patch, so
+    a chunk no larger than the slices wastes least: 16-frame 224x448 videos, slices of 512
+    patches, run their tower 1.5x faster in chunks of 512 than of 1024). The number of chunks K
+    is bucket(needed chunks x C, patch_buckets) / C, rounded up to `num_chunks_multiple`.
     Returns the stacked pack_vision dicts (patches [K, C, patch_dim], pos_hw [K, C, 2], ...) and,
     for each merged feature of the original packing in order, its row in the flattened chunk
     outputs [K * C / merge_unit]: `index` [K * C / merge_unit], padded with 0.
@@ -81,7 +84,12 @@ def vision_chunks(
     unit = config.merge_unit
     slices = vision_slices(vision)
     largest = max((h * w for _, h, w in slices), default=unit)
-    c = chunk_patches if largest <= chunk_patches else -(-largest // 1024) * 1024
+    if chunk_patches <= 0 and largest <= 1024:
+        c = max(256, 1 << (largest - 1).bit_length())
+    elif largest <= chunk_patches:
+        c = chunk_patches
+    else:
+        c = -(-largest // 1024) * 1024
     groups: list[list[tuple[int, int, int]]] = [[]]
     used = 0
     for s, h, w in slices:

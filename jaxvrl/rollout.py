@@ -103,10 +103,10 @@ class RolloutConfig:
     # Samples per prompt row: the group width G of the decode layout (the largest count).
     group_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     # Vision patches incl. padding. The tower runs on chunks of whole temporal slices of
-    # `vision_chunk_patches` patches (raised to the largest slice): bucket(chunks x chunk size)
-    # / chunk size chunks. Multiples of 1024 keep the tower's attention chunked.
+    # `vision_chunk_patches` patches (raised to the largest slice; 0 = fitted to the largest
+    # slice, group_decode.vision_chunks): bucket(chunks x chunk size) / chunk size chunks.
     patch_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
-    vision_chunk_patches: int = 1024
+    vision_chunk_patches: int = 0
     rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES  # batch axes and the training layout
     decode_rules: tuple[tuple[str, Any], ...] | None = None  # None: `decode_rules(rules)`
 

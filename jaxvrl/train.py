@@ -92,6 +92,7 @@ def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
         prompt_buckets=tuple(int(b) for b in r.prompt_buckets),
         patch_buckets=tuple(int(b) for b in r.patch_buckets),
         prompt_row_buckets=tuple(int(b) for b in r.prompt_row_buckets),
+        vision_chunk_patches=int(r.vision_chunk_patches),
         rules=rules_from_config(config.mesh.rules),
     )
 

@@ -53,6 +53,9 @@ class Attention(nnx.Module):
         self.v_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), **kw)
         self.o_proj = Dense(h * hd, d, axes=("heads", "embed"), use_bias=False, **kw)
         self.shape = (h, kv, hd)
+        # Queries per attention block (model.layers.attention): longer sequences go through in
+        # blocks, so the scores of all pairs are never held at once.
+        self.query_chunk = 128
 
     def project(self, x, cos, sin):
         """Rotated queries [b, len, heads, d] and keys, and values [b, len, kv_heads, d]."""
@@ -79,7 +82,7 @@ class Attention(nnx.Module):
             )
             kv_cache = (k_all, v_all)
             k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
-        return self.output(attention(q, k, v, mask, hd**-0.5)), kv_cache
+        return self.output(attention(q, k, v, mask, hd**-0.5, self.query_chunk)), kv_cache
 
     def shared_prefix(self, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt):
         """Attention for completions that continue shared prompts, the prompts computed once.
@@ -92,10 +95,10 @@ class Attention(nnx.Module):
         hd = self.shape[2]
         qp, kp, vp = self.project(xp, *rope_p)
         qc, kc, vc = self.project(xc, *rope_c)
-        out_p = attention(qp, kp, vp, mask_p, hd**-0.5)
+        out_p = attention(qp, kp, vp, mask_p, hd**-0.5, self.query_chunk)
         k = jnp.concatenate([kp[sample_to_prompt], kc], axis=1)
         v = jnp.concatenate([vp[sample_to_prompt], vc], axis=1)
-        out_c = attention(qc, k, v, mask_c, hd**-0.5)
+        out_c = attention(qc, k, v, mask_c, hd**-0.5, self.query_chunk)
         return self.output(out_p), self.output(out_c)
 
 

@@ -30,13 +30,21 @@ def segment_attention(
     Queries are processed `query_chunk` at a time so the score matrix never holds all pairs.
     """
     n, h, d = q.shape
+    k = k.transpose(1, 0, 2)  # [heads, patches, head_dim]: the matmuls need no transposes
+    v = v.transpose(1, 0, 2)
 
     def block(q_blk: jnp.ndarray, seg_blk: jnp.ndarray) -> jnp.ndarray:
-        scores = jnp.einsum("qhd,khd->hqk", q_blk, k, preferred_element_type=jnp.float32) * scale
+        q_blk = (q_blk * scale).transpose(1, 0, 2)  # scaling q: one pass less over the scores
+        scores = jnp.einsum("hqd,hkd->hqk", q_blk, k, preferred_element_type=jnp.float32)
         allowed = (seg_blk[:, None] == segments[None, :]) & (seg_blk[:, None] > 0)
         scores = jnp.where(allowed[None], scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        return jnp.einsum("hqk,khd->qhd", probs, v)
+        # Softmax numerator; the normalisation divides the output (one pass less over scores).
+        weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+        total = weights.sum(axis=-1, keepdims=True)
+        out = jnp.einsum(
+            "hqk,hkd->hqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
+        )
+        return (out / total).astype(v.dtype).transpose(1, 0, 2)
 
     if n <= query_chunk:
         return block(q, segments)
@@ -142,7 +150,7 @@ class VisionTower(nnx.Module):
         )
         self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
         self.merger = PatchMerger(cfg, **kw)
-        self.query_chunk = 1024
+        self.query_chunk = 512  # queries per attention block (segment_attention)
 
     def __call__(self, vision: dict[str, jnp.ndarray]) -> jnp.ndarray:
         """vision: the dict of model/packing.py (patches [N, patch_dim], pos_hw [N, 2],

@@ -405,6 +405,24 @@ def test_vision_in_slice_chunks_gives_the_packed_towers_features(generation):
     np.testing.assert_allclose(got[:n], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize(
+    ("grids", "chunk"),
+    [
+        ([(2, 16, 32), (8, 16, 32)], 512),  # Video-R1's 224x448 frames: slices of 512 patches
+        ([(1, 8, 8), (2, 4, 6)], 256),  # small slices share chunks of at least 256
+        ([(1, 40, 40), (1, 8, 8)], 2048),  # past 1024: a multiple of 1024
+    ],
+)
+def test_vision_chunks_fit_the_largest_slice_by_default(grids, chunk):
+    cfg = tiny_port("qwen2_vl").config.vision
+    patches = [np.zeros((int(np.prod(g)), cfg.patch_dim), np.float32) for g in grids]
+    vision = pack_vision(patches, np.asarray(grids), cfg)
+    chunks, _ = group_decode.vision_chunks(vision, cfg, 0, (1024, 65536))
+    assert chunks["patches"].shape[1] == chunk
+    total = sum(int(np.prod(g)) for g in grids)
+    assert int((np.asarray(chunks["segment_ids"]) > 0).sum()) == total
+
+
 def test_a_pipeline_batch_with_filler_rows_and_companions_rolls_out(tmp_path):
     """The data pipeline's batch format end to end: Prompts.from_batch with seeds for the real
     rows only, companions of the video rows, filler rows (no items, no samples)."""

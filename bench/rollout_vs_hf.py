@@ -1,19 +1,23 @@
 """Rollout throughput: jaxvrl's group sampler against Hugging Face `generate`, same model, same
 prompts, same G, same number of new tokens, measured in one run (float32, CPU by default).
 
-    python bench/rollout_vs_hf.py [--generation qwen2_vl] [--repeats 5] [--no-breakdown]
+    python bench/rollout_vs_hf.py [--generation qwen2_vl] [--repeats 3] [--no-breakdown]
 
-A random transformers checkpoint (hidden 256, 4 layers, vision depth 4) is written to a temporary
-directory and loaded into the port with `load_pretrained`. The batch holds `--prompts` video
-prompts, each of `--frames` frames at `--side` x `--side` pixels (default 4 frames at 448 x 448:
-2 x 32 x 32 patches -> 512 vision tokens) plus `--text` text tokens. Both sides sample
-`--generations` completions per prompt of exactly `--new-tokens` tokens (stop tokens suppressed:
-HF `min_new_tokens`, ours `SamplingParams.min_new_tokens`) with temperature 1, top-k 50, top-p
-0.95. HF gets the whole batch in one call with `num_return_sequences=G` (equal-length prompts, no
-padding). Each side runs once as a warm-up (our compilation is reported apart), then `--repeats`
-rounds, each timing both sides back to back (alternating which goes first; the machine's speed
-drifts); throughput comes from each side's best run, the per-round ratios show the spread. The
-last line printed is `speedup_vs_hf: X.XX` (best HF time / best jaxvrl time). HF is timed with
+A random transformers checkpoint is written to a temporary directory and loaded into the port with
+`load_pretrained`. The default model is small (hidden 512, 4 layers, vision depth 4 and width 128)
+with the cost split of Qwen2-VL-7B: an LM MLP 5.25x the hidden size (7B: 18,944 / 3,584) and a
+vision MLP ratio of 4 (`--hidden 256 --intermediate 512 --vision-mlp-ratio 2` is the tiny split
+of tests, where the vision tower costs as much per token as the LM). The batch holds `--prompts`
+video prompts, each of `--frames` frames at `--side` x `--width` pixels plus `--text` text tokens;
+the default is Video-R1's training video, 16 frames of 128 x 28 x 28 pixels (224 x 448):
+8 x 16 x 32 patches -> 1,024 vision tokens. Both sides sample `--generations` completions per
+prompt of exactly `--new-tokens` tokens (stop tokens suppressed: HF `min_new_tokens`, ours
+`SamplingParams.min_new_tokens`) with temperature 1, top-k 50, top-p 0.95. HF gets the whole
+batch in one call with `num_return_sequences=G` (equal-length prompts, no padding). Each side runs
+once as a warm-up (our compilation is reported apart), then `--repeats` rounds, each timing both
+sides back to back (alternating which goes first; the machine's speed drifts); throughput comes
+from each side's best run, the per-round ratios show the spread. The last line printed is
+`speedup_vs_hf: X.XX` (best HF time / best jaxvrl time). HF is timed with
 1 and 2 torch threads in every round and keeps its best (`--hf-threads`).
 """
 
@@ -130,21 +134,21 @@ def timed(fn, *a) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generation", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl"))
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vision-depth", type=int, default=4)
     parser.add_argument("--vision-width", type=int, default=128)
-    parser.add_argument("--intermediate", type=int, default=0, help="LM MLP width; 0 = 2 x hidden")
-    parser.add_argument("--vision-mlp-ratio", type=int, default=2)
+    parser.add_argument("--intermediate", type=int, default=2688, help="LM MLP width")
+    parser.add_argument("--vision-mlp-ratio", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--side", type=int, default=448, help="frame height (and width)")
-    parser.add_argument("--width", type=int, default=0, help="frame width; 0 = --side")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--side", type=int, default=224, help="frame height (and width)")
+    parser.add_argument("--width", type=int, default=448, help="frame width; 0 = --side")
     parser.add_argument("--text", type=int, default=16)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hf-threads", default="1,2", help="torch thread counts to try for HF")
     parser.add_argument(
         "--breakdown",
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     directory = tempfile.mkdtemp(prefix="jaxvrl_bench_rollout_")
-    intermediate = args.intermediate or 2 * args.hidden
+    intermediate = args.intermediate
     torch_model = make_tiny_checkpoint(
         directory,
         args.generation,

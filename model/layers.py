@@ -141,6 +141,14 @@ def attention(
     return out.swapaxes(0, 1).reshape(b, lq + pad, h, d)[:, :lq]
 
 
+def softmax_parts(scores: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The softmax over the last axis as numerator exp(scores - max) and denominator (its sum,
+    keepdims), for attention that divides its output instead of the probabilities. A fully
+    masked row (all MASK_VALUE) gets uniform weights."""
+    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+    return weights, weights.sum(axis=-1, keepdims=True)
+
+
 def _attention_block(q, k, v, mask, scale):
     """`attention` without chunking. The matmuls run heads-first ([batch, kv_heads, group x
     q_len, head_dim] against [batch, kv_heads, kv_len, head_dim]: no transposes of the score
@@ -155,10 +163,7 @@ def _attention_block(q, k, v, mask, scale):
     v = v.transpose(0, 2, 1, 3)
     scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, kvh, g, lq, -1)
-    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
-    # exp(scores - max) is the softmax numerator; a fully masked row (padding) gets uniform weights.
-    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
-    total = weights.sum(axis=-1, keepdims=True)
+    weights, total = softmax_parts(jnp.where(mask[:, None, None], scores, MASK_VALUE))
     out = jnp.einsum(
         "bkqs,bksd->bkqd",
         weights.reshape(b, kvh, g * lq, -1).astype(v.dtype),

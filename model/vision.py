@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.config import VisionConfig
-from model.layers import MASK_VALUE, Dense, LayerNorm, RMSNorm, activation
+from model.layers import MASK_VALUE, Dense, LayerNorm, RMSNorm, activation, softmax_parts
 from model.rope import apply_rotary, vision_cos_sin
 
 
@@ -37,10 +37,8 @@ def segment_attention(
         q_blk = (q_blk * scale).transpose(1, 0, 2)  # scaling q: one pass less over the scores
         scores = jnp.einsum("hqd,hkd->hqk", q_blk, k, preferred_element_type=jnp.float32)
         allowed = (seg_blk[:, None] == segments[None, :]) & (seg_blk[:, None] > 0)
-        scores = jnp.where(allowed[None], scores, MASK_VALUE)
-        # Softmax numerator; the normalisation divides the output (one pass less over scores).
-        weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
-        total = weights.sum(axis=-1, keepdims=True)
+        # The normalisation divides the output: one pass less over the scores.
+        weights, total = softmax_parts(jnp.where(allowed[None], scores, MASK_VALUE))
         out = jnp.einsum(
             "hqk,hkd->hqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
         )

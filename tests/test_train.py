@@ -205,3 +205,12 @@ def test_sft_batch_size_sets_the_sft_stage_batches_only(root):
         batch = next(iter(pipeline.build_dataset(train.stage_config(config, stage))))
         assert np.asarray(batch["example_mask"]).shape == (size,), stage
         assert np.asarray(batch["example_mask"]).all(), stage
+
+
+def test_rollout_config_carries_the_config_fields(tmp_path):
+    config = demo.get_config(str(tmp_path))
+    config.rollout.update(prompt_buckets=(64, 96), vision_chunk_patches=512)
+    r = train.rollout_config(config)
+    assert r.prompt_buckets == (64, 96)
+    assert r.vision_chunk_patches == 512
+    assert r.patch_buckets == tuple(config.rollout.patch_buckets)

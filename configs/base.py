@@ -229,7 +229,9 @@ def get_config() -> ml_collections.ConfigDict:
             "prompt_buckets": (128, 256, 512, 1024, 2048, 4096, 8192, 16384),
             "patch_buckets": (1024, 2048, 4096, 8192, 16384, 32768, 65536),
             "prompt_row_buckets": (),
-            "vision_chunk_patches": 0,  # 0 = fitted to the largest temporal slice
+            # 0 = fitted to each batch's largest temporal slice (faster vision; up to one more
+            # rollout program per chunk size 256/512/1024 seen); e.g. 1024 = one fixed size.
+            "vision_chunk_patches": 0,
         }
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})

@@ -103,8 +103,11 @@ class RolloutConfig:
     # Samples per prompt row: the group width G of the decode layout (the largest count).
     group_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     # Vision patches incl. padding. The tower runs on chunks of whole temporal slices of
-    # `vision_chunk_patches` patches (raised to the largest slice; 0 = fitted to the largest
-    # slice, group_decode.vision_chunks): bucket(chunks x chunk size) / chunk size chunks.
+    # `vision_chunk_patches` patches (raised to the largest slice; 0 = fitted to each batch's
+    # largest slice, group_decode.vision_chunks): bucket(chunks x chunk size) / chunk size
+    # chunks. Fitted sizes are 256, 512 or 1024 for slices up to 1024 patches, so data that mixes
+    # slice sizes (e.g. 512-patch video frames and 1024-patch images) compiles up to one program
+    # per size for each prompt bucket; a fixed size (e.g. 1024) keeps one.
     patch_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
     vision_chunk_patches: int = 0
     rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES  # batch axes and the training layout

@@ -124,9 +124,11 @@ def attention(
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
     mask: [batch, q_len, kv_len] bool (True = may attend). Returns [batch, q_len, heads, head_dim].
     With `query_chunk` > 0 and q_len above it, the queries go through in blocks of that many
-    (a lax.map), so the scores held at once are [batch, heads, query_chunk, kv_len] instead of
-    all pairs: bounded memory for long prompts, and on the CPU blocks that stay in cache (a
-    prefill of 4 x 1,088 tokens runs 1.3x faster with blocks of 128, bench/RESULTS.md).
+    (a lax.map), so a forward pass holds the scores of one block, [batch, heads, query_chunk,
+    kv_len], at a time: on the CPU the blocks stay in cache (a prefill of 4 x 1,088 tokens runs
+    1.3x faster with blocks of 128, bench/RESULTS.md). Under differentiation the map keeps every
+    block's weights for the backward pass, so training holds all pairs either way (plus the
+    padding of the last block).
     """
     b, lq, h, d = q.shape
     if query_chunk <= 0 or lq <= query_chunk:

@@ -27,7 +27,8 @@ def segment_attention(
     """Attention restricted to equal, non-zero segment ids (block-diagonal), softmax in float32.
 
     q, k, v: [patches, heads, head_dim]; segments: [patches] int (0 = padding).
-    Queries are processed `query_chunk` at a time so the score matrix never holds all pairs.
+    Queries are processed `query_chunk` at a time, so a forward pass holds the scores of one block
+    (under differentiation the map keeps every block's weights for the backward pass).
     """
     n, h, d = q.shape
     k = k.transpose(1, 0, 2)  # [heads, patches, head_dim]: the matmuls need no transposes

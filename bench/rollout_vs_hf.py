@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     directory = tempfile.mkdtemp(prefix="jaxvrl_bench_rollout_")
-    intermediate = args.intermediate
     torch_model = make_tiny_checkpoint(
         directory,
         args.generation,
@@ -171,13 +170,13 @@ def main(argv: list[str] | None = None) -> None:
         vision_width=args.vision_width,
         vision_mlp_ratio=args.vision_mlp_ratio,
         vocab_size=args.vocab,
-        intermediate_size=intermediate,
+        intermediate_size=args.intermediate,
     )
     model = load_pretrained(directory, param_dtype="float32", dtype="float32")
     cfg = model.config
     ids, patches, grid, vision_tokens = build_batch(cfg, args, np.random.default_rng(0))
     print(
-        f"model {args.generation}: hidden {args.hidden} (MLP {intermediate}), "
+        f"model {args.generation}: hidden {args.hidden} (MLP {args.intermediate}), "
         f"{args.layers} layers, vision depth {args.vision_depth} width {args.vision_width} (MLP "
         f"ratio {args.vision_mlp_ratio}), vocab {args.vocab}; float32"
     )

@@ -130,17 +130,40 @@ def attention(
     block's weights for the backward pass, so training holds all pairs either way (plus the
     padding of the last block).
     """
-    b, lq, h, d = q.shape
-    if query_chunk <= 0 or lq <= query_chunk:
-        return _attention_block(q, k, v, mask, scale)
-    pad = (-lq) % query_chunk
-    blocks = (lq + pad) // query_chunk
-    q_blocks = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    mask_blocks = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
-    q_blocks = q_blocks.reshape(b, blocks, query_chunk, h, d).swapaxes(0, 1)
-    mask_blocks = mask_blocks.reshape(b, blocks, query_chunk, -1).swapaxes(0, 1)
-    out = jax.lax.map(lambda a: _attention_block(a[0], k, v, a[1], scale), (q_blocks, mask_blocks))
-    return out.swapaxes(0, 1).reshape(b, lq + pad, h, d)[:, :lq]
+    return in_query_blocks(
+        lambda q_blk, mask_blk: _attention_block(q_blk, k, v, mask_blk, scale),
+        query_chunk,
+        1,
+        q,
+        mask,
+    )
+
+
+def in_query_blocks(block: Callable, query_chunk: int, axis: int, *per_query: jnp.ndarray):
+    """`block(*per_query)` computed `query_chunk` queries at a time (a lax.map over blocks).
+
+    per_query: the queries and the arrays indexed by query (mask rows, segment ids), all with the
+    query axis at `axis`; the last block is padded with zeros (False / segment 0: attends
+    nowhere) and its padding dropped from the output. One call when query_chunk <= 0 or the
+    queries fit in one block. Returns block's output, queries along `axis`.
+    """
+    n = per_query[0].shape[axis]
+    if query_chunk <= 0 or n <= query_chunk:
+        return block(*per_query)
+    pad = (-n) % query_chunk
+    blocks = (n + pad) // query_chunk
+
+    def split(x):  # [..., n, ...] -> [blocks, ..., query_chunk, ...]
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, pad)
+        x = jnp.pad(x, widths)
+        return jnp.moveaxis(
+            x.reshape(*x.shape[:axis], blocks, query_chunk, *x.shape[axis + 1 :]), axis, 0
+        )
+
+    out = jnp.moveaxis(jax.lax.map(lambda a: block(*a), tuple(map(split, per_query))), 0, axis)
+    out = out.reshape(*out.shape[:axis], blocks * query_chunk, *out.shape[axis + 2 :])
+    return jax.lax.slice_in_dim(out, 0, n, axis=axis)
 
 
 def softmax_parts(scores: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -12,7 +12,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.config import VisionConfig
-from model.layers import MASK_VALUE, Dense, LayerNorm, RMSNorm, activation, softmax_parts
+from model.layers import (
+    MASK_VALUE,
+    Dense,
+    LayerNorm,
+    RMSNorm,
+    activation,
+    in_query_blocks,
+    softmax_parts,
+)
 from model.rope import apply_rotary, vision_cos_sin
 
 
@@ -30,7 +38,6 @@ def segment_attention(
     Queries are processed `query_chunk` at a time, so a forward pass holds the scores of one block
     (under differentiation the map keeps every block's weights for the backward pass).
     """
-    n, h, d = q.shape
     k = k.transpose(1, 0, 2)  # [heads, patches, head_dim]: the matmuls need no transposes
     v = v.transpose(1, 0, 2)
 
@@ -45,18 +52,7 @@ def segment_attention(
         )
         return (out / total).astype(v.dtype).transpose(1, 0, 2)
 
-    if n <= query_chunk:
-        return block(q, segments)
-    # Pad the queries to whole chunks (padding queries belong to no segment) so the score matrix
-    # never holds more than query_chunk x patches entries.
-    pad = (-n) % query_chunk
-    q_padded = jnp.pad(q, ((0, pad), (0, 0), (0, 0)))
-    seg_padded = jnp.pad(segments, (0, pad))
-    out = jax.lax.map(
-        lambda args: block(*args),
-        (q_padded.reshape(-1, query_chunk, h, d), seg_padded.reshape(-1, query_chunk)),
-    )
-    return out.reshape(n + pad, h, d)[:n]
+    return in_query_blocks(block, query_chunk, 0, q, segments)
 
 
 class VisionAttention(nnx.Module):

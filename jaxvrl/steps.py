@@ -20,6 +20,7 @@ its completions (Qwen2VL.shared_prefix_hidden_states).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxvrl import grpo, sft
 from model.qwen2_vl import Qwen2VL
@@ -199,6 +201,49 @@ def make_optimizer(
         )
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return tx, lr
+
+
+def optimizer_state_shardings(tx: optax.GradientTransformation, params: nnx.State) -> Any:
+    """Shardings of `tx`'s state for `params` (arrays, or ShapeDtypeStructs with shardings):
+    every tree in the state that mirrors the parameters (Adam's moments) takes the parameters'
+    shardings, everything else (step counts) is replicated."""
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    first = jax.tree.leaves(shardings)[0]
+    replicated = (
+        NamedSharding(first.mesh, PartitionSpec()) if isinstance(first, NamedSharding) else first
+    )
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731 (a frozen parameter)
+    return optax.tree_map_params(
+        tx,
+        lambda leaf, sharding: leaf if masked(leaf) else sharding,
+        jax.eval_shape(tx.init, params),
+        shardings,
+        transform_non_params=lambda _: replicated,
+        is_leaf=masked,
+    )
+
+
+def init_optimizer_state(tx: optax.GradientTransformation, params: nnx.State) -> optax.OptState:
+    """`tx.init(params)` created in place with `optimizer_state_shardings` (a plain jit of
+    tx.init would put the moments on one device: it reads only the parameters' shapes)."""
+    return jax.jit(tx.init, out_shardings=optimizer_state_shardings(tx, params))(params)
+
+
+def jit_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    settings: LossSettings,
+    params: nnx.State,
+) -> Callable:
+    """`train_step` jitted for `params`' layout: parameters and optimizer state donated and
+    returned with the shardings they came in with (so step 2 runs the program step 1 compiled).
+    params: arrays or ShapeDtypeStructs with shardings. Call as fn(params, opt_state, batch)."""
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    return jax.jit(
+        functools.partial(train_step, graphdef, tx=tx, settings=settings),
+        donate_argnums=(0, 1),
+        out_shardings=(param_shardings, optimizer_state_shardings(tx, params), None),
+    )
 
 
 def _path_names(path) -> tuple:

@@ -255,12 +255,6 @@ class Trainer:
 
         return {k: put(k, v) for k, v in stacked.items()}
 
-    def _train_fn(self, tx, settings: steps.LossSettings):
-        return jax.jit(
-            functools.partial(steps.train_step, self.graphdef, tx=tx, settings=settings),
-            donate_argnums=(0, 1),
-        )
-
     def _count_program(self, name: str, tree: Any) -> None:
         signature = (name, tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree)))
         if signature not in self.train_programs:
@@ -348,7 +342,7 @@ class Trainer:
         dataset = pipeline.build_dataset(stage_config(config, stage.name))
         iterator = iter(dataset)
         with_ref = stage.name == "rl" and settings.beta > 0
-        opt_state = jax.jit(tx.init)(self.params)
+        opt_state = steps.init_optimizer_state(tx, self.params)
         ref_params = jax.tree.map(lambda x: x.copy(), self.params) if with_ref else None
         step = stage.first
         if latest is not None and latest > stage.first:
@@ -364,7 +358,7 @@ class Trainer:
             ref_params = state.get("ref_params")
             iterator.set_state(data_state)
             log.info("resumed %s at step %d", stage.name, step)
-        train_fn = self._train_fn(tx, settings)
+        train_fn = steps.jit_train_step(self.graphdef, tx, settings, self.params)
         # One compiled program per batch shape (a lambda made per step would recompile).
         ref_fn = jax.jit(
             functools.partial(steps.stacked_reference_logprobs, self.graphdef, settings=settings)

@@ -238,3 +238,33 @@ def test_train_step_on_eight_devices_equals_one_device():
     np.testing.assert_allclose(out["loss"], expected["loss"], atol=TOLERANCE)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOLERANCE, rtol=0)
+
+
+def test_optimizer_state_has_the_parameters_shardings_and_step_two_reuses_step_one():
+    model = nnx.merge(*nnx.split(tiny_port("qwen2_vl")))  # a copy to shard
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4, 1), ("data", "fsdp", "tensor"))
+    shard_model(model, mesh, DEFAULT_RULES)
+    graphdef, params = nnx.split(model)
+    tx, _ = steps.make_optimizer(learning_rate=1e-4, total_steps=10)
+    opt_state = steps.init_optimizer_state(tx, params)
+    adam = opt_state[-1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
+    for moments in (adam.mu, adam.nu):
+        for m, p in zip(jax.tree.leaves(moments), jax.tree.leaves(params), strict=True):
+            assert m.sharding.is_equivalent_to(p.sharding, m.ndim)
+    kernel = params["layers"][0]["mlp"]["up_proj"]["kernel"][...]
+    assert len(adam.mu["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.device_set) == 8
+    assert adam.mu["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.shard_shape(
+        kernel.shape
+    ) == (kernel.shape[0] // 4, kernel.shape[1])
+    assert adam.count.sharding.is_fully_replicated
+
+    _, batch = _rl_batch(model)
+    batch = {
+        k: jax.device_put(v, NamedSharding(mesh, PartitionSpec()))
+        for k, v in _stack([batch]).items()
+    }
+    step = steps.jit_train_step(graphdef, tx, steps.LossSettings(beta=0.0), params)
+    for _ in range(3):
+        params, opt_state, out = step(params, opt_state, batch)
+    assert out["skipped"] == 0.0
+    assert step._cache_size() == 1  # one compilation for three steps

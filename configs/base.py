@@ -177,11 +177,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         {
             "path": "",  # local checkpoint directory (config.json, tokenizer, weights)
+            # A published shape (model/shapes.py) for jaxvrl.fit when `path` has no config.json.
+            "shape": "",
             "tokenizer_path": "",  # "" = model.path
             "init": "pretrained",  # "pretrained" (weights in model.path) or "random"
             "param_dtype": "float32",
             "dtype": "float32",
+            # Master weights and optimizer state in param_dtype, matmuls in dtype: the 7B recipes
+            # keep float32 weights and compute in bfloat16 (an AdamW update of lr 1e-6 on a
+            # bfloat16 weight of 0.02 rounds away: its resolution there is 1.2e-4).
             "remat": False,  # rematerialise decoder layers in the backward pass
+            "vision_remat": False,  # rematerialise vision blocks in the backward pass
+            # What a rematerialised layer keeps: "full" (its inputs only) or "dots" (also its
+            # projections' outputs); model/layers.py REMAT_POLICIES.
+            "remat_policy": "full",
             "freeze_vision": False,  # no updates to the vision tower in any stage
         }
     )

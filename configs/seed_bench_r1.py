@@ -21,9 +21,13 @@ from configs import base
 def get_config() -> ml_collections.ConfigDict:
     config = base.get_config()
     config.model.path = ""
-    config.model.param_dtype = "bfloat16"
+    config.model.shape = "Qwen2-VL-7B"  # what jaxvrl.fit compiles without model.path
+    # float32 master weights and Adam moments, bfloat16 matmuls (the PyTorch anchors' DeepSpeed
+    # bf16 / AMP): a bfloat16 weight would round lr-1e-6 updates away.
+    config.model.param_dtype = "float32"
     config.model.dtype = "bfloat16"
     config.model.remat = True
+    config.model.vision_remat = True
     config.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1}
 
     data = config.data

@@ -1,5 +1,5 @@
 """Host-side stacking of micro-batches: pad each array to the largest shape among them (token
-length, vision patches) and stack them on a new leading axis, so one jitted step scans over them.
+length, vision chunks) and stack them on a new leading axis, so one jitted step scans over them.
 Padding never changes a result: padded tokens are masked, padded patches belong to no segment.
 """
 
@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from jaxvrl import group_decode
+from model.config import VisionConfig
 
 # Which axis of each array is the token axis (padded to the longest) in the two batch layouts.
 TOKEN_AXIS = {
@@ -30,26 +33,56 @@ def _pad_to(x: np.ndarray, axis: int, size: int) -> np.ndarray:
     return np.pad(x, widths)
 
 
-def pad_vision(vision: dict[str, np.ndarray], num_patches: int, merge_unit: int) -> dict:
-    """Pads a model.packing.pack_vision dict to `num_patches` (padding joins no segment)."""
-    n = vision["patches"].shape[0]
-    if n == num_patches:
-        return vision
-    out = {
-        k: _pad_to(np.asarray(v), 0, num_patches) for k, v in vision.items() if k != "window_index"
-    }
-    out["window_index"] = np.concatenate(
-        [
-            vision["window_index"],
-            np.arange(n // merge_unit, num_patches // merge_unit, dtype=np.int32),
-        ]
-    )
-    return out
+def chunk_vision(
+    visions: Sequence[dict[str, np.ndarray]],
+    config: VisionConfig,
+    patch_buckets: Sequence[int],
+    num_chunks_multiple: int = 1,
+) -> dict[str, np.ndarray]:
+    """Each micro-batch's packed vision (model.packing.pack_vision) in chunks of whole temporal
+    slices (group_decode.vision_chunks), stacked: one chunk size C for all (fitted to their
+    largest slice) and one chunk count K (the largest needed, bucketed by `patch_buckets`, a
+    multiple of `num_chunks_multiple` so chunks split evenly over the batch axes).
+
+    Returns patches [M, K, C, patch_dim], pos_hw [M, K, C, 2], segment_ids and window_ids
+    [M, K, C], window_index [M, K, C / merge_unit] and feature_index [M, K * C / merge_unit]
+    (model.vision.VisionTower's chunked input). Attention then costs K x C^2 per micro-batch
+    instead of (K x C)^2 over one packed sequence.
+    """
+    fitted = [group_decode.vision_chunks(v, config, 0, patch_buckets)[0] for v in visions]
+    c = max(f["patches"].shape[1] for f in fitted)
+    chunked = [
+        group_decode.vision_chunks(v, config, c, patch_buckets, num_chunks_multiple)
+        for v in visions
+    ]
+    k = max(chunks["patches"].shape[0] for chunks, _ in chunked)
+    k = -(-k // num_chunks_multiple) * num_chunks_multiple
+    unit = config.merge_unit
+    out: dict[str, list[np.ndarray]] = {}
+    for chunks, index in chunked:
+        extra = k - chunks["patches"].shape[0]
+        for key, value in chunks.items():
+            if key == "window_index":  # empty chunks: the identity permutation
+                filler = np.broadcast_to(
+                    np.arange(c // unit, dtype=value.dtype), (extra, c // unit)
+                )
+                value = np.concatenate([value, filler])
+            else:
+                value = _pad_to(value, 0, k)
+            out.setdefault(key, []).append(value)
+        out.setdefault("feature_index", []).append(_pad_to(index, 0, k * c // unit))
+    return {key: np.stack(values) for key, values in out.items()}
 
 
-def stack(batches: Sequence[dict[str, Any]], merge_unit: int) -> dict[str, Any]:
+def stack(
+    batches: Sequence[dict[str, Any]],
+    vision_config: VisionConfig,
+    patch_buckets: Sequence[int],
+    num_chunks_multiple: int = 1,
+) -> dict[str, Any]:
     """Stacks device-bound arrays of several batches (host-only `meta` and `vision_shuffled` are
-    dropped) on a new leading axis [M, ...], padding token and patch axes to the largest."""
+    dropped) on a new leading axis [M, ...], padding token axes to the longest; vision goes in
+    chunks (`chunk_vision`)."""
     keys = [k for k in batches[0] if k not in ("meta", "vision_shuffled")]
     out: dict[str, Any] = {}
     for key in keys:
@@ -57,9 +90,7 @@ def stack(batches: Sequence[dict[str, Any]], merge_unit: int) -> dict[str, Any]:
         if key == "vision":
             if values[0] is None:
                 continue
-            n = max(v["patches"].shape[0] for v in values)
-            padded = [pad_vision(v, n, merge_unit) for v in values]
-            out[key] = {k: np.stack([p[k] for p in padded]) for k in padded[0]}
+            out[key] = chunk_vision(values, vision_config, patch_buckets, num_chunks_multiple)
             continue
         arrays = [np.asarray(v) for v in values]
         if key in TOKEN_AXIS:

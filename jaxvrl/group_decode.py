@@ -302,6 +302,12 @@ def logical_sharding(mesh: Mesh, rules: Rules, axes: Sequence[str | None], shape
     return NamedSharding(mesh, PartitionSpec(*out))
 
 
+def _at_most(x: jnp.ndarray, dtype) -> jnp.ndarray:
+    """x cast to `dtype` when it is a wider float, else unchanged."""
+    wider = jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize > jnp.dtype(dtype).itemsize
+    return x.astype(dtype) if wider else x
+
+
 def group_rollout(
     graphdef, static: Static, mesh: Mesh, rules: Rules, decode_shardings, state,
     input_ids, attention_mask, positions, rope_deltas, chunks, feature_index,
@@ -315,6 +321,11 @@ def group_rollout(
     float32 scalars. Returns a dict of [P * G, ...] arrays (slot p * G + n = sample n of prompt p).
     """
     constrain = jax.lax.with_sharding_constraint
+    # Sampling reads the weights in the compute dtype: a float32 master copy is cast before the
+    # decode layout gathers it (half the bytes gathered and held with bfloat16 compute); every
+    # matmul casts its weights to that dtype anyway.
+    dtype = nnx.merge(graphdef, state).dtype
+    state = jax.tree.map(lambda x: _at_most(x, dtype), state)
     state = jax.tree.map(constrain, state, decode_shardings)
     model = nnx.merge(graphdef, state)
     p, length = input_ids.shape

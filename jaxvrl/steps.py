@@ -314,6 +314,21 @@ def train_step(
     return new_params, new_opt_state, out
 
 
+def reference_parameters(params: nnx.State, dtype: str | jnp.dtype) -> nnx.State:
+    """A frozen copy of `params` for the reference model, floats held in the compute `dtype`:
+    its forward casts every matmul weight to that dtype anyway, so float32 master weights need
+    not be held twice (with bfloat16 compute the copy takes half the bytes). Only weights used in
+    float32 (LayerNorm's scale and bias) see the rounding."""
+
+    def copy(x):
+        wider = (
+            jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize > jnp.dtype(dtype).itemsize
+        )
+        return x.astype(dtype) if wider else x.copy()
+
+    return jax.tree.map(copy, params)
+
+
 def reference_logprobs(
     graphdef: nnx.GraphDef, params: nnx.State, batch: Batch, settings: LossSettings
 ) -> jnp.ndarray:

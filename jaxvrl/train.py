@@ -28,10 +28,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvrl import batching, rl_batch, steps
+from jaxvrl import batching, hardware, rl_batch, steps
 from jaxvrl.checkpoint import Checkpointer
 from jaxvrl.data import pipeline, prompts, synthetic
 from jaxvrl.evaluate import evaluate
+from jaxvrl.flops import matmul_flops
 from jaxvrl.mesh import initialize_distributed, make_mesh, rules_from_config
 from jaxvrl.metrics import MetricsWriter
 from jaxvrl.rollout import RolloutConfig, Sampler, SamplingParams
@@ -54,6 +55,17 @@ def has_weights(directory: str) -> bool:
     )
 
 
+def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Keyword arguments of the policy model's constructor from the config (beyond its shape
+    and dtypes); load_model_for and jaxvrl.fit both build the model with them."""
+    m = config.model
+    return {
+        "remat": bool(m.remat),
+        "vision_remat": bool(m.vision_remat),
+        "remat_policy": str(m.remat_policy),
+    }
+
+
 def load_model_for(
     config: ml_collections.ConfigDict, workdir: str | None = None, mesh=None, rules=None
 ):
@@ -72,13 +84,18 @@ def load_model_for(
                 "start from a random model of that config"
             )
         model = load_pretrained(
-            m.path, param_dtype=m.param_dtype, dtype=m.dtype, mesh=mesh, rules=rules, remat=m.remat
+            m.path,
+            param_dtype=m.param_dtype,
+            dtype=m.dtype,
+            mesh=mesh,
+            rules=rules,
+            **model_options(config),
         )
     elif m.init == "random":
         model_config = ModelConfig.from_pretrained(m.path).replace(
             param_dtype=m.param_dtype, dtype=m.dtype
         )
-        model = Qwen2VL(model_config, rngs=nnx.Rngs(int(config.seed)), remat=m.remat)
+        model = Qwen2VL(model_config, rngs=nnx.Rngs(int(config.seed)), **model_options(config))
         shard_model(model, mesh, rules)
     else:
         raise ValueError(f"model.init must be 'pretrained' or 'random', got {m.init!r}")
@@ -223,6 +240,7 @@ class Trainer:
             async_save=bool(config.checkpoint.async_save),
         )
         self.train_programs: set = set()
+        self.step_flops: dict[Any, float] = {}
         self.nonfinite_skips = 0
         self.history: list[dict[str, Any]] = []
         with open(os.path.join(workdir, "model_config.json"), "w") as f:
@@ -238,22 +256,23 @@ class Trainer:
     # -- device placement ------------------------------------------------------------------------
 
     def _put_stacked(self, stacked: dict[str, Any]) -> dict[str, Any]:
-        """Micro-batches [M, ...] onto the mesh: batch dimension over (data, fsdp), vision
-        items replicated (a packed sequence of all prompts' patches has no batch axis)."""
-        batch_axis = {"positions": 2, "prompt_positions": 2}
+        """Micro-batches [M, ...] onto the mesh (`stacked_shardings`)."""
+        return jax.device_put(stacked, stacked_shardings(stacked, self.mesh, self.rules))
 
-        def put(key, x):
-            if key == "vision":
-                return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec()))
-            axes = [None] * x.ndim
-            axes[batch_axis.get(key, 1)] = "batch"
-            spec = logical_to_spec(axes, self.rules, self.mesh)
-            size = int(np.prod([self.mesh.shape[a] for a in _axes(spec[batch_axis.get(key, 1)])]))
-            if x.shape[batch_axis.get(key, 1)] % size:
-                spec = PartitionSpec()
-            return jax.device_put(x, NamedSharding(self.mesh, spec))
+    def _step_flops(self, train_fn, opt_state, stacked) -> float:
+        """Matmul FLOPs of one train step (jaxvrl.flops, as jaxvrl.fit counts them), traced once
+        per batch shape; 0 where the chip's peak is unknown (no perf/mfu then)."""
+        if hardware.peak_flops(jax.devices()[0].device_kind) is None:
+            return 0.0
+        key = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(stacked))
+        if key not in self.step_flops:
+            traced = train_fn.trace(self.params, opt_state, stacked)
+            self.step_flops[key] = matmul_flops(traced.jaxpr)
+        return self.step_flops[key]
 
-        return {k: put(k, v) for k, v in stacked.items()}
+    def _mfu(self, flops: float, seconds: float) -> dict[str, float]:
+        value = hardware.model_flops_utilisation(flops, seconds, jax.devices())
+        return {} if value is None else {"perf/mfu": value}
 
     def _count_program(self, name: str, tree: Any) -> None:
         signature = (name, tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree)))
@@ -343,7 +362,9 @@ class Trainer:
         iterator = iter(dataset)
         with_ref = stage.name == "rl" and settings.beta > 0
         opt_state = steps.init_optimizer_state(tx, self.params)
-        ref_params = jax.tree.map(lambda x: x.copy(), self.params) if with_ref else None
+        ref_params = (
+            steps.reference_parameters(self.params, self.model_config.dtype) if with_ref else None
+        )
         step = stage.first
         if latest is not None and latest > stage.first:
             abstract = _abstract(
@@ -376,7 +397,12 @@ class Trainer:
                 batches, metrics = self._rollouts(raw, step)
                 t_rollout = time.perf_counter() - t0 - t_data
             stacked = self._put_stacked(
-                batching.stack(batches, self.model_config.vision.merge_unit)
+                batching.stack(
+                    batches,
+                    self.model_config.vision,
+                    config.data.patch_buckets,
+                    batch_axis_size(self.mesh, self.rules),
+                )
             )
             if with_ref:
                 stacked["ref_logp"] = ref_fn(ref_params, stacked)
@@ -385,6 +411,7 @@ class Trainer:
             if passes > 1:
                 stacked["old_logp"] = ref_fn(self.params, stacked)
             self._count_program(stage.name, stacked)
+            flops = self._step_flops(train_fn, opt_state, stacked) * passes
             for _ in range(passes):
                 self.params, opt_state, out = train_fn(self.params, opt_state, stacked)
             out = jax.device_get(out)
@@ -413,6 +440,7 @@ class Trainer:
                 "step_time/data": t_data,
                 "step_time/rollout": t_rollout,
                 "step_time/train": t_train,
+                **self._mfu(flops, t_train),
                 "step_time/total": total_time,
                 "compilations/sampler": self.sampler.num_compilations,
                 "compilations/train": len(self.train_programs),
@@ -466,6 +494,37 @@ class Trainer:
             values = [r[key] for r in rows if r.get(key) is not None]
             metrics[key] = float(np.mean(values)) if values else None
         return batches, metrics
+
+
+def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
+    """Shardings of stacked micro-batches [M, ...] (arrays or anything with .shape): batch
+    dimension over (data, fsdp) where it divides; vision chunks [M, K, C, ...] split over the
+    same axes (batching.chunk_vision makes K a multiple of their size), the feature index
+    replicated. jaxvrl.fit lays its abstract batches out with it."""
+    batch_axis = {"positions": 2, "prompt_positions": 2}
+
+    def one(key, x):
+        if key == "vision":
+            return {
+                k: NamedSharding(mesh, PartitionSpec()) if k == "feature_index" else one(k, v)
+                for k, v in x.items()
+            }
+        axis = batch_axis.get(key, 1)
+        axes = [None] * len(x.shape)
+        axes[axis] = "batch"
+        spec = logical_to_spec(axes, rules, mesh)
+        size = int(np.prod([mesh.shape[a] for a in _axes(spec[axis])]))
+        if x.shape[axis] % size:
+            spec = PartitionSpec()
+        return NamedSharding(mesh, spec)
+
+    return {k: one(k, v) for k, v in stacked.items()}
+
+
+def batch_axis_size(mesh, rules) -> int:
+    """Devices the batch dimension is split over (the mesh axes `batch` maps to)."""
+    spec = logical_to_spec(["batch"], rules, mesh)
+    return int(np.prod([mesh.shape[a] for a in _axes(spec[0])]))
 
 
 def _axes(entry) -> tuple[str, ...]:

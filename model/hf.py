@@ -247,10 +247,13 @@ def load_pretrained(
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
     remat: bool = False,
+    vision_remat: bool = False,
+    remat_policy: str = "full",
 ) -> Qwen2VL:
     """Loads a Qwen2-VL / Qwen2.5-VL checkpoint directory into the port.
 
-    param_dtype / dtype default to float32 (the checkpoint's own dtype is converted). With a mesh,
+    param_dtype / dtype default to float32 (the checkpoint's own dtype is converted); remat,
+    vision_remat and remat_policy are Qwen2VL's. With a mesh,
     every parameter is placed directly on its shards. Raises on a missing file, a missing or
     misshapen tensor, or an unknown model type, naming it.
     """
@@ -260,7 +263,15 @@ def load_pretrained(
         param_dtype=param_dtype or config.param_dtype, dtype=dtype or config.dtype
     )
     files = checkpoint_files(directory)
-    abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0), remat=remat))
+    abstract = nnx.eval_shape(
+        lambda: Qwen2VL(
+            config,
+            rngs=nnx.Rngs(0),
+            remat=remat,
+            vision_remat=vision_remat,
+            remat_policy=remat_policy,
+        )
+    )
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
     shardings = None

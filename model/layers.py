@@ -19,6 +19,31 @@ def dtype_of(name: str) -> jnp.dtype:
     return jnp.dtype(name)
 
 
+# What a rematerialised layer keeps for the backward pass (config `model.remat_policy`): "full"
+# keeps only its inputs and recomputes the rest; "dots" also keeps the outputs of matmuls without
+# batch dimensions (the projections), so the backward pass recomputes only elementwise work and
+# attention.
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def rematerialised(module: nnx.Module, method: str, *args, policy: str = "full"):
+    """`module.method(*args)` with its activations recomputed in the backward pass (jax.checkpoint
+    under the named REMAT_POLICIES entry). Functional (split state, checkpoint, merge inside), so
+    it works under any enclosing transform (jit, grad, vmap, scan over micro-batches), where
+    nnx.remat failed inside the micro-batch scan. Array arguments only."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; known: {sorted(REMAT_POLICIES)}")
+    graphdef, state = nnx.split(module)
+
+    def run(state, *args):
+        return getattr(nnx.merge(graphdef, state), method)(*args)
+
+    return jax.checkpoint(run, policy=REMAT_POLICIES[policy])(state, *args)
+
+
 def normal_init(std: float = 0.02) -> Callable:
     return jax.nn.initializers.normal(stddev=std)
 

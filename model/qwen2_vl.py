@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.config import ModelConfig
-from model.layers import RMSNorm, dtype_of, normal_init
+from model.layers import RMSNorm, dtype_of, normal_init, rematerialised
 from model.logprobs import chunked_token_logprobs
 from model.rope import mrope_cos_sin
 from model.text import DecoderLayer, KVCache, cache_mask, causal_mask
@@ -23,12 +23,29 @@ from model.vision import VisionTower
 
 
 class Qwen2VL(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+        remat: bool = False,
+        vision_remat: bool = False,
+        remat_policy: str = "full",
+    ):
+        """remat / vision_remat: recompute each decoder layer's / vision block's activations in
+        the backward pass, keeping what `remat_policy` (model.layers.REMAT_POLICIES) names."""
         self.config = config
         t = config.text
         param_dtype, dtype = dtype_of(config.param_dtype), dtype_of(config.dtype)
         self.dtype = dtype
-        self.visual = VisionTower(config.vision, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.visual = VisionTower(
+            config.vision,
+            param_dtype=param_dtype,
+            dtype=dtype,
+            remat=vision_remat,
+            remat_policy=remat_policy,
+            rngs=rngs,
+        )
         self.embed_tokens = nnx.Param(
             normal_init(t.initializer_range)(
                 rngs.params(), (t.vocab_size, t.hidden_size), param_dtype
@@ -53,6 +70,7 @@ class Qwen2VL(nnx.Module):
             )
         )
         self.remat = remat
+        self.remat_policy = remat_policy
 
     # --------------------------------------------------------------------------------------------
     # Embedding and vision features.
@@ -81,7 +99,9 @@ class Qwen2VL(nnx.Module):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             index = None if cache is None else cache.index
             if self.remat and cache is None:
-                x, kv = _rematerialised(layer, "__call__", x, cos, sin, mask)
+                x, kv = rematerialised(
+                    layer, "__call__", x, cos, sin, mask, policy=self.remat_policy
+                )
             else:
                 x, kv = layer(x, cos, sin, mask, kv, index)
             if kv is not None:
@@ -142,8 +162,17 @@ class Qwen2VL(nnx.Module):
         xp, xc = prompt_x, completion_x
         for layer in self.layers:
             if self.remat:
-                xp, xc = _rematerialised(
-                    layer, "shared_prefix", xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt
+                xp, xc = rematerialised(
+                    layer,
+                    "shared_prefix",
+                    xp,
+                    xc,
+                    rope_p,
+                    rope_c,
+                    mask_p,
+                    mask_c,
+                    sample_to_prompt,
+                    policy=self.remat_policy,
                 )
             else:
                 xp, xc = layer.shared_prefix(
@@ -216,15 +245,3 @@ class Qwen2VL(nnx.Module):
             temperature=temperature,
             with_entropy=with_entropy,
         )
-
-
-def _rematerialised(layer: nnx.Module, method: str, *args):
-    """`layer.method(*args)` with its activations recomputed in the backward pass. Functional
-    (split state, jax.checkpoint, merge inside), so it works under any enclosing transform
-    (jit, grad, scan over micro-batches)."""
-    graphdef, state = nnx.split(layer)
-
-    def run(state, *args):
-        return getattr(nnx.merge(graphdef, state), method)(*args)
-
-    return jax.checkpoint(run)(state, *args)

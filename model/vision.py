@@ -2,7 +2,10 @@
 and block-diagonal (or windowed) attention, and the 2x2 patch merger.
 
 It consumes the packed arrays of model/packing.py: all images and videos of a batch in one
-sequence of patches, padded to a static length.
+sequence of patches, padded to a static length, or such sequences in chunks of whole temporal
+slices (a leading chunk axis, jaxvrl.group_decode.vision_chunks): attention never crosses a slice,
+so a chunk is attended on its own and memory and work grow with chunks x chunk length instead of
+with the square of all patches.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from model.layers import (
     RMSNorm,
     activation,
     in_query_blocks,
+    rematerialised,
     softmax_parts,
 )
 from model.rope import apply_rotary, vision_cos_sin
@@ -55,22 +59,74 @@ def segment_attention(
     return in_query_blocks(block, query_chunk, 0, q, segments)
 
 
+def window_attention(
+    q: jnp.ndarray,
+    k: jnp.ndarray,
+    v: jnp.ndarray,
+    windows: jnp.ndarray,
+    scale: float,
+    reach: int,
+) -> jnp.ndarray:
+    """Attention restricted to equal, non-zero window ids, for ids that form contiguous runs of at
+    most `reach` patches (Qwen2.5-VL's windows after the window permutation); softmax in float32.
+
+    q, k, v: [patches, heads, head_dim]; windows: [patches] int (0 = padding). Queries go in blocks
+    of `reach`; block b scores only the keys [(b - 1) * reach, (b + 2) * reach), which hold every
+    window that touches the block: 3 * reach keys per query instead of all patches.
+    """
+    n, heads, dim = q.shape
+    blocks = -(-n // reach)
+    pad = blocks * reach - n
+
+    def in_blocks(x, before, after):  # [n, ...] -> [blocks + before + after, reach, ...]
+        x = jnp.pad(x, [(before * reach, (after * reach) + pad)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape(-1, reach, *x.shape[1:])
+
+    def neighbourhood(x):  # [n, ...] -> [blocks, 3 * reach, ...]: each block with its neighbours
+        x = in_blocks(x, 1, 1)
+        return jnp.concatenate([x[:-2], x[1:-1], x[2:]], axis=1)
+
+    q_blk = (in_blocks(q, 0, 0) * scale).transpose(0, 2, 1, 3)  # [blocks, heads, reach, dim]
+    k_blk = neighbourhood(k).transpose(0, 2, 1, 3)  # [blocks, heads, 3 * reach, dim]
+    v_blk = neighbourhood(v).transpose(0, 2, 1, 3)
+    ids_q = in_blocks(windows, 0, 0)  # [blocks, reach]
+    ids_k = neighbourhood(windows)  # [blocks, 3 * reach]
+    allowed = (ids_q[:, :, None] == ids_k[:, None, :]) & (ids_q[:, :, None] > 0)
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+    weights, total = softmax_parts(jnp.where(allowed[:, None], scores, MASK_VALUE))
+    out = jnp.einsum(
+        "bhqk,bhkd->bhqd", weights.astype(v.dtype), v_blk, preferred_element_type=jnp.float32
+    )
+    out = (out / total).astype(v.dtype).transpose(0, 2, 1, 3)  # [blocks, reach, heads, dim]
+    return out.reshape(blocks * reach, heads, dim)[:n]
+
+
 class VisionAttention(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+    """Multi-head attention over one sequence of patches: among equal segment ids (temporal
+    slices; `window_reach` 0), or among equal window ids whose windows hold at most `window_reach`
+    patches (Qwen2.5-VL's window layers)."""
+
+    def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, window_reach: int, rngs):
         d = cfg.hidden_size
         kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
         self.qkv = Dense(d, 3 * d, axes=("embed", "qkv"), **kw)
         self.proj = Dense(d, d, axes=("qkv", "embed"), **kw)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
+        self.window_reach = window_reach
+        self.query_chunk = 512  # queries per block of segment_attention
 
-    def __call__(self, x, cos, sin, segments, query_chunk: int):
+    def __call__(self, x, cos, sin, ids):
         n = x.shape[0]
         q, k, v = jnp.split(self.qkv(x).reshape(n, 3, self.num_heads, self.head_dim), 3, axis=1)
         q, k, v = q[:, 0], k[:, 0], v[:, 0]
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-        out = segment_attention(q, k, v, segments, self.head_dim**-0.5, query_chunk)
+        scale = self.head_dim**-0.5
+        if self.window_reach:
+            out = window_attention(q, k, v, ids, scale, self.window_reach)
+        else:
+            out = segment_attention(q, k, v, ids, scale, self.query_chunk)
         return self.proj(out.reshape(n, -1))
 
 
@@ -97,15 +153,18 @@ class VisionMLP(nnx.Module):
 
 
 class VisionBlock(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, window_reach: int, rngs):
         norm = RMSNorm if cfg.is_windowed else LayerNorm
         self.norm1 = norm(cfg.hidden_size, 1e-6, param_dtype=param_dtype)
         self.norm2 = norm(cfg.hidden_size, 1e-6, param_dtype=param_dtype)
-        self.attn = VisionAttention(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.attn = VisionAttention(
+            cfg, param_dtype=param_dtype, dtype=dtype, window_reach=window_reach, rngs=rngs
+        )
         self.mlp = VisionMLP(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segments, query_chunk: int):
-        x = x + self.attn(self.norm1(x), cos, sin, segments, query_chunk)
+    def __call__(self, x, cos, sin, ids):
+        """ids: segment ids, or window ids in a window layer ([patches])."""
+        x = x + self.attn(self.norm1(x), cos, sin, ids)
         return x + self.mlp(self.norm2(x))
 
 
@@ -130,8 +189,17 @@ class VisionTower(nnx.Module):
     """Patches -> merged vision features, one per image/video pad token."""
 
     def __init__(
-        self, cfg: VisionConfig, *, param_dtype=jnp.float32, dtype=jnp.float32, rngs: nnx.Rngs
+        self,
+        cfg: VisionConfig,
+        *,
+        param_dtype=jnp.float32,
+        dtype=jnp.float32,
+        remat: bool = False,
+        remat_policy: str = "full",
+        rngs: nnx.Rngs,
     ):
+        """remat: recompute each block's activations in the backward pass, keeping what
+        `remat_policy` names (model.layers.REMAT_POLICIES)."""
         self.cfg = cfg
         self.dtype = dtype
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
@@ -143,16 +211,43 @@ class VisionTower(nnx.Module):
             init_std=cfg.initializer_range,
             **kw,
         )
-        self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
+        # A Qwen2.5-VL window is `side` x `side` merge units (partial at the right and bottom).
+        side = cfg.window_size // cfg.spatial_merge_size // cfg.patch_size
+        window_patches = side * side * cfg.merge_unit
+        self.blocks = nnx.List(
+            [
+                VisionBlock(
+                    cfg,
+                    window_reach=window_patches if self._windowed(i) else 0,
+                    **kw,
+                )
+                for i in range(cfg.depth)
+            ]
+        )
         self.merger = PatchMerger(cfg, **kw)
-        self.query_chunk = 512  # queries per attention block (segment_attention)
+        self.remat = remat
+        self.remat_policy = remat_policy
+
+    def _windowed(self, block: int) -> bool:
+        return self.cfg.is_windowed and block not in self.cfg.fullatt_block_indexes
 
     def __call__(self, vision: dict[str, jnp.ndarray]) -> jnp.ndarray:
         """vision: the dict of model/packing.py (patches [N, patch_dim], pos_hw [N, 2],
-        segment_ids [N], window_ids [N], window_index [N/4]).
+        segment_ids [N], window_ids [N], window_index [N/4]); or chunks of whole temporal slices
+        (jaxvrl.group_decode.vision_chunks: the same arrays with a leading chunk axis [K, C, ...]
+        and feature_index [F], each merged feature's row in the chunks' flattened outputs).
 
-        Returns [N/4, out_hidden_size]: merged features in the original item order.
+        Returns the merged features in the original item order: [N/4, out_hidden_size], or
+        [F, out_hidden_size] from chunks (attended chunk by chunk, side by side).
         """
+        if vision["patches"].ndim == 2:
+            return self._features(vision)
+        chunks = {k: v for k, v in vision.items() if k != "feature_index"}
+        features = jax.vmap(self._features)(chunks)  # [K, C/4, out_hidden_size]
+        return features.reshape(-1, features.shape[-1])[vision["feature_index"]]
+
+    def _features(self, vision: dict[str, jnp.ndarray]) -> jnp.ndarray:
+        """The tower on one packed sequence (no chunk axis) -> [N/4, out_hidden_size]."""
         cfg = self.cfg
         unit = cfg.merge_unit
         x = self.patch_embed(vision["patches"].astype(self.dtype))
@@ -161,16 +256,19 @@ class VisionTower(nnx.Module):
         segments, windows = vision["segment_ids"], vision["window_ids"]
         order = vision["window_index"]
         if cfg.is_windowed:
-            # Put each attention window's merge units next to each other (Qwen2.5-VL); the
-            # attention masks are by id, so the permutation only matters for the merger's grouping
-            # and for matching the reference's order exactly.
+            # Put each attention window's merge units next to each other (Qwen2.5-VL): window
+            # attention needs its windows contiguous, and the merger groups units in this order
+            # as the reference does.
             def permute(a):
                 return a.reshape(n // unit, unit, *a.shape[1:])[order].reshape(a.shape)
 
             x, cos, sin, segments, windows = map(permute, (x, cos, sin, segments, windows))
         for i, block in enumerate(self.blocks):
-            full = (not cfg.is_windowed) or i in cfg.fullatt_block_indexes
-            x = block(x, cos, sin, segments if full else windows, self.query_chunk)
+            ids = windows if self._windowed(i) else segments
+            if self.remat:
+                x = rematerialised(block, "__call__", x, cos, sin, ids, policy=self.remat_policy)
+            else:
+                x = block(x, cos, sin, ids)
         merged = self.merger(x)
         if cfg.is_windowed:
             merged = merged[jnp.argsort(order)]

@@ -1,0 +1,48 @@
+"""Stacking micro-batches: token axes padded to the longest, vision in chunks of whole slices
+with one chunk size and count for all, the tower's features unchanged. float32; 1e-5 covers the
+summation order of attention over a chunk instead of the whole packed sequence."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxvrl import batching
+from model.config import VisionConfig
+from model.packing import pack_vision
+from model.vision import VisionTower
+
+
+def _vision(cfg, grids, seed):
+    grids = np.array(grids)
+    n = int(np.prod(grids, axis=1).sum())
+    patches = np.random.default_rng(seed).standard_normal((n, cfg.patch_dim)).astype(np.float32)
+    return pack_vision(patches, grids, cfg, num_patches=-(-n // 64) * 64)
+
+
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+def test_chunked_micro_batches_give_the_packed_towers_features(generation):
+    cfg = VisionConfig(
+        generation=generation,
+        depth=2,
+        hidden_size=32,
+        num_heads=2,
+        intermediate_size=64,
+        out_hidden_size=16,
+        window_size=56,
+        fullatt_block_indexes=(1,),
+    )
+    tower = VisionTower(cfg, rngs=nnx.Rngs(0))
+    # An image and a 4-frame video (slices of 96 patches), and a 2-slice video of 20 x 20.
+    flat = [_vision(cfg, [(1, 8, 12), (2, 8, 12)], 0), _vision(cfg, [(2, 20, 20)], 1)]
+    batch = [{"vision": v, "input_ids": np.zeros((1, 5 + i), np.int32)} for i, v in enumerate(flat)]
+    stacked = batching.stack(batch, cfg, (256, 1024), num_chunks_multiple=4)
+    assert stacked["input_ids"].shape == (2, 1, 6)  # padded to the longer
+    chunks = stacked["vision"]
+    m, k, c = chunks["patches"].shape[:3]
+    assert (m, c) == (2, 512) and k % 4 == 0  # one chunk size, fitted to the 400-patch slice
+    for i, vision in enumerate(flat):
+        expected = tower(vision)
+        got = tower(jax.tree.map(lambda x, i=i: x[i], chunks))
+        features = int(np.count_nonzero(vision["segment_ids"])) // cfg.merge_unit
+        np.testing.assert_allclose(got[:features], expected[:features], atol=1e-5, rtol=0)

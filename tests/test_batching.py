@@ -6,10 +6,13 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxvrl import batching
+from jaxvrl.train import batch_axis_size, stacked_shardings
 from model.config import VisionConfig
 from model.packing import pack_vision
+from model.sharding import DEFAULT_RULES
 from model.vision import VisionTower
 
 
@@ -46,3 +49,19 @@ def test_chunked_micro_batches_give_the_packed_towers_features(generation):
         got = tower(jax.tree.map(lambda x, i=i: x[i], chunks))
         features = int(np.count_nonzero(vision["segment_ids"])) // cfg.merge_unit
         np.testing.assert_allclose(got[:features], expected[:features], atol=1e-5, rtol=0)
+
+
+def test_vision_chunks_split_over_the_batch_axes():
+    """On a data 2 x fsdp 4 mesh the chunks go 8 ways (K a multiple of 8), each device holding
+    its own chunks; the feature index is replicated."""
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4, 1), ("data", "fsdp", "tensor"))
+    cfg = VisionConfig(depth=1, hidden_size=32, num_heads=2, intermediate_size=64)
+    assert batch_axis_size(mesh, DEFAULT_RULES) == 8
+    batch = [{"vision": _vision(cfg, [(3, 16, 16)], 0), "input_ids": np.zeros((8, 4), np.int32)}]
+    stacked = batching.stack(batch, cfg, (1024,), batch_axis_size(mesh, DEFAULT_RULES))
+    assert stacked["vision"]["patches"].shape[:3] == (1, 8, 256)  # 3 slices padded to 8 chunks
+    put = jax.device_put(stacked, stacked_shardings(stacked, mesh, DEFAULT_RULES))
+    patches = put["vision"]["patches"]
+    assert patches.sharding.shard_shape(patches.shape) == (1, 1, 256, cfg.patch_dim)
+    assert put["vision"]["feature_index"].sharding.is_fully_replicated
+    assert put["input_ids"].sharding.shard_shape((1, 8, 4)) == (1, 1, 4)

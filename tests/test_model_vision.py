@@ -100,10 +100,12 @@ def test_vision_gradient_memory_grows_linearly_with_slices():
     assert temp[1] <= 2 * 1.2 * temp[0] and temp[2] <= 2 * 1.2 * temp[1], temp
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
-def test_rematerialised_vision_blocks_give_the_same_gradient(generation):
+@pytest.mark.parametrize(
+    "generation, policy", [("qwen2_vl", "full"), ("qwen2_5_vl", "full"), ("qwen2_vl", "dots")]
+)
+def test_rematerialised_vision_blocks_give_the_same_gradient(generation, policy):
     plain = _tiny_tower(generation)
-    remat = _tiny_tower(generation, remat=True)
+    remat = _tiny_tower(generation, remat=True, remat_policy=policy)
     grids = np.array([(2, 8, 12), (1, 4, 4)])
     patches = np.random.default_rng(0).standard_normal((2 * 96 + 16, plain.cfg.patch_dim))
     vision = pack_vision(patches.astype(np.float32), grids, plain.cfg, num_patches=224)
@@ -112,6 +114,10 @@ def test_rematerialised_vision_blocks_give_the_same_gradient(generation):
         graphdef, state = nnx.split(tower)
         fn = lambda s: jnp.sum(jnp.sin(nnx.merge(graphdef, s)(vision)))  # noqa: E731
         return jax.jit(jax.grad(fn))(state)
+
+    graphdef, state = nnx.split(remat)
+    jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(vision))(state))
+    assert jaxpr.count("remat2[") == remat.cfg.depth  # one rematerialised call per block
 
     # Recomputation repeats the same float32 operations: equal up to XLA's fusion choices.
     for a, b in zip(jax.tree.leaves(grad(plain)), jax.tree.leaves(grad(remat)), strict=True):

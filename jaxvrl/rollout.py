@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from jaxvrl import group_decode
 from jaxvrl.group_decode import FINISH_LENGTH, FINISH_NONE, FINISH_STOP, Static, logical_sharding
@@ -359,7 +359,11 @@ class Sampler:
     # -- host-side preparation -------------------------------------------------------------------
 
     def _put(self, x: np.ndarray, axes: Sequence[str | None]) -> jax.Array:
-        return jax.device_put(x, logical_sharding(self.mesh, self.config.rules, axes, x.shape))
+        return self._place(x, logical_sharding(self.mesh, self.config.rules, axes, x.shape))
+
+    def _place(self, x: np.ndarray, sharding: NamedSharding) -> Any:
+        """Puts one host input on the mesh (jaxvrl.fit overrides this to compile from shapes)."""
+        return jax.device_put(x, sharding)
 
     def _prepare_prompts(self, prompts: Prompts, rows: int) -> dict[str, Any]:
         p = prompts.num_prompts
@@ -401,6 +405,19 @@ class Sampler:
 
     # -- compilation -----------------------------------------------------------------------------
 
+    def jitted(self, static: Static) -> Any:
+        """The rollout program for `static`, jitted (call or lower it with `prepare`'s args)."""
+        return jax.jit(
+            functools.partial(
+                group_decode.group_rollout,
+                self.graphdef,
+                static,
+                self.mesh,
+                self.config.rules,
+                self.decode_shardings,
+            )
+        )
+
     def _program(self, static: Static, args: tuple) -> Any:
         leaves, treedef = jax.tree.flatten(args)
         signature = tuple(
@@ -410,16 +427,8 @@ class Sampler:
         program = self._programs.get(key)
         if program is not None:
             return program
-        fn = functools.partial(
-            group_decode.group_rollout,
-            self.graphdef,
-            static,
-            self.mesh,
-            self.config.rules,
-            self.decode_shardings,
-        )
         start = time.perf_counter()
-        program = jax.jit(fn).lower(*args).compile()
+        program = self.jitted(static).lower(*args).compile()
         seconds = time.perf_counter() - start
         self._programs[key] = program
         self.num_compilations += 1
@@ -440,27 +449,16 @@ class Sampler:
         )
         return program
 
-    # -- public API ------------------------------------------------------------------------------
-
-    def sample(
+    def prepare(
         self,
-        state: nnx.State | nnx.Module,
+        state: nnx.State,
         prompts: Prompts,
         samples_per_prompt: int | Sequence[int],
-        params: SamplingParams | None = None,
+        params: SamplingParams,
         seed: int = 0,
-    ) -> Rollout:
-        """Samples `samples_per_prompt` completions of every prompt row (one count for all, or
-        one per row; 0 skips a row) in one compiled call.
-
-        state: the model's state (`nnx.split(model)[1]`, any sharding on this sampler's mesh) or
-        the model itself. seed: the rollout seed (e.g. the training step); a sample's stream is
-        (seed, prompt seed, sample index, step). Returns a Rollout of S = sum(counts) samples,
-        ordered by prompt row, then sample index.
-        """
-        params = params or SamplingParams()
-        if isinstance(state, nnx.Module):
-            state = nnx.state(state)
+    ) -> tuple[Static, tuple, np.ndarray]:
+        """The static options, the program's arguments (inputs placed on the mesh) and the
+        active sample slots [rows, G] of one `sample` call."""
         p = prompts.num_prompts
         counts = np.asarray(
             [samples_per_prompt] * p
@@ -500,7 +498,32 @@ class Sampler:
             np.float32(params.temperature if params.temperature > 0 else 1.0),
             np.float32(params.top_p),
         )
+        return static, args, active
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        state: nnx.State | nnx.Module,
+        prompts: Prompts,
+        samples_per_prompt: int | Sequence[int],
+        params: SamplingParams | None = None,
+        seed: int = 0,
+    ) -> Rollout:
+        """Samples `samples_per_prompt` completions of every prompt row (one count for all, or
+        one per row; 0 skips a row) in one compiled call.
+
+        state: the model's state (`nnx.split(model)[1]`, any sharding on this sampler's mesh) or
+        the model itself. seed: the rollout seed (e.g. the training step); a sample's stream is
+        (seed, prompt seed, sample index, step). Returns a Rollout of S = sum(counts) samples,
+        ordered by prompt row, then sample index.
+        """
+        params = params or SamplingParams()
+        if isinstance(state, nnx.Module):
+            state = nnx.state(state)
+        static, args, active = self.prepare(state, prompts, samples_per_prompt, params, seed)
         out = self._program(static, args)(*args)
+        group = active.shape[1]
         slots = np.flatnonzero(active.reshape(-1)).astype(np.int32)
         if slots.size != active.size:
             index = jnp.asarray(slots)

@@ -1,0 +1,113 @@
+"""The fit check (python -m jaxvrl.fit) of the three 7B recipes on TPU slices and GPU nodes: per
+program the peak memory per chip, the FLOPs of a step and the compile time, as one Markdown table.
+
+    python bench/fit_recipes.py [--topologies v5p:2x2x1,h100x8,v6e:2x4] [--recipes video_r1,...]
+        [--out bench/fit_results] [--table-only]
+
+Each (recipe, topology) runs `python -m jaxvrl.fit ... --json` in its own process, one at a time
+(a 7B compile takes minutes and several GB of memory), and its JSON report is saved to
+OUT/RECIPE__TOPOLOGY.json; a report already there is reused. The table is built from every report
+in OUT. SEED-Bench-R1's examples hold a progress video and a current-observation image, so its
+largest example is `--media=video+image`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+RECIPES = {
+    "video_r1": ["--config=configs/video_r1.py"],
+    "videochat_r1": ["--config=configs/videochat_r1.py"],
+    "seed_bench_r1": ["--config=configs/seed_bench_r1.py", "--media=video+image"],
+}
+
+
+def run_one(recipe: str, topology: str, out_dir: str, extra: list[str]) -> dict | None:
+    path = os.path.join(out_dir, f"{recipe}__{topology.replace(':', '_')}.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    command = [sys.executable, "-m", "jaxvrl.fit", *RECIPES[recipe], f"--topology={topology}"]
+    command += [*extra, "--json"]
+    print("$", " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode not in (0, 1) or not lines:
+        print(f"failed ({done.returncode}): {done.stderr[-3000:]}", flush=True)
+        return None
+    report = json.loads(lines[-1])
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    report["command"] = " ".join(["python", *command[1:]])
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print("\n".join(lines[:-1]), flush=True)
+    return report
+
+
+def table(reports: list[dict]) -> str:
+    rows = [
+        "| recipe | topology | program | peak GiB / chip | of which resident outside | "
+        "TFLOP per run (all chips) | compile s | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        for p in r["programs"]:
+            verdict = "fits" if p["fits"] else "does not fit"
+            if "refused" in p:
+                verdict = "refused by the compiler"
+                if p.get("needed_gib") is not None:
+                    verdict += f" ({p['needed_gib']:.2f} of {p['available_gib']:.2f} GiB)"
+            rows.append(
+                f"| {r['config'].split('/')[-1].removesuffix('.py')} | {r['topology']} | "
+                f"{p['name']} | {p['peak_gib']:.2f} | {p['resident_outside_gib']:.2f} | "
+                f"{p['flops'] / 1e12:.1f} | {p['compile_seconds']:.0f} | {verdict} |"
+            )
+    rows.append("")
+    rows.append(
+        "| recipe | topology | chip memory GiB | peak GiB / chip | SFT step TFLOP | "
+        "RL step TFLOP | fits |"
+    )
+    rows.append("|---|---|---|---|---|---|---|")
+    for r in reports:
+        sft = r["step_flops"].get("sft")
+        rl = r["step_flops"].get("rl")
+        rows.append(
+            f"| {r['config'].split('/')[-1].removesuffix('.py')} | {r['topology']} | "
+            f"{r['chip_memory_gib']:.1f} | {r['peak_gib']:.2f} | "
+            f"{'-' if sft is None else f'{sft / 1e12:.0f}'} | "
+            f"{'-' if rl is None else f'{rl / 1e12:.0f}'} | {'yes' if r['fits'] else 'NO'} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topologies", default="v5p:2x2x1,h100x8,v6e:2x4")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "fit_results"))
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("extra", nargs="*", help="more jaxvrl.fit flags (e.g. --config.x=...)")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if not args.table_only:
+        for topology in args.topologies.split(","):
+            for recipe in args.recipes.split(","):
+                run_one(recipe, topology, args.out, args.extra)
+    reports = []
+    for path in sorted(glob.glob(os.path.join(args.out, "*.json"))):
+        with open(path) as f:
+            reports.append(json.load(f))
+    print(table(reports))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""Does a config fit the hardware it names? Every program a run compiles, compiled ahead of time
+from abstract shapes (no weights read, none allocated) for a TPU slice, a GPU node or this CPU.
+
+    python -m jaxvrl.fit --config=configs/video_r1.py --topology=v5p:2x2x1 [--config.x=...] [--json]
+
+Programs, per stage (jaxvrl/train.py's own functions, with the inputs the run would feed them):
+optimizer init; the SFT step; the rollout (vision, prefill and decode with its KV cache, T-GRPO's
+shuffled companions included); reference and old log-probs; the RL train step (its micro-batches
+in a scan). Inputs have the largest shapes the config produces: the longest video the data
+settings allow (max_frames at the per-frame pixel budget) for every prompt of a batch, prompts of
+`--text_tokens` text tokens besides the vision tokens, SFT targets of `--target_tokens`, and
+completions of rl.max_completion_tokens, all rounded up to the config's buckets.
+
+Memory per chip: a program's arguments + outputs - donated (aliased) + temporaries, plus what
+stays resident outside it (the train state, reference parameters); the peak is the largest over
+programs. A TPU compile refuses a program that does not fit its HBM (the verdict trusted over
+any sum); GPU and CPU compiles do not refuse, so their sums are compared with the chip.
+
+FLOPs: matmul FLOPs of the traced program with every loop's trip count (jaxvrl/flops.py; the
+rollout's decode loop counted at max_completion_tokens); XLA's own cost analysis, which counts
+a loop body once, is reported beside it where the backend gives one.
+
+The model's shape: `model.path`'s config.json, else the published shape `model.shape` names.
+Exit status: 0 fits, 1 does not fit, 2 bad input (unknown topology or config key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jaxvrl.fit_programs import Program, largest_example, per_device_bytes, stage_programs
+
+GIB = 1 << 30
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------------------
+# Compiling and measuring.
+
+
+@dataclasses.dataclass
+class Result:
+    """Per-chip figures of one compiled program (bytes), or the compiler's refusal."""
+
+    name: str
+    compile_seconds: float
+    flops: float  # matmul FLOPs of one run, all chips together (jaxvrl/flops.py)
+    xla_flops_per_chip: float | None  # XLA's cost analysis (loop bodies counted once)
+    arguments: int = 0
+    outputs: int = 0
+    aliased: int = 0
+    temporaries: int = 0
+    resident_outside: int = 0  # train state etc. alive during the program but not its argument
+    refused: str | None = None  # the compiler's out-of-memory message
+    needed: int | None = None  # from a refusal: what the compiler needed and had
+    available: int | None = None
+    runs_per_step: int = 1
+
+    @property
+    def program_bytes(self) -> int:
+        return self.arguments + self.outputs - self.aliased + self.temporaries
+
+    @property
+    def peak(self) -> int:
+        if self.refused is not None and self.needed is not None:
+            return self.needed + self.resident_outside
+        return self.program_bytes + self.resident_outside
+
+
+_OOM = re.compile(
+    r"required for [^(]*\(([\d.]+)([GMK])\) exceeds available HBM \(([\d.]+)([GMK])\)"
+)
+_UNITS = {"G": GIB, "M": 1 << 20, "K": 1 << 10}
+
+
+def _refusal(message: str) -> tuple[int | None, int | None]:
+    m = _OOM.search(message)
+    if not m:
+        return None, None
+    return (
+        int(float(m.group(1)) * _UNITS[m.group(2)]),
+        int(float(m.group(3)) * _UNITS[m.group(4)]),
+    )
+
+
+def resident_beside(program: Program, resident: dict[str, Any], arguments: int | None) -> int:
+    """Bytes per chip of the run's resident state alive beside a program's own buffers: the
+    state it neither takes nor makes, plus what the compiled program leaves out of the state it
+    takes (XLA drops an argument it never reads, e.g. tx.init's parameter values)."""
+    other = sum(
+        per_device_bytes(v)
+        for k, v in resident.items()
+        if k not in program.takes and k not in program.makes
+    )
+    if arguments is None:
+        return other
+    taken = sum(per_device_bytes(resident[k]) for k in program.takes if k in resident)
+    return other + max(0, taken - arguments)
+
+
+def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result, Any]:
+    """Traces, counts FLOPs, compiles; returns the figures and the compiled program (or None)."""
+    from jaxvrl.flops import matmul_flops
+
+    start = time.perf_counter()
+    traced = program.jitted.trace(*program.args)
+    flops = matmul_flops(traced.jaxpr, program.while_trips)
+    result = Result(
+        program.name, 0.0, flops, None, resident_outside=resident_beside(program, resident, None),
+        runs_per_step=program.runs_per_step,
+    )  # fmt: skip
+    try:
+        compiled = traced.lower().compile()
+    except Exception as e:  # the TPU compiler's out-of-memory refusal
+        message = str(e)
+        if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
+            raise
+        result.compile_seconds = time.perf_counter() - start
+        result.refused = message.splitlines()[0][:400]
+        result.needed, result.available = _refusal(message)
+        return result, None
+    result.compile_seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        result.arguments = int(memory.argument_size_in_bytes)
+        result.outputs = int(memory.output_size_in_bytes)
+        result.aliased = int(memory.alias_size_in_bytes)
+        result.temporaries = int(memory.temp_size_in_bytes)
+        result.resident_outside = resident_beside(program, resident, result.arguments)
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends have none
+        cost = None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    if cost and "flops" in cost:
+        result.xla_flops_per_chip = float(cost["flops"])
+    return result, compiled
+
+
+def fit_report(
+    config,
+    target,
+    largest_options: dict[str, Any] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> dict[str, Any]:
+    """Compiles every program of `config`'s run for `target` (hardware.Target); the report."""
+    from jaxvrl import train
+    from jaxvrl.mesh import make_mesh, rules_from_config
+
+    model_config = model_shape(config)
+    mesh = make_mesh(dict(config.mesh.shape), devices=target.devices)
+    rules = rules_from_config(config.mesh.rules)
+    largest = largest_example(config.data, model_config.vision, **(largest_options or {}))
+    results: list[Result] = []
+    resident_bytes: dict[str, int] = {}
+    for stage in train.plan_stages(config):
+        gen = stage_programs(config, stage, model_config, mesh, rules, largest)
+        _, resident = next(gen)
+        resident_bytes.update(
+            {f"{stage.name}/{k}": per_device_bytes(v) for k, v in resident.items()}
+        )
+        send = None
+        while True:
+            try:
+                program = gen.send(send)
+            except StopIteration:
+                break
+            log.info("compiling %s", program.name)
+            result, compiled = compile_program(program, resident)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+            send = None if compiled is None else compiled.output_shardings
+    chip = target.chip
+    fits = all(r.refused is None and r.peak <= chip.memory_bytes for r in results)
+    step_flops = {}
+    for stage in {r.name.split("/")[0] for r in results}:
+        step_flops[stage] = sum(
+            r.flops * r.runs_per_step for r in results if r.name.startswith(stage + "/")
+        )
+    return {
+        "config": "",
+        "topology": target.name,
+        "chips": len(target.devices),
+        "chip": chip.name,
+        "chip_memory_gib": chip.memory_bytes / GIB,
+        "mesh": dict(mesh.shape),
+        "model": _model_name(config, model_config),
+        "largest_example": {
+            "grids": [list(g) for g in largest.grids],
+            "patches": largest.patches,
+            "prompt_tokens": largest.prompt_tokens,
+            "sft_tokens": largest.sft_tokens,
+        },
+        "resident_gib": {k: v / GIB for k, v in resident_bytes.items()},
+        "programs": [_result_dict(r, chip) for r in results],
+        "peak_gib": max((r.peak for r in results), default=0) / GIB,
+        "step_flops": step_flops,
+        "fits": fits,
+    }
+
+
+def _result_dict(r: Result, chip) -> dict[str, Any]:
+    out = {
+        "name": r.name,
+        "fits": r.refused is None and r.peak <= chip.memory_bytes,
+        "peak_gib": r.peak / GIB,
+        "arguments_gib": r.arguments / GIB,
+        "outputs_gib": r.outputs / GIB,
+        "aliased_gib": r.aliased / GIB,
+        "temporaries_gib": r.temporaries / GIB,
+        "resident_outside_gib": r.resident_outside / GIB,
+        "flops": r.flops,
+        "xla_flops_per_chip": r.xla_flops_per_chip,
+        "runs_per_step": r.runs_per_step,
+        "compile_seconds": round(r.compile_seconds, 2),
+    }
+    if r.refused is not None:
+        out["refused"] = r.refused
+        out["needed_gib"] = None if r.needed is None else r.needed / GIB
+        out["available_gib"] = None if r.available is None else r.available / GIB
+    return out
+
+
+def model_shape(config):
+    """The ModelConfig of `model.path`'s config.json, else of the published `model.shape`."""
+    from model.config import ModelConfig
+    from model.shapes import published_config
+
+    path = str(config.model.path or "")
+    if path and os.path.isfile(os.path.join(path, "config.json")):
+        return ModelConfig.from_pretrained(path)
+    shape = str(config.model.get("shape", "") or "")
+    if not shape:
+        raise ValueError(
+            "no model shape: set --config.model.path to a directory with config.json or "
+            "--config.model.shape to a published shape (Qwen2-VL-2B, Qwen2-VL-7B, "
+            "Qwen2.5-VL-3B, Qwen2.5-VL-7B)"
+        )
+    return published_config(shape)
+
+
+def _model_name(config, model_config) -> str:
+    path = str(config.model.path or "")
+    if path and os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    return str(config.model.get("shape", ""))
+
+
+# ------------------------------------------------------------------------------------------------
+# Output.
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable table: one line per program, per chip."""
+    lines = [
+        f"{report['config']} on {report['topology']}: {report['chips']} x {report['chip']} "
+        f"({report['chip_memory_gib']:.1f} GiB each), mesh {report['mesh']}, "
+        f"model {report['model']}",
+        "largest example: {grids} -> {patches} patches, {prompt_tokens} prompt tokens, "
+        "{sft_tokens} SFT tokens".format(**report["largest_example"]),
+        "resident per chip: "
+        + ", ".join(f"{k} {v:.2f} GiB" for k, v in report["resident_gib"].items()),
+        "",
+        f"{'program':<24}{'args':>8}{'out':>8}{'alias':>8}{'temp':>9}{'other':>8}{'peak':>9}"
+        f"{'TFLOP':>10}{'compile':>9}  verdict   (GiB per chip; TFLOP all chips, one run)",
+    ]
+    for p in report["programs"]:
+        verdict = "fits" if p["fits"] else "NO"
+        if "refused" in p:
+            verdict = "REFUSED by the compiler"
+            if p.get("needed_gib") is not None:
+                verdict += f": needs {p['needed_gib']:.2f} of {p['available_gib']:.2f} GiB"
+        lines.append(
+            f"{p['name']:<24}{p['arguments_gib']:8.2f}{p['outputs_gib']:8.2f}"
+            f"{p['aliased_gib']:8.2f}{p['temporaries_gib']:9.2f}"
+            f"{p['resident_outside_gib']:8.2f}{p['peak_gib']:9.2f}{p['flops'] / 1e12:10.4g}"
+            f"{p['compile_seconds']:8.1f}s  {verdict}"
+        )
+    lines.append("")
+    for stage, flops in report["step_flops"].items():
+        lines.append(f"{stage} step: {flops / 1e12:.4g} TFLOP (all chips, every program it runs)")
+    lines.append(
+        f"peak {report['peak_gib']:.2f} GiB per chip of {report['chip_memory_gib']:.1f}: "
+        + ("FITS" if report["fits"] else "DOES NOT FIT")
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _split_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Our own flags, and the --config / --config.x ones left for ml_collections."""
+    ours: dict[str, str] = {}
+    rest: list[str] = []
+    known = ("topology", "json", "media", "text_tokens", "target_tokens", "memory_gib")
+    for arg in argv:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if name in known:
+            ours[name] = arg.split("=", 1)[1] if "=" in arg else "true"
+        else:
+            rest.append(arg)
+    return ours, rest
+
+
+def _load_config(flags: list[str]):
+    """The config and overrides through ml_collections (an unknown key raises)."""
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
+
+    values = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "recipe config",
+        flag_values=values,
+        lock_config=True,
+        sys_argv=["fit", *flags],  # overrides are read from here, not from sys.argv
+    )
+    values(["fit", *flags])
+    if values.config is None:
+        raise ValueError("--config=CONFIG is required")
+    config = values.config
+    name = next((f.split("=", 1)[1] for f in flags if f.startswith("--config=")), "")
+    return config, name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, rest = _split_flags(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jaxvrl import hardware
+
+    try:
+        try:
+            config, name = _load_config(rest)
+        except (AttributeError, KeyError) as e:  # config_flags' error for an unknown key
+            field = (re.findall(r"[A-Za-z_]\w*", str(e)) or ["?"])[0]
+            flag = [a.split("=")[0] for a in rest if a.split("=")[0].endswith("." + field)]
+            raise ValueError(
+                f"unknown config key {' '.join(flag) or field!r} (the fields are those of the "
+                "recipe file and configs/base.py)"
+            ) from None
+        if "topology" not in ours:
+            raise ValueError("--topology=NAME is required (cpu, v5p:2x2x1, h100x8, ...)")
+        memory = ours.get("memory_gib")
+        target = hardware.compile_target(
+            ours["topology"], None if memory is None else int(float(memory) * GIB)
+        )
+        if memory is not None:
+            target.chip = dataclasses.replace(target.chip, memory_bytes=int(float(memory) * GIB))
+        options = {
+            "media": ours.get("media", "video"),
+            "text_tokens": int(ours.get("text_tokens", 512)),
+            "target_tokens": int(ours.get("target_tokens", 512)),
+        }
+        model_shape(config)
+    except Exception as e:  # bad input: unknown topology, config key, shape; absl flag errors
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"jaxvrl.fit: {message}", file=sys.stderr)
+        return 2
+
+    def progress(r: Result) -> None:
+        state = "refused" if r.refused else f"peak {r.peak / GIB:.2f} GiB"
+        print(f"compiled {r.name} in {r.compile_seconds:.1f} s: {state}", file=sys.stderr)
+
+    report = fit_report(config, target, options, on_result=progress)
+    report["config"] = name
+    print(format_report(report), flush=True)
+    if "json" in ours:
+        print(json.dumps(report))
+    return 0 if report["fits"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     rl.temperature = 1.0
     rl.beta = 0.04
     # Each sample scored by its task's reward (temporal IoU, option letter, tracking IoU).
-    rl.rewards = [["task_accuracy", 1.0], ["format", 1.0]]
+    rl.rewards = [["task_accuracy", 1.0], ["task_format", 1.0], ["task_glue", 1.0]]
     rl.accuracy_reward = "task_accuracy"
     config.checkpoint.every = 100
     return config

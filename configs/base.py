@@ -159,6 +159,7 @@ def rl_config() -> ml_collections.ConfigDict:
             "policy_loss": "grpo",
             "aggregation": "seq_mean_token_mean",
             "beta": 0.04,  # KL weight; 0 drops the reference model
+            "kl_clamp": 10.0,  # |ref - logp| bound inside the k3 KL estimator; 0 = no clamp
             "entropy_coef": 0.0,  # entropy bonus per token (0 in the papers' recipes)
             "eps_low": 0.2,
             "eps_high": 0.2,

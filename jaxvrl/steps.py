@@ -84,6 +84,7 @@ class LossSettings:
     policy_loss: str = "grpo"
     aggregation: str = "seq_mean_token_mean"
     beta: float = 0.0
+    kl_clamp: float = 10.0  # |ref - logp| bound inside the k3 KL; 0 = none
     entropy_coef: float = 0.0
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -121,6 +122,7 @@ def micro_batch_loss(model: Qwen2VL, batch: Batch, s: LossSettings) -> grpo.Loss
         norm_constant=s.norm_constant,
         entropy=out.get("entropy"),
         entropy_coef=s.entropy_coef,
+        kl_clamp=s.kl_clamp,
     )
     metrics = dict(loss.metrics)
     if "sampler_logp" in batch:

@@ -180,6 +180,7 @@ def loss_settings(config: ml_collections.ConfigDict, stage: Stage) -> steps.Loss
         policy_loss=str(rl.policy_loss),
         aggregation=str(rl.aggregation),
         beta=float(rl.beta),
+        kl_clamp=float(rl.kl_clamp),
         entropy_coef=float(rl.entropy_coef),
         eps_low=float(rl.eps_low),
         eps_high=float(rl.eps_high),

@@ -146,6 +146,9 @@ def test_regression_is_one_minus_clipped_relative_error():
 def test_non_finite_numbers_score_zero():
     assert accuracy("nan", "nan", "numerical") == 0.0
     assert accuracy("inf", "inf", "regression") == 0.0
+    # Video-R1 grpo.py:146-148 gives "nan" vs 10 a reward of 1 (max(0.0, nan) is 0.0): a bug.
+    assert accuracy("nan", "10", "regression") == 0.0
+    assert accuracy("-2.5e1", "-25", "regression") == pytest.approx(1.0)  # signs, exponents
 
 
 def test_accuracy_dispatches_per_completion_and_broadcasts_a_scalar_type():

@@ -463,9 +463,11 @@ def test_combine_weights_rewards_by_name():
 PIECES = [
     "<answer>", "</answer>", "<think>", "</think>", "<glue>", "</glue>", "[", "]", "(", ")", "9",
     "1.5 to 2.5 ", " and ", "3,14", ".", ",", " ", "\n", "A", "é", "\x00", "\u00a0", "0.5, ",
+    "-", "e-2", "[[", "]]", "(1, 2)", " TO ",
 ]  # fmt: skip
 RANGES = {"length_bonus": (0.0, 0.2)}
-PROBLEM_TYPES = ["multiple choice", "numerical", "OCR", "free-form", "regression", "?", None]
+PROBLEM_TYPES = ["multiple choice", "numerical", "OCR", "free-form", "regression", "?", None,
+                 "temporal grounding", "grounded qa", "tracking"]  # fmt: skip
 
 huge = st.tuples(st.sampled_from(PIECES), st.integers(1, 40_000)).map(lambda t: t[0] * t[1])
 nested = st.tuples(st.sampled_from(PIECES), st.integers(1, 5_000), st.text(max_size=20)).map(
@@ -518,6 +520,22 @@ solutions = st.one_of(
     lengths=[],
 )
 @example(completions=["9" * 40_000], solution="9" * 40_000, problem_type="numerical", lengths=[])
+@example(  # literal_eval on deep nesting and on long lists (glue, tracking)
+    completions=[
+        "<think>t</think><answer>" + "[" * 5_000 + "]" * 5_000 + "</answer>",
+        "<think>t</think><answer>C</answer><glue>[" + "(1, 2), " * 3_000 + "]</glue>",
+        "<think>t</think><answer>[" + "[0, 0, 1, 1], " * 2_000 + "]</answer>",
+    ],
+    solution="<answer>C</answer>",
+    problem_type="grounded qa",
+    lengths=[],
+)
+@example(
+    completions=["<answer>" + "-1e-2 TO -2.5e1 " * 2_000 + "</answer>"] * 2,
+    solution="<answer>1.00 to 2.00</answer>",
+    problem_type="temporal grounding",
+    lengths=[],
+)
 @example(
     completions=["<answer>" + "1.5 to 2.5 " * 3_000 + "</answer><glue>" + "1 2 " * 8_000],
     solution="<glue>" + "(1, 2) " * 5_000 + "</glue>",
@@ -532,6 +550,7 @@ def test_hostile_text_never_raises_stays_in_range_and_is_fast(
         "problem_type": [problem_type] * n,
         "completion_lengths": lengths,  # possibly too short: missing entries score 0
         "group_ids": [0] * n,
+        "extra": [{"glue": [[1.0, 4.0]], "timestamp": [1.0, 2.0], "boxes": [[0, 0, 1, 1]] * 8}] * n,
     }
     for name in rewards.names():
         low, high = RANGES.get(name, (0.0, 1.0))

@@ -215,3 +215,13 @@ def test_released_generation_and_pixel_limits():
         16 * tokens, 768 * tokens, 3584 * tokens)  # fmt: skip
     assert c.data.max_frames == 768 and c.data.text_first
     assert (s.data.resized_height, s.data.resized_width, s.data.max_frames) == (252, 252, 16)
+
+
+def test_video_r1_sft_has_its_own_system_message_and_rl_the_templates_default():
+    # Video-R1 src/r1-v/src/open_r1/sft_video.py:89 ("You are a helpful assistant", no full stop);
+    # grpo.py:241-252 sends no system message (the chat template's own default applies).
+    from configs import video_r1
+
+    config = video_r1.get_config()
+    assert train.stage_config(config, "sft").data.system_prompt == "You are a helpful assistant"
+    assert train.stage_config(config, "rl").data.system_prompt == ""

@@ -10,61 +10,21 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxvrl.data import templates
+
 # Pixel counts in units of one merged vision token (patch 14 x merge 2 = 28 pixels a side).
 TOKEN_PIXELS = 28 * 28
 
-# Video-R1's question template: reason inside <think>, answer inside <answer>.
-VIDEO_R1_QUESTION_TEMPLATE = (
-    "{question}\n"
-    "Please think about this question as if you were a human pondering deeply. "
-    "Engage in an internal dialogue using expressions such as 'let me think', 'wait', 'Hmm', "
-    "'oh, I see', 'let's break it down', etc, or other natural language thought expressions. "
-    "It's encouraged to include self-reflection or verification in the reasoning process. "
-    "Provide your detailed reasoning between the <think> and </think> tags, and then give your "
-    "final answer between the <answer> and </answer> tags."
-)
 
-
-def type_instructions() -> ml_collections.ConfigDict:
-    """Per-problem-type instruction appended to the templated question. Keys are problem types in
-    snake case (`multiple choice` -> `multiple_choice`, `OCR` -> `ocr`); a record whose problem
-    type has no entry here is skipped as an unknown problem type."""
-    return ml_collections.ConfigDict(
-        {
-            "multiple_choice": " Please provide only the single option letter (e.g., A, B, C, D, "
-            "etc.) within the <answer> </answer> tags.",
-            "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the "
-            "<answer> </answer> tags.",
-            "ocr": " Please transcribe text from the image/video clearly and provide your text "
-            "answer within the <answer> </answer> tags.",
-            "free_form": " Please provide your text answer within the <answer> </answer> tags.",
-            "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the "
-            "<answer> </answer> tags.",
-            "temporal_grounding": " Please provide the start and end times in seconds, precise "
-            "to two decimal places, as 'start to end' (e.g., 12.54 to 17.83) within the "
-            "<answer> </answer> tags.",
-            "grounded_qa": " Please provide only the single option letter (e.g., A, B, C, D, "
-            "etc.) and the supporting time span in seconds as 'start to end' within the "
-            "<answer> </answer> tags.",
-            "tracking": " Please provide the object's bounding box in each of the 8 frames as "
-            "[x0, y0, x1, y1] in normalised coordinates within the <answer> </answer> tags.",
-        }
-    )
-
-
-def problem_formats() -> ml_collections.ConfigDict:
-    """How a record's problem becomes the question body, per problem type. Placeholders:
-    `{problem}` (the record's question text) and `{options}` (one option per line, each followed
-    by a newline). Types without an entry use `{problem}`."""
-    return ml_collections.ConfigDict(
-        {
-            "multiple_choice": "{problem}Options:\n{options}",
-            "grounded_qa": "{problem}\nOptions:\n{options}",
-            "temporal_grounding": 'To accurately pinpoint the event "{problem}" in the video, '
-            "determine the precise time period of the event.",
-            "tracking": "Track the {problem} through the video frames.",
-        }
-    )
+def prompt_fields(data: ml_collections.ConfigDict, style: str) -> None:
+    """Copies a released recipe's prompt (jaxvrl/data/templates.py STYLES: "video_r1",
+    "seed_bench_r1", "videochat_r1") into a `data` section, every string overridable."""
+    chosen = templates.STYLES[style]
+    data.question_template = chosen.question_template
+    data.type_instructions = ml_collections.ConfigDict(dict(chosen.type_instructions))
+    data.problem_formats = ml_collections.ConfigDict(dict(chosen.problem_formats))
+    data.text_first = chosen.text_first
+    data.system_prompt = chosen.system_prompt
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -90,16 +50,16 @@ def data_config() -> ml_collections.ConfigDict:
     d.image_min_pixels = 4 * TOKEN_PIXELS
     d.image_max_pixels = 256 * TOKEN_PIXELS
     d.max_aspect_ratio = 200.0
-    # A fixed frame size for every video frame (SEED-Bench-R1: 256 x 256 -> 252 x 252); 0 = off.
+    # A fixed size for every image and video frame, rounded to multiples of 28 (SEED-Bench-R1:
+    # 256 x 256 -> 252 x 252); 0 = off.
     d.resized_height = 0
     d.resized_width = 0
     d.decode_threads = 1  # decord threads per worker process
 
-    # Prompts.
-    d.question_template = VIDEO_R1_QUESTION_TEMPLATE
-    d.type_instructions = type_instructions()
-    d.problem_formats = problem_formats()
-    d.system_prompt = ""  # "" = the chat template's own default
+    # Prompts (jaxvrl/data/templates.py): the question template, per-type instructions and
+    # problem formats, the text's place (before or after the vision items) and the system
+    # message ("" = the chat template's own default). Video-R1's words by default.
+    prompt_fields(d, "video_r1")
     # SFT: append the target (prompt tokens get loss_mask 0, target tokens 1).
     d.sft_target = False
     d.sft_target_template = "{process}\n{solution}"
@@ -159,6 +119,7 @@ def rl_config() -> ml_collections.ConfigDict:
             "policy_loss": "grpo",
             "aggregation": "seq_mean_token_mean",
             "beta": 0.04,  # KL weight; 0 drops the reference model
+            "kl_clamp": 10.0,  # |ref - logp| bound inside the k3 KL estimator; 0 = no clamp
             "entropy_coef": 0.0,  # entropy bonus per token (0 in the papers' recipes)
             "eps_low": 0.2,
             "eps_high": 0.2,
@@ -204,11 +165,16 @@ def get_config() -> ml_collections.ConfigDict:
         }
     )
     config.data = data_config()
+    # The optimizer of the RL stage, and of the SFT stage where `sft` sets nothing else.
     config.optim = ml_collections.ConfigDict(
         {
             "learning_rate": 1e-6,
-            "schedule": "cosine",  # "cosine" or "constant"
-            "warmup_steps": 0,
+            "schedule": "cosine",  # "cosine", "linear" (transformers' default) or "constant"
+            # The schedule's horizon in updates; 0 = the stage's length. A released run that
+            # was stopped early decayed over its whole epoch, not over the steps it made.
+            "schedule_steps": 0,
+            "warmup_steps": 0,  # 0 = ceil(warmup_ratio * horizon)
+            "warmup_ratio": 0.0,
             "end_lr_fraction": 0.0,
             "b1": 0.9,
             "b2": 0.999,
@@ -221,7 +187,15 @@ def get_config() -> ml_collections.ConfigDict:
         {
             "steps": 0,  # SFT updates before RL; 0 skips the stage
             "learning_rate": 0.0,  # 0 = optim.learning_rate
-            "batch_size": 0,  # prompts per SFT step; 0 = data.batch_size
+            "schedule": "",  # "" = optim.schedule
+            "schedule_steps": 0,  # the SFT schedule's horizon; 0 = sft.steps
+            "warmup_steps": -1,  # -1 = optim.warmup_steps
+            "warmup_ratio": -1.0,  # < 0 = optim.warmup_ratio
+            "weight_decay": -1.0,  # < 0 = optim.weight_decay
+            "grad_clip": -1.0,  # < 0 = optim.grad_clip
+            "batch_size": 0,  # sequences per SFT micro-batch; 0 = data.batch_size
+            "micro_batches": 0,  # micro-batches per SFT update; 0 = train.micro_batches
+            "system_prompt": "",  # "" = data.system_prompt
             "train_files": "",  # "" = data.train_files
             "train_on_prompt": False,  # Video-R1's SFT also trained on the prompt tokens
         }
@@ -229,7 +203,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.rl = rl_config()
     config.train = ml_collections.ConfigDict(
         {
-            "micro_batches": 1,  # pipeline batches per update (gradient accumulation)
+            # Pipeline batches per RL update (gradient accumulation): prompts per optimizer
+            # step = data.batch_size x this.
+            "micro_batches": 1,
             "logprob_chunk": 1024,  # tokens per chunk of the log-prob computation
         }
     )

@@ -1,10 +1,50 @@
 """VideoChat-R1 (Li et al. 2025): Qwen2.5-VL-7B trained with GRPO on spatio-temporal perception
 tasks (temporal grounding on Charades-STA, grounded QA on NExT-GQA, tracking on GOT-10k), each
-task scored by its own reward plus the format reward.
+sample scored by its task's three rewards.
 
     python -m jaxvrl.train --config=configs/videochat_r1.py --workdir=RUN_DIR \
         --config.model.path=/ckpt/Qwen2.5-VL-7B-Instruct --config.data.media_root=/data \
         --config.data.train_files=charades_sta:/data/charades_train.json,nextgqa:/data/nextgqa_train.json,got10k:/data/got10k_train.json
+
+What the released code did (OpenGVLab/VideoChat-R1; file:line), and what this recipe sets:
+- Batch: 8 processes x per_device_train_batch_size 1 x gradient_accumulation_steps 1 = 8
+  prompts per optimizer step, G = 8, 1,024 completion tokens (training_scripts/
+  run_grpo_video_task.sh): data.batch_size 8, train.micro_batches 1.
+- Optimizer: the script sets no learning rate, schedule, decay or clip, so TRL 0.15.1's
+  GRPOConfig / transformers defaults hold (requirements.txt: trl==0.15.1): lr 1e-6, linear
+  decay without warm-up over one epoch, weight decay 0, max_grad_norm 1, beta 0.04.
+- Sampling: temperature 1, top_p 1 (src/open_r1/trainer/grpo_tasks_trainer.py:343-349).
+- KL: k3 without a clamp (grpo_tasks_trainer.py:535): rl.kl_clamp 0.
+- Rewards (src/open_r1/grpo_tasks.py:46, 513-523, summed per task at grpo_tasks_trainer.py:545,
+  577): temporal grounding = tg_iou + tg_format; grounded QA = gqa_iou (glue intervals of the
+  record) + gqa_format (think, answer and glue tags, a valid glue list) + gqa_reward (option
+  letter); tracking = tracking_iou + tracking_format (a list of 8 boxes): rl.rewards
+  task_accuracy + task_format + task_glue (jaxvrl/rewards.py).
+- Prompts: QUESTION_TEMPLATE_TG / _GQA / _TRACK word for word with the options as
+  str(list) and the tracking prompt's initial box str(gt[0]) (grpo_tasks_trainer.py:66-99,
+  418-427), the text BEFORE the video, no system message (:428-439); Charades sentences
+  lower-cased without their full stop (grpo_tasks.py:564-566).
+- Pixels: each video at most 3,584 x 28 x 28 pixels in all, frames between 16 and 768 x 28 x 28
+  (grpo_tasks_trainer.py:434-435; src/open_r1/trainer/yza_vision_process.py:34-39, 312), 2 fps,
+  4..768 frames: data.video_total_pixels / video_min_pixels / video_max_pixels / max_frames.
+  GOT-10k: 7 frames (first, 5 evenly spaced, last; grpo_tasks.py:614-622).
+
+Departures from the released code, and why:
+- Horizon: the released linear schedule spans one epoch of its three files (N / 8 updates);
+  the GOT-10k file is not public in that form, so the horizon here is rl.steps (1,000).
+  With the files at hand set optim.schedule_steps = rl.steps = ceil(N / 8).
+- Plain bugs fixed: a point span (start == end on both sides) crashed the step (tg_iou leaves
+  `iou` unbound, grpo_tasks.py:322-327) and scores 0; "Answer: D" read as "A" (the first capital
+  A-G, grpo_tasks.py:225) reads as "D".
+- Parsing reads what a model writes (issue 14): spans and glue take signed numbers and
+  scientific notation, any whitespace around "to"/"and"; glue accepts any literal list of
+  [s, e] / (s, e) pairs (the released regex, grpo_tasks.py:92, rejects signs, exponents, lists
+  and a space after '['); tracking boxes must hold numbers (there, 4 strings pass the format).
+- GOT-10k frames are resized once, with Pillow, to the final size; the released code resized
+  each frame with Pillow to a multiple of 28 near its own size, then the stack with
+  torchvision (yza_vision_process.py:432-478).
+- A record whose media cannot be read is skipped and counted; several prompts of one step are
+  sampled together (the released trainer supports one per process, :463).
 """
 
 from __future__ import annotations
@@ -27,17 +67,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1}
 
     data = config.data
+    base.prompt_fields(data, "videochat_r1")
     data.fps = 2.0
+    data.min_frames = 4
+    data.max_frames = 768
     data.video_min_pixels = 16 * base.TOKEN_PIXELS
-    data.video_max_pixels = 256 * base.TOKEN_PIXELS
+    data.video_max_pixels = 768 * base.TOKEN_PIXELS
     data.video_total_pixels = 3584 * base.TOKEN_PIXELS
-    data.max_frames = 32
-    data.batch_size = 8  # prompts per step
+    data.record_options.got10k_frames = 7
+    data.batch_size = 8  # prompts per step (8 processes x 1)
 
     config.optim.learning_rate = 1e-6
-    config.optim.schedule = "cosine"
-    config.optim.weight_decay = 0.01
-    config.optim.grad_clip = 5.0
+    config.optim.schedule = "linear"
+    config.optim.schedule_steps = 0  # the stage's length (see the departures above)
+    config.optim.warmup_steps = 0
+    config.optim.weight_decay = 0.0
+    config.optim.grad_clip = 1.0
+    config.train.micro_batches = 1
 
     rl = config.rl
     rl.steps = 1000
@@ -45,9 +91,12 @@ def get_config() -> ml_collections.ConfigDict:
     rl.num_generations = 8
     rl.max_completion_tokens = 1024
     rl.temperature = 1.0
+    rl.top_p = 1.0
     rl.beta = 0.04
-    # Each sample scored by its task's reward (temporal IoU, option letter, tracking IoU).
-    rl.rewards = [["task_accuracy", 1.0], ["format", 1.0]]
+    rl.kl_clamp = 0.0
+    # Each sample scored by its task's rewards (temporal IoU / option letter / tracking IoU, the
+    # task's format, and grounded QA's glue IoU).
+    rl.rewards = [["task_accuracy", 1.0], ["task_format", 1.0], ["task_glue", 1.0]]
     rl.accuracy_reward = "task_accuracy"
     config.checkpoint.every = 100
     return config

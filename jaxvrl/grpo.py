@@ -220,9 +220,14 @@ class LossOutput(NamedTuple):
     metrics: dict[str, Pair]
 
 
-def k3_kl(logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
-    """Schulman's k3 KL estimator (DeepSeekMath GRPO): exp(d) - d - 1, d = clip(ref - logp)."""
-    d = jnp.clip(logp_ref - logp, -10.0, 10.0)
+def k3_kl(logp: jax.Array, logp_ref: jax.Array, clamp: float | None = 10.0) -> jax.Array:
+    """Schulman's k3 KL estimator (DeepSeekMath GRPO): exp(d) - d - 1, d = ref - logp clipped to
+    [-clamp, clamp]; `clamp` None or 0 leaves d as it is. The released code clamps at 10
+    (Video-R1 trainer/grpo_trainer.py:564), 11 (SEED-Bench-R1 trainer/grpo_trainer.py:477) and
+    not at all (VideoChat-R1 trainer/grpo_tasks_trainer.py:535)."""
+    d = logp_ref - logp
+    if clamp:
+        d = jnp.clip(d, -clamp, clamp)
     return jnp.exp(d) - d - 1.0
 
 
@@ -267,6 +272,7 @@ def grpo_policy_loss(
     norm_constant: float | None = None,
     entropy: jax.Array | None = None,
     entropy_coef: float = 0.0,
+    kl_clamp: float | None = 10.0,
 ) -> LossOutput:
     """GRPO (DeepSeekMath; Video-R1) per-token loss -surrogate + beta * k3 KL - entropy_coef *
     entropy, aggregated by name.
@@ -276,6 +282,7 @@ def grpo_policy_loss(
     (one per sequence) or [batch, completion_len]. The KL term is skipped when `beta` is 0 or there
     is no reference; the entropy bonus (PPO's, verl's `entropy_coeff`; 0 in the papers' recipes)
     needs `entropy` and keeps a policy from turning deterministic while groups still disagree.
+    `kl_clamp` bounds the log-ratio inside the KL estimator (`k3_kl`; None or 0: no clamp).
     Metrics: clip fractions (ratio below 1-eps_lo with A<0, above 1+eps_hi with
     A>0), mean ratio, mean KL (whenever a reference is given) and mean entropy, over valid tokens.
     """
@@ -296,7 +303,7 @@ def grpo_policy_loss(
         "ratio": masked_mean_pair(ratio, weight),
     }
     if logp_ref is not None:
-        kl = k3_kl(logp, jnp.where(valid, logp_ref, 0.0))
+        kl = k3_kl(logp, jnp.where(valid, logp_ref, 0.0), kl_clamp)
         metrics["kl"] = masked_mean_pair(kl, weight)
         if not _static_zero(beta):
             per_token = per_token + beta * kl

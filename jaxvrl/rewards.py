@@ -13,7 +13,10 @@ hostile text: texts are cut at `MAX_TEXT_CHARS`, word sequences at `MAX_WORDS`, 
 
 from __future__ import annotations
 
+import ast
+import functools
 import itertools
+import json
 import math
 import re
 from collections import Counter
@@ -158,11 +161,15 @@ def _score_each(
     return out
 
 
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# A number as a model writes it: optional sign, digits with an optional decimal part (or a bare
+# ".5"), optional exponent ("2.6e-02"). Possessive quantifiers and the look-behind (no start
+# inside a digit run) keep every search linear in the text's length.
+NUMBER_PATTERN = r"(?<![\d.])[-+]?(?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?"
+_NUMBER = re.compile(NUMBER_PATTERN)
 
 
 def _numbers(text: str) -> list[float]:
-    """Unsigned decimal numbers in `text`, at most MAX_NUMBERS of them."""
+    """Signed decimal numbers (scientific notation too) in `text`, at most MAX_NUMBERS."""
     return [float(m.group()) for m in itertools.islice(_NUMBER.finditer(text), MAX_NUMBERS)]
 
 
@@ -178,24 +185,33 @@ def _to_float(text: str) -> float | None:
 # ----------------------------------------------------------------------------- format
 
 
-_WHITESPACE = re.compile(r"\s*")
+@functools.lru_cache(maxsize=16)
+def _junction(close: str, open_: str) -> re.Pattern[str]:
+    return re.compile(re.escape(close) + r"\s*+" + re.escape(open_))
+
+
+def tags_fullmatch(text: str, tags: Sequence[str]) -> bool:
+    """Whether `text` fullmatches `<t1>.*?</t1>\\s*<t2>.*?</t2>...` (DOTALL) for tags t1..tn.
+
+    Linear time: the earliest `</tk>\\s*<tk+1>` junction after the previous one is always the
+    best choice (an earlier junction also ends earlier, as `</tk>` cannot start inside one), so
+    one left-to-right search per junction decides the match without backtracking.
+    """
+    first, last = f"<{tags[0]}>", f"</{tags[-1]}>"
+    if not (text.startswith(first) and text.endswith(last)):
+        return False
+    pos = len(first)
+    for close, open_ in itertools.pairwise(tags):
+        junction = _junction(f"</{close}>", f"<{open_}>").search(text, pos)
+        if junction is None:
+            return False
+        pos = junction.end()
+    return len(text) - len(last) >= pos
 
 
 def format_ok(text: str) -> bool:
     """Video-R1's format: fullmatch of `<think>.*?</think>\\s*<answer>.*?</answer>` (DOTALL)."""
-    if not (text.startswith("<think>") and text.endswith("</answer>")):
-        return False
-    last_answer_start = len(text) - len("</answer>") - len("<answer>")
-    close = text.find("</think>", len("<think>"))
-    while close >= 0:
-        # Later </think> tags only move the <answer> further right, so the first fit decides.
-        start = _WHITESPACE.match(text, close + len("</think>")).end()
-        if start > last_answer_start:
-            return False
-        if text.startswith("<answer>", start):
-            return True
-        close = text.find("</think>", close + 1)
-    return False
+    return tags_fullmatch(text, ("think", "answer"))
 
 
 @per_completion("format")
@@ -238,8 +254,24 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 _ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
 
 
-def _rouge_tokens(text: str) -> list[str]:
-    return _ROUGE_TOKEN.findall(text.lower())[:MAX_WORDS]
+@functools.cache
+def _porter():
+    # rouge_score's own stemmer (nltk's PorterStemmer, default mode), as Video-R1's
+    # `RougeScorer(..., use_stemmer=True)` uses it (Video-R1 src/r1-v/src/open_r1/grpo.py:103).
+    from nltk.stem import porter
+
+    return porter.PorterStemmer()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _stem(word: str) -> str:
+    return _porter().stem(word) if len(word) > 3 else word  # rouge_score stems words > 3 chars
+
+
+def _rouge_tokens(text: str, stem: bool = True) -> list[str]:
+    """rouge_score's tokens: lower-cased alphanumeric runs, words over 3 characters stemmed."""
+    words = _ROUGE_TOKEN.findall(text.lower())[:MAX_WORDS]
+    return [t for t in map(_stem, words) if _ROUGE_TOKEN.fullmatch(t)] if stem else words
 
 
 def _f1(overlap: int, n_pred: int, n_ref: int) -> float:
@@ -268,9 +300,10 @@ def _lcs_length(a: np.ndarray, b: np.ndarray) -> int:
     return int(prev[-1])
 
 
-def rouge_f1s(reference: str, prediction: str) -> tuple[float, float, float]:
-    """ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin 2004) on lower-cased alphanumeric words, no stemmer."""
-    ref, pred = _rouge_tokens(reference), _rouge_tokens(prediction)
+def rouge_f1s(reference: str, prediction: str, stem: bool = True) -> tuple[float, float, float]:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin 2004) as rouge_score computes them: lower-cased
+    alphanumeric words, Porter-stemmed when `stem` (Video-R1's `use_stemmer=True`)."""
+    ref, pred = _rouge_tokens(reference, stem), _rouge_tokens(prediction, stem)
     lcs = _lcs_length(*_word_ids(ref, pred))
     return _ngram_f1(ref, pred, 1), _ngram_f1(ref, pred, 2), _f1(lcs, len(pred), len(ref))
 
@@ -375,17 +408,42 @@ def length_bonus_reward(
 
 
 # ----------------------------------------------------------------------------- VideoChat-R1
+# Facts from OpenGVLab/VideoChat-R1 src/open_r1/grpo_tasks.py (cited by line below). Each task has
+# three rewards whose sum is the sample's reward: temporal grounding ("tg") tg_iou + tg_format +
+# 0, grounded QA ("gqa") gqa_iou (glue) + gqa_format + gqa_reward (answer letter), tracking
+# tracking_iou + tracking_format + 0 (grpo_tasks.py:46, 513-523; summed in
+# trainer/grpo_tasks_trainer.py:545, 577).
 
 
-# VideoChat-R1's `(\d+\.?\d*) (to|and) (\d+\.?\d*)` made linear, with the same matches: possessive
-# quantifiers never backtrack (backtracking there cannot help: a shorter number is followed by a
-# digit or '.', not ' '), and a match starting inside a digit run would end where one starting at
-# the run's first digit ends, so it fails the same way and need not be tried.
-_SPAN = re.compile(r"(?<!\d)(\d++(?:\.\d*+)?) (?:to|and) (\d++(?:\.\d*+)?)")
+def answer_blocks(text: str) -> list[str]:
+    """Contents of every `<answer>...</answer>` block (non-greedy, in order), at most
+    MAX_NUMBERS of them: `re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)`."""
+    out: list[str] = []
+    start = text.find("<answer>")
+    while start >= 0 and len(out) < MAX_NUMBERS:
+        end = text.find("</answer>", start + len("<answer>"))
+        if end < 0:
+            break
+        out.append(text[start + len("<answer>") : end])
+        start = text.find("<answer>", end + len("</answer>"))
+    return out
+
+
+def _first_tag(text: str, tag: str) -> str | None:
+    """Content of the first `<tag>(.*?)</tag>` (DOTALL), unstripped; None if absent."""
+    start = text.find(f"<{tag}>")
+    end = text.find(f"</{tag}>", start + len(tag) + 2) if start >= 0 else -1
+    return text[start + len(tag) + 2 : end] if end >= 0 else None
+
+
+# VideoChat-R1's `(\d+\.?\d*) (to|and) (\d+\.?\d*)` with re.IGNORECASE (grpo_tasks.py:294), made
+# to read what a model writes: signed numbers, scientific notation and any run of whitespace
+# around the connective. Linear: possessive quantifiers, and no match starts inside a number.
+_SPAN = re.compile(rf"({NUMBER_PATTERN})\s++(?:to|and)\s++({NUMBER_PATTERN})", re.IGNORECASE)
 
 
 def parse_span(answer: str) -> Interval | None:
-    """VideoChat-R1 temporal grounding: the last 'S to E' / 'S and E' in the answer, in seconds."""
+    """The last 'S to E' / 'S and E' (any case) in `answer`, in seconds (grpo_tasks.py:297)."""
     last = None
     for last in _SPAN.finditer(answer):  # noqa: B007 - only the last match counts.
         pass
@@ -394,12 +452,24 @@ def parse_span(answer: str) -> Interval | None:
     return float(last.group(1)), float(last.group(2))
 
 
+def parse_timestamp_answer(text: str) -> Interval | None:
+    """VideoChat-R1's temporal-grounding answer: the last span of the LAST `<answer>` block
+    (grpo_tasks.py:285-300); None without a block or a span."""
+    blocks = answer_blocks(text)
+    return parse_span(blocks[-1]) if blocks else None
+
+
 def _valid(interval: Sequence[float]) -> bool:
     return len(interval) == 2 and all(map(math.isfinite, interval)) and interval[0] <= interval[1]
 
 
 def interval_iou(pred: Interval, truth: Interval) -> float:
-    """VideoChat-R1 temporal IoU of two [start, end] spans (0.0 for an empty union)."""
+    """VideoChat-R1 temporal IoU of two [start, end] spans (grpo_tasks.py:322-325).
+
+    An empty union (two equal point spans) scores 0.0: the released code leaves `iou` unbound
+    there and crashes the step (a plain bug, fixed). A reversed span scores 0.0 as in the
+    released code (its intersection is then always empty).
+    """
     if not (_valid(pred) and _valid(truth)):
         return 0.0
     inter = max(0.0, min(pred[1], truth[1]) - max(pred[0], truth[0]))
@@ -407,7 +477,22 @@ def interval_iou(pred: Interval, truth: Interval) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _solution_span(solution: Any) -> Interval | None:
+def _extra(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The record's ground-truth fields (`extra`: a mapping, or its JSON text)."""
+    extra = record.get("extra")
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra[:MAX_TEXT_CHARS])
+        except ValueError:
+            return {}
+    return extra if isinstance(extra, Mapping) else {}
+
+
+def _solution_span(solution: Any, record: Mapping[str, Any]) -> Interval | None:
+    """The true span: the record's `timestamp` [s, e] (exact), else the solution's text."""
+    timestamp = _extra(record).get("timestamp", record.get("timestamp"))
+    if _is_array(timestamp) and len(timestamp) == 2:
+        return float(timestamp[0]), float(timestamp[1])
     if _is_array(solution):
         span = tuple(float(x) for x in list(solution)[:3])
         return span if len(span) == 2 else None  # type: ignore[return-value]
@@ -421,14 +506,14 @@ def _solution_span(solution: Any) -> Interval | None:
 
 @per_completion("temporal_iou")
 def temporal_iou_reward(text: str, solution: Any, **record: Any) -> float:
-    """VideoChat-R1 temporal grounding reward: IoU of the answer's span with the solution [s, e]."""
-    answer = extract_answer(text)
-    pred, truth = parse_span(answer) if answer else None, _solution_span(solution)
+    """VideoChat-R1 tg_iou: IoU of the last answer block's span with the record's [s, e]."""
+    pred, truth = parse_timestamp_answer(text), _solution_span(solution, record)
     return 0.0 if pred is None or truth is None else interval_iou(pred, truth)
 
 
 def merge_intervals(intervals: Sequence[Interval]) -> list[Interval]:
-    """VideoChat-R1: sort by start and merge overlapping (or touching) intervals."""
+    """VideoChat-R1: sort by start and merge overlapping (or touching) intervals
+    (grpo_tasks.py:117-134)."""
     merged: list[list[float]] = []
     for start, end in sorted(intervals):
         if merged and start <= merged[-1][1]:
@@ -439,10 +524,8 @@ def merge_intervals(intervals: Sequence[Interval]) -> list[Interval]:
 
 
 def glue_iou(pred: Sequence[Interval], truth: Sequence[Interval]) -> float:
-    """VideoChat-R1 grounded-QA IoU: total intersection / total union of merged intervals.
-
-    Following DESIGN.md, an empty union (both sides of zero total length) scores 1.0.
-    """
+    """VideoChat-R1 grounded-QA IoU: total intersection / total union of merged intervals; an
+    empty union scores 1.0 as in the released code (grpo_tasks.py:136-169)."""
     a, b = merge_intervals(pred), merge_intervals(truth)
     inter, i, j = 0.0, 0, 0
     while i < len(a) and j < len(b):  # Both lists are sorted and disjoint: one sweep suffices.
@@ -455,39 +538,83 @@ def glue_iou(pred: Sequence[Interval], truth: Sequence[Interval]) -> float:
     return inter / union if union > 0 else 1.0
 
 
-def _parse_intervals(value: Any, is_solution: bool) -> list[Interval] | None:
-    """Intervals from pairs of numbers, or from a text's `<glue>` content (else its answer)."""
-    if _is_array(value):
-        pairs = [tuple(float(x) for x in pair) for pair in list(value)[:MAX_NUMBERS]]
-    else:
-        text = _as_text(value)
-        start, end = text.find("<glue>"), text.find("</glue>")
-        if 0 <= start < end:
-            content: str | None = text[start + len("<glue>") : end]
-        else:
-            content = _solution_text(text) if is_solution else extract_answer(text)
-        numbers = _numbers(content) if content else []
-        if len(numbers) % 2:
-            return None
-        pairs = list(zip(numbers[::2], numbers[1::2], strict=True))
-    if not pairs or not all(_valid(p) for p in pairs):
+def _literal(text: str) -> Any:
+    """A Python literal (`ast.literal_eval`, as the released code reads glue and boxes) or None
+    when the text is not one (bounded: MAX_TEXT_CHARS; deep nesting fails cleanly)."""
+    if len(text) > MAX_TEXT_CHARS:
         return None
-    return pairs  # type: ignore[return-value]
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_glue(content: str) -> list[Interval] | None:
+    """A `<glue>` content as intervals: a list of (start, end) pairs with start <= end
+    (grpo_tasks.py:91-111 `is_valid_two_d_list_format`). The released code's regex also
+    rejects signs, exponents, spaces after '[' and [s, e] lists; we read any literal list of
+    pairs of real numbers (issue 14: parse what a model writes). `[]` is valid, as there."""
+    value = _literal(content)
+    if not isinstance(value, list) or len(value) > MAX_NUMBERS:
+        return None
+    out: list[Interval] = []
+    for item in value:
+        if not (isinstance(item, tuple | list) and len(item) == 2 and all(map(_real, item))):
+            return None
+        if item[0] > item[1]:
+            return None
+        out.append((float(item[0]), float(item[1])))
+    return out
+
+
+def _truth_glue(solution: Any, record: Mapping[str, Any]) -> list[Interval] | None:
+    """The record's glue intervals (NExT-GQA `glue`); else a solution given as pairs or with a
+    `<glue>` block."""
+    glue = _extra(record).get("glue", record.get("glue"))
+    if not _is_array(glue):
+        glue = solution if _is_array(solution) else None
+    if glue is None:
+        content = _first_tag(_as_text(solution), "glue")
+        return parse_glue(content) if content is not None else None
+    pairs = [tuple(pair) for pair in list(glue)[:MAX_NUMBERS] if _is_array(pair)]
+    if len(pairs) != len(glue) or not all(len(p) == 2 and all(map(_real, p)) for p in pairs):
+        return None
+    return [(float(s), float(e)) for s, e in pairs]
 
 
 @per_completion("glue_iou")
 def glue_iou_reward(text: str, solution: Any, **record: Any) -> float:
-    """VideoChat-R1 grounded-QA reward: merged-interval IoU of the predicted and true time spans."""
-    pred = _parse_intervals(text, is_solution=False)
-    truth = _parse_intervals(solution, is_solution=True)
+    """VideoChat-R1 gqa_iou: merged-interval IoU of the first `<glue>` block's intervals with
+    the record's glue (grpo_tasks.py:175-189); no block or an invalid one scores 0.0."""
+    content = _first_tag(text, "glue")
+    pred = parse_glue(content) if content is not None else None
+    truth = _truth_glue(solution, record)
     return 0.0 if pred is None or truth is None else glue_iou(pred, truth)
+
+
+def parse_box_list(content: str, num_boxes: int = 8) -> list[Box] | None:
+    """A tracking answer: a literal list of exactly `num_boxes` lists of 4 real numbers
+    (grpo_tasks.py:359-377 `is_valid_list_of_lists`, which also drops newlines first). The
+    released code accepts any 4 elements; we also need them to be numbers (else its IoU raises
+    and scores 0 while its format reward scores 1)."""
+    value = _literal(content.replace("\n", ""))
+    if not isinstance(value, list) or len(value) != num_boxes:
+        return None
+    if not all(isinstance(b, list) and len(b) == 4 and all(map(_real, b)) for b in value):
+        return None
+    return [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in value]
 
 
 _BRACKETED = re.compile(r"[\[(]([^\[\]()]*)[\])]")
 
 
 def parse_boxes(text: str) -> list[Box]:
-    """Innermost bracketed groups of `text` as boxes; a group without exactly 4 numbers gives []."""
+    """Innermost bracketed groups of `text` as boxes; a group without exactly 4 numbers gives []
+    (a lenient reader for solutions written as text)."""
     boxes: list[Box] = []
     for match in _BRACKETED.finditer(text):
         numbers = _numbers(match.group(1))
@@ -498,7 +625,9 @@ def parse_boxes(text: str) -> list[Box]:
 
 
 def box_iou(a: Box, b: Box) -> float:
-    """IoU of two [x0, y0, x1, y1] boxes (0.0 for an empty union)."""
+    """IoU of two [x0, y0, x1, y1] boxes (grpo_tasks.py:382-421; 0.0 for an empty union). The
+    released code does not clamp areas; an inverted box has an empty intersection either way,
+    so both score 0."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
@@ -508,22 +637,58 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _solution_boxes(solution: Any) -> list[Box]:
-    if _is_array(solution):
-        return [tuple(float(x) for x in box) for box in list(solution)[:MAX_NUMBERS]]  # type: ignore[misc]
-    return parse_boxes(_solution_text(solution))
+def _solution_boxes(solution: Any, record: Mapping[str, Any]) -> list[Box]:
+    boxes = _extra(record).get("boxes", record.get("boxes"))
+    if boxes is None and _is_array(solution):
+        boxes = solution
+    if _is_array(boxes):
+        return [tuple(float(x) for x in box) for box in list(boxes)[:MAX_NUMBERS]]  # type: ignore[misc]
+    content = extract_answer(_as_text(solution))
+    return (parse_box_list(content) or parse_boxes(content) or []) if content else []
 
 
 @per_completion("tracking_iou")
 def tracking_iou_reward(text: str, solution: Any, num_boxes: int = 8, **record: Any) -> float:
-    """VideoChat-R1 tracking reward: mean box IoU; the answer must hold 8 boxes of 4 numbers."""
-    answer = extract_answer(text)
-    pred, truth = parse_boxes(answer) if answer else [], _solution_boxes(solution)
-    if len(pred) != num_boxes or len(truth) != num_boxes:
+    """VideoChat-R1 tracking_iou: mean box IoU of the first answer block, which must be a list
+    of 8 boxes, with the record's 8 boxes (grpo_tasks.py:445-465)."""
+    content = _first_tag(text, "answer")
+    pred = parse_box_list(content, num_boxes) if content is not None else None
+    truth = _solution_boxes(solution, record)
+    if pred is None or len(truth) != num_boxes:
         return 0.0
     if not all(len(box) == 4 and all(map(math.isfinite, box)) for box in truth):
         return 0.0
     return sum(box_iou(p, t) for p, t in zip(pred, truth, strict=True)) / num_boxes
+
+
+def _stripped_format(text: str, tags: Sequence[str]) -> bool:
+    return tags_fullmatch(text.strip(), tags)  # the released formats fullmatch content.strip()
+
+
+@per_completion("temporal_format")
+def temporal_format_reward(text: str, solution: Any, **record: Any) -> float:
+    """VideoChat-R1 tg_format: `<think>..</think>\\s*<answer>..</answer>` (grpo_tasks.py:346)."""
+    return float(_stripped_format(text, ("think", "answer")))
+
+
+@per_completion("glue_format")
+def glue_format_reward(text: str, solution: Any, **record: Any) -> float:
+    """VideoChat-R1 gqa_format: think, answer, glue tags and a valid glue list
+    (grpo_tasks.py:251-278)."""
+    if not _stripped_format(text, ("think", "answer", "glue")):
+        return 0.0
+    content = _first_tag(text, "glue")
+    return float(content is not None and parse_glue(content) is not None)
+
+
+@per_completion("tracking_format")
+def tracking_format_reward(text: str, solution: Any, **record: Any) -> float:
+    """VideoChat-R1 tracking_format: think and answer tags, the answer a list of 8 boxes
+    (grpo_tasks.py:480-508)."""
+    if not _stripped_format(text, ("think", "answer")):
+        return 0.0
+    content = _first_tag(text, "answer")
+    return float(content is not None and parse_box_list(content) is not None)
 
 
 # ----------------------------------------------------------------------------- option letter
@@ -538,7 +703,9 @@ _OPTION_LETTER = re.compile(r"(?<![A-Za-z])[A-G](?![A-Za-z])")
 
 
 def option_letter(text: str) -> str | None:
-    """SEED-Bench-R1 / VideoChat-R1: first standalone letter A-G after common answer prefixes."""
+    """The option letter of an answer: the first standalone letter A-G after common answer
+    prefixes. VideoChat-R1's `extract_characters_regex` (grpo_tasks.py:208-228) takes the first
+    capital A-G anywhere, so it reads "Answer: D" as "A" (a plain bug, fixed here)."""
     text = text.strip()
     for _ in range(4):  # "Answer: Option (B)" carries two prefixes.
         lowered = text.lower()
@@ -550,34 +717,87 @@ def option_letter(text: str) -> str | None:
     return match.group() if match else None
 
 
+def _truth_letter(solution: Any, record: Mapping[str, Any]) -> str | None:
+    if isinstance(solution, int | np.integer) and 0 <= solution < 7:
+        return "ABCDEFG"[int(solution)]
+    answer = _extra(record).get("answer")
+    if isinstance(answer, str) and answer.strip():
+        return option_letter(answer)
+    return option_letter(_solution_text(solution))
+
+
 @per_completion("option_letter")
 def option_letter_reward(text: str, solution: Any, **record: Any) -> float:
-    """SEED-Bench-R1 / VideoChat-R1 accuracy: 1.0 when the option letters agree (index 0 = "A")."""
-    if isinstance(solution, int | np.integer) and 0 <= solution < 7:
-        truth: str | None = "ABCDEFG"[int(solution)]
-    else:
-        truth = option_letter(_solution_text(solution))
-    answer = extract_answer(text)
-    pred = option_letter(answer) if answer else None
-    return float(pred is not None and pred == truth)
+    """VideoChat-R1 gqa_reward: 1.0 when the first answer block's option letter equals the
+    record's (grpo_tasks.py:232-246; index 0 = "A")."""
+    content = _first_tag(text, "answer")
+    pred = option_letter(content) if content else None
+    return float(pred is not None and pred == _truth_letter(solution, record))
+
+
+@per_completion("first_letter")
+def first_letter_reward(text: str, solution: Any, **record: Any) -> float:
+    """SEED-Bench-R1 accuracy: 1.0 when the first character of the first answer block (stripped)
+    equals the first character of the solution's answer (SEED-Bench-R1
+    src/open_r1_egoplan/grpo.py:85-99). Its math_verify step before that is left out (on option
+    letters it can only agree with this rule or match a letter the rule does not)."""
+    content = _first_tag(text, "answer")
+    answer = content.strip() if content is not None else ""
+    solution_text = _as_text(solution)
+    truth = _first_tag(solution_text, "answer")
+    truth = (truth if truth is not None else solution_text).strip()
+    return float(bool(answer) and bool(truth) and answer[0] == truth[0])
 
 
 # ----------------------------------------------------------------------------- task dispatch
 
-# VideoChat-R1 trains one model on several perception tasks; each task's accuracy reward.
-TASK_REWARDS = {
-    "temporal grounding": "temporal_iou",
-    "grounded qa": "option_letter",
-    "tracking": "tracking_iou",
-    "multiple choice": "option_letter",
+# VideoChat-R1 trains one model on several perception tasks, each sample scored by its task's
+# rewards (grpo_tasks_trainer.py:545: `self.reward_funcs[inputs[0]['data_type']]`).
+TASK_REWARDS: dict[str, dict[str, str]] = {
+    "accuracy": {
+        "temporal grounding": "temporal_iou",
+        "grounded qa": "option_letter",
+        "tracking": "tracking_iou",
+        "multiple choice": "option_letter",
+    },
+    "format": {
+        "temporal grounding": "temporal_format",
+        "grounded qa": "glue_format",
+        "tracking": "tracking_format",
+        "multiple choice": "temporal_format",
+    },
+    "glue": {"grounded qa": "glue_iou"},
 }
+
+
+def _task_key(problem_type: Any) -> str:
+    return problem_type.strip().lower().replace("_", " ") if isinstance(problem_type, str) else ""
+
+
+def _task_reward(kind: str, text: str, solution: Any, problem_type: Any, record: dict) -> float:
+    name = TASK_REWARDS[kind].get(_task_key(problem_type))
+    # One completion: each record field becomes a one-entry list (a list value is not broadcast).
+    return get(name)([text], [solution], **{k: [v] for k, v in record.items()})[0] if name else 0.0
 
 
 @per_completion("task_accuracy")
 def task_accuracy_reward(
     text: str, solution: Any, problem_type: Any = None, **record: Any
 ) -> float:
-    """VideoChat-R1: the accuracy reward of the sample's task (`problem_type`), 0.0 if unknown."""
-    key = problem_type.strip().lower().replace("_", " ") if isinstance(problem_type, str) else ""
-    name = TASK_REWARDS.get(key)
-    return get(name)([text], [solution], **record)[0] if name else 0.0
+    """VideoChat-R1: the accuracy reward of the sample's task (`problem_type`), 0.0 if unknown:
+    temporal IoU, the answer's option letter, or tracking IoU."""
+    return _task_reward("accuracy", text, solution, problem_type, record)
+
+
+@per_completion("task_format")
+def task_format_reward(text: str, solution: Any, problem_type: Any = None, **record: Any) -> float:
+    """VideoChat-R1: the format reward of the sample's task (tg_format, gqa_format with a valid
+    glue list, tracking_format with a valid list of 8 boxes), 0.0 if unknown."""
+    return _task_reward("format", text, solution, problem_type, record)
+
+
+@per_completion("task_glue")
+def task_glue_reward(text: str, solution: Any, problem_type: Any = None, **record: Any) -> float:
+    """VideoChat-R1: grounded QA's glue IoU against the record's glue intervals; 0.0 for the
+    other tasks (their third reward is the released code's `pad`, always 0)."""
+    return _task_reward("glue", text, solution, problem_type, record)

@@ -20,7 +20,8 @@ from jaxvrl import grpo, rewards
 from jaxvrl.rollout import Prompts, Rollout
 
 # Record fields handed to every reward function (TRL style keyword arguments, one per sample).
-REWARD_FIELDS = ("problem_type", "data_type", "data_source", "uid")
+# `extra` is the record's ground truth as JSON (time spans, glue intervals, boxes).
+REWARD_FIELDS = ("problem_type", "data_type", "data_source", "uid", "extra")
 
 
 @dataclasses.dataclass(frozen=True)

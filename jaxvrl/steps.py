@@ -86,6 +86,7 @@ class LossSettings:
     policy_loss: str = "grpo"
     aggregation: str = "seq_mean_token_mean"
     beta: float = 0.0
+    kl_clamp: float = 10.0  # |ref - logp| bound inside the k3 KL; 0 = none
     entropy_coef: float = 0.0
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -123,6 +124,7 @@ def micro_batch_loss(model: Qwen2VL, batch: Batch, s: LossSettings) -> grpo.Loss
         norm_constant=s.norm_constant,
         entropy=out.get("entropy"),
         entropy_coef=s.entropy_coef,
+        kl_clamp=s.kl_clamp,
     )
     metrics = dict(loss.metrics)
     if "sampler_logp" in batch:
@@ -148,6 +150,39 @@ def sft_micro_batch_loss(model: Qwen2VL, batch: Batch, s: LossSettings) -> grpo.
     return grpo.LossOutput(total, count, {"nll": (jax.lax.stop_gradient(total), count)})
 
 
+def lr_schedule(
+    learning_rate: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    schedule: str = "cosine",
+    end_lr_fraction: float = 0.0,
+) -> optax.Schedule:
+    """The learning rate of update `step` (0-based), as transformers' schedulers give it.
+
+    Linear warm-up from 0 over `warmup_steps`, then over the remaining `total_steps -
+    warmup_steps` (the horizon): "cosine" to `end_lr_fraction * learning_rate` (HF
+    `get_cosine_schedule_with_warmup`), "linear" likewise (HF `get_linear_schedule_with_warmup`,
+    the Trainer's default), "constant" (HF `constant_with_warmup`). Past the horizon the rate
+    stays at its end value.
+    """
+    total_steps = max(total_steps, 1)
+    end = learning_rate * end_lr_fraction
+    decay = max(total_steps - warmup_steps, 1)
+    if schedule == "cosine":
+        main = optax.cosine_decay_schedule(learning_rate, decay, alpha=end_lr_fraction)
+    elif schedule == "linear":
+        main = optax.linear_schedule(learning_rate, end, decay)
+    elif schedule == "constant":
+        main = optax.constant_schedule(learning_rate)
+    else:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r} (cosine, linear, constant)")
+    if not warmup_steps:
+        return main
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, learning_rate, warmup_steps), main], [warmup_steps]
+    )
+
+
 def make_optimizer(
     *,
     learning_rate: float,
@@ -163,31 +198,10 @@ def make_optimizer(
     freeze: Callable[[tuple], bool] | None = None,
     params: nnx.State | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with warm-up then cosine (or constant) decay and global-norm clipping; parameters
-    for which `freeze(path)` is true get no update (e.g. a frozen vision tower)."""
-    total_steps = max(total_steps, 1)
-    if schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            init_value=0.0 if warmup_steps else learning_rate,
-            peak_value=learning_rate,
-            warmup_steps=warmup_steps,
-            decay_steps=max(total_steps, warmup_steps + 1),
-            end_value=learning_rate * end_lr_fraction,
-        )
-    elif schedule == "constant":
-        lr = (
-            optax.join_schedules(
-                [
-                    optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
-                    optax.constant_schedule(learning_rate),
-                ],
-                [warmup_steps],
-            )
-            if warmup_steps
-            else optax.constant_schedule(learning_rate)
-        )
-    else:
-        raise ValueError(f"unknown learning-rate schedule {schedule!r} (cosine, constant)")
+    """AdamW on `lr_schedule(...)` with global-norm clipping; parameters for which
+    `freeze(path)` is true get no update (e.g. a frozen vision tower). `total_steps` is the
+    schedule's horizon, which may differ from the number of updates a stage makes."""
+    lr = lr_schedule(learning_rate, total_steps, warmup_steps, schedule, end_lr_fraction)
     chain = []
     if grad_clip:
         chain.append(optax.clip_by_global_norm(grad_clip))

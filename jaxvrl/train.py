@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -134,6 +135,8 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
             out.data.train_files = config.sft.train_files
         if config.sft.batch_size:
             out.data.batch_size = int(config.sft.batch_size)
+        if config.sft.system_prompt:
+            out.data.system_prompt = str(config.sft.system_prompt)
         out.data.seed = int(config.data.seed) + 1
     elif config.rl.algorithm != "tgrpo":
         out.data.shuffle_unit = "none"
@@ -159,26 +162,79 @@ def plan_stages(config: ml_collections.ConfigDict) -> list[Stage]:
     return out
 
 
-def optimizer_for(config: ml_collections.ConfigDict, stage: Stage, params):
-    o = config.optim
-    lr = (
-        float(config.sft.learning_rate)
-        if stage.name == "sft" and config.sft.learning_rate
-        else float(o.learning_rate)
-    )
-    frozen_vision = config.model.freeze_vision or (stage.name == "rl" and config.rl.freeze_vision)
-    freeze = (lambda path: path[:1] == ("visual",)) if frozen_vision else None
-    return steps.make_optimizer(
-        learning_rate=lr,
-        total_steps=stage.last - stage.first,
-        warmup_steps=int(o.warmup_steps),
-        schedule=str(o.schedule),
+def micro_batches_for(config: ml_collections.ConfigDict, stage: str) -> int:
+    """Pipeline batches per update of a stage: `train.micro_batches` for RL, `sft.micro_batches`
+    (0 = the same) for SFT. Prompts per optimizer step = that x the stage's batch size."""
+    if stage == "sft" and int(config.sft.micro_batches):
+        return int(config.sft.micro_batches)
+    return int(config.train.micro_batches)
+
+
+def prompts_per_step(config: ml_collections.ConfigDict, stage: str) -> int:
+    """Prompts (SFT: sequences) behind one optimizer step of a stage, across all hosts."""
+    return int(stage_config(config, stage).data.batch_size) * micro_batches_for(config, stage)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+    """A stage's optimizer and learning-rate schedule (steps.make_optimizer's arguments)."""
+
+    learning_rate: float
+    schedule: str
+    horizon: int  # the schedule's length in updates (may differ from the stage's)
+    warmup_steps: int
+    end_lr_fraction: float
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    grad_clip: float
+
+
+def optim_settings(config: ml_collections.ConfigDict, stage: Stage) -> OptimSettings:
+    """`optim.*` for the RL stage; for SFT each `sft.*` override that is set (learning_rate 0,
+    schedule "", negative warm-up / decay / clip = optim's). The horizon is `schedule_steps`
+    (optim's for RL, sft's for SFT) or, when 0, the stage's length; warm-up is `warmup_steps`
+    or else ceil(warmup_ratio * horizon), as transformers' Trainer computes it."""
+    o, sft = config.optim, config.sft
+    is_sft = stage.name == "sft"
+
+    def pick(name: str, unset: Any) -> Any:
+        value = sft[name] if is_sft else unset
+        return o[name] if value == unset else value
+
+    horizon = int(sft.schedule_steps if is_sft else o.schedule_steps) or (stage.last - stage.first)
+    warmup = int(pick("warmup_steps", -1))
+    ratio = float(pick("warmup_ratio", -1.0))
+    return OptimSettings(
+        learning_rate=float(pick("learning_rate", 0.0)),
+        schedule=str(pick("schedule", "")),
+        horizon=horizon,
+        warmup_steps=warmup or math.ceil(ratio * horizon),
         end_lr_fraction=float(o.end_lr_fraction),
         b1=float(o.b1),
         b2=float(o.b2),
         eps=float(o.eps),
-        weight_decay=float(o.weight_decay),
-        grad_clip=float(o.grad_clip) if o.grad_clip else None,
+        weight_decay=float(pick("weight_decay", -1.0)),
+        grad_clip=float(pick("grad_clip", -1.0)),
+    )
+
+
+def optimizer_for(config: ml_collections.ConfigDict, stage: Stage, params):
+    s = optim_settings(config, stage)
+    frozen_vision = config.model.freeze_vision or (stage.name == "rl" and config.rl.freeze_vision)
+    freeze = (lambda path: path[:1] == ("visual",)) if frozen_vision else None
+    return steps.make_optimizer(
+        learning_rate=s.learning_rate,
+        total_steps=s.horizon,
+        warmup_steps=s.warmup_steps,
+        schedule=s.schedule,
+        end_lr_fraction=s.end_lr_fraction,
+        b1=s.b1,
+        b2=s.b2,
+        eps=s.eps,
+        weight_decay=s.weight_decay,
+        grad_clip=s.grad_clip or None,
         freeze=freeze,
         params=params,
     )
@@ -197,6 +253,7 @@ def loss_settings(config: ml_collections.ConfigDict, stage: Stage) -> steps.Loss
         policy_loss=str(rl.policy_loss),
         aggregation=str(rl.aggregation),
         beta=float(rl.beta),
+        kl_clamp=float(rl.kl_clamp),
         entropy_coef=float(rl.entropy_coef),
         eps_low=float(rl.eps_low),
         eps_high=float(rl.eps_high),
@@ -385,7 +442,7 @@ class Trainer:
             functools.partial(steps.stacked_reference_logprobs, self.graphdef, settings=settings)
         )
         rng = jax.random.key(int(config.seed))
-        micro = int(config.train.micro_batches)
+        micro = micro_batches_for(config, stage.name)
         while step < stage.last:
             t0 = time.perf_counter()
             raw = [next(iterator) for _ in range(micro)]

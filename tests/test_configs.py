@@ -120,3 +120,108 @@ def test_unknown_override_stops_the_trainer_before_any_work(tmp_path):
     assert result.returncode != 0
     assert "num_generatons" in result.stderr
     assert not workdir.exists()
+
+
+# ----------------------------------------------------------------------------- released settings
+
+# Prompts (SFT: sequences) per optimizer step of the released scripts: processes x
+# per_device_train_batch_size x gradient_accumulation_steps.
+RELEASED_PROMPTS_PER_STEP = {
+    # Video-R1 src/scripts/run_grpo_video.sh (4 x 1 x 1), run_sft_video.sh (4 x 1 x 2).
+    "video_r1": {"rl": 4, "sft": 8},
+    # VideoChat-R1 training_scripts/run_grpo_video_task.sh (8 x 1 x 1).
+    "videochat_r1": {"rl": 8},
+    # SEED-Bench-R1 scripts/grpo.sh (8 x 1 x 1); qwen2vl_sft_config.yaml + zero3.yaml (8 x 1 x 16).
+    "seed_bench_r1": {"rl": 8, "sft": 128},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_PROMPTS_PER_STEP))
+def test_prompts_per_optimizer_step_equal_the_released_scripts(name, media):
+    root, files = media
+    config = recipe(name, root, files)
+    if name == "seed_bench_r1":
+        config.sft.steps = 47  # the SFT baseline (off by default)
+    for stage in [s.name for s in train.plan_stages(config)]:
+        expected = RELEASED_PROMPTS_PER_STEP[name][stage]
+        # The trainer's path: the stage's pipeline, read micro_batches_for(...) times per update.
+        it = iter(pipeline.build_dataset(train.stage_config(config, stage)))
+        rows = sum(
+            int(np.sum(next(it)["example_mask"]))
+            for _ in range(train.micro_batches_for(config, stage))
+        )
+        it.close()
+        assert rows == expected == train.prompts_per_step(config, stage), (name, stage)
+
+
+def schedule(config, stage: str, steps: int):
+    return train.optimizer_for(config, train.Stage(stage, 0, steps), None)[1]
+
+
+def test_learning_rates_at_steps_0_600_1200_are_the_released_schedules():
+    from configs import seed_bench_r1, video_r1, videochat_r1
+
+    # Hand-computed from the released settings (see each recipe's docstring):
+    # Video-R1 RL: cosine, no warm-up, horizon one epoch of 260k at 4 = 65,000 updates:
+    #   1e-6 * (1 + cos(pi * s / 65000)) / 2.
+    # Video-R1 SFT: linear (HF default) over 165k / 8 = 20,625: 1e-6 * (20625 - s) / 20625.
+    # VideoChat-R1: linear over the stage's 1,000 steps; SEED-Bench-R1 GRPO: linear over 750.
+    expected = {
+        (video_r1, "rl"): [1e-6, 9.997897746394683e-07, 9.99159275336682e-07],
+        (video_r1, "sft"): [1e-6, 9.709090909090909e-07, 9.418181818181818e-07],
+        (videochat_r1, "rl"): [1e-6, 4e-07, 0.0],
+        (seed_bench_r1, "rl"): [1e-6, 2e-07, 0.0],
+    }
+    for (module, stage), want in expected.items():
+        config = module.get_config()
+        lr = schedule(config, stage, int(config[stage].steps))
+        got = [float(lr(s)) for s in (0, 600, 1200)]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12, err_msg=module.__name__)
+    # SEED-Bench-R1 SFT: 2e-5, cosine, warm-up ceil(0.1 * 47) = 5 updates: 0 at step 0,
+    # 3/5 * 2e-5 at 3, half way down the cosine (21 of 42 steps) at 26, 0 from 47 on.
+    lr = schedule(seed_bench_r1.get_config(), "sft", 47)
+    got = [float(lr(s)) for s in (0, 3, 26, 600, 1200)]
+    np.testing.assert_allclose(got, [0.0, 1.2e-5, 1e-5, 0.0, 0.0], rtol=1e-5, atol=1e-12)
+
+
+def test_schedule_steps_sets_the_horizon_apart_from_the_stage():
+    config = demo.get_config("/nonexistent")
+    config.optim.update(schedule="linear", schedule_steps=100, warmup_steps=0, learning_rate=1.0)
+    lr = schedule(config, "rl", 10)  # a 10-step stage on a 100-step schedule
+    np.testing.assert_allclose([float(lr(s)) for s in (0, 10, 50)], [1.0, 0.9, 0.5], rtol=1e-6)
+    config.optim.update(schedule_steps=0, warmup_ratio=0.2)  # horizon 10, warm-up 2
+    lr = schedule(config, "rl", 10)
+    np.testing.assert_allclose([float(lr(s)) for s in (0, 1, 2, 6)], [0, 0.5, 1.0, 0.5], rtol=1e-6)
+
+
+def test_each_recipe_clamps_the_kl_estimator_as_released():
+    from configs import seed_bench_r1, video_r1, videochat_r1
+
+    for module, clamp in ((video_r1, 10.0), (videochat_r1, 0.0), (seed_bench_r1, 11.0)):
+        config = module.get_config()
+        settings = train.loss_settings(config, train.Stage("rl", 0, 1))
+        assert settings.kl_clamp == clamp, module.__name__
+
+
+def test_released_generation_and_pixel_limits():
+    from configs import seed_bench_r1, video_r1, videochat_r1
+
+    tokens = 28 * 28
+    v, c, s = video_r1.get_config(), videochat_r1.get_config(), seed_bench_r1.get_config()
+    assert [x.rl.max_completion_tokens for x in (v, c, s)] == [768, 1024, 256]
+    assert (v.data.video_max_pixels, v.data.max_frames, v.data.image_max_pixels) == (
+        128 * tokens, 16, 256 * tokens)  # fmt: skip
+    assert (c.data.video_min_pixels, c.data.video_max_pixels, c.data.video_total_pixels) == (
+        16 * tokens, 768 * tokens, 3584 * tokens)  # fmt: skip
+    assert c.data.max_frames == 768 and c.data.text_first
+    assert (s.data.resized_height, s.data.resized_width, s.data.max_frames) == (252, 252, 16)
+
+
+def test_video_r1_sft_has_its_own_system_message_and_rl_the_templates_default():
+    # Video-R1 src/r1-v/src/open_r1/sft_video.py:89 ("You are a helpful assistant", no full stop);
+    # grpo.py:241-252 sends no system message (the chat template's own default applies).
+    from configs import video_r1
+
+    config = video_r1.get_config()
+    assert train.stage_config(config, "sft").data.system_prompt == "You are a helpful assistant"
+    assert train.stage_config(config, "rl").data.system_prompt == ""

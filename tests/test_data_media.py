@@ -82,6 +82,17 @@ def test_image_is_resized_into_its_budget_and_transparency_becomes_white(tmp_pat
     assert out.frames.min() == 255
 
 
+def test_fixed_size_resizes_images_too(tmp_path):
+    # SEED-Bench-R1 sets resized 256 x 256 on every vision item (vision_process_egoplan.py:351):
+    # smart_resize(256, 256) = 252 x 252, whatever the image's own size.
+    path = str(tmp_path / "wide.png")
+    Image.fromarray(np.zeros((300, 500, 3), np.uint8)).save(path)
+    fixed = media.FrameSampling(
+        **{**SAMPLING.__dict__, "resized_height": 256, "resized_width": 256}
+    )
+    assert media.read_image(path, fixed, SPEC).frames.shape == (1, 252, 252, 3)
+
+
 @pytest.mark.parametrize(
     "name, content, kind, category",
     [

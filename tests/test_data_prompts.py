@@ -64,23 +64,125 @@ def item(kind, grid, seconds=1.0) -> VisionInput:
     return VisionInput(kind, np.zeros((t * h * w, 1176), np.float32), grid, seconds)
 
 
+# Video-R1 src/r1-v/src/open_r1/grpo.py:210-224, typed from the released file (note "thought
+# expressions It's" without a full stop, and "<think> </think> tags").
+VIDEO_R1_THINK = (
+    "\nPlease think about this question as if you were a human pondering deeply. Engage in an "
+    "internal dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', "
+    "'let's break it down', etc, or other natural language thought expressions It's encouraged "
+    "to include self-reflection or verification in the reasoning process. Provide your detailed "
+    "reasoning between the <think> </think> tags, and then give your final answer between the "
+    "<answer> </answer> tags."
+)
+VIDEO_R1_TYPES = {
+    "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) "
+    "within the <answer> </answer> tags.",
+    "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> "
+    "</answer> tags.",
+    "OCR": " Please transcribe text from the image/video clearly and provide your text answer "
+    "within the <answer> </answer> tags.",
+    "free-form": " Please provide your text answer within the <answer> </answer> tags.",
+    "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> "
+    "</answer> tags.",
+}
+
+
 def test_multiple_choice_question_lists_options_then_template_then_instruction():
     settings = PromptSettings.from_config(data_config())
     text = question_text(example(), settings)
     body = "Which way?Options:\nA. up\nB. down\n"
-    assert text.startswith(body + "\nPlease think about this question")
+    assert text == body + VIDEO_R1_THINK + VIDEO_R1_TYPES["multiple choice"]
+
+
+def test_video_r1_prompt_of_each_problem_type_is_the_released_text():
+    from configs import video_r1
+
+    settings = PromptSettings.from_config(video_r1.get_config().data)
+    for problem_type, instruction in VIDEO_R1_TYPES.items():
+        body = "Which way?" + ("Options:\nA. up\nB. down\n" if "choice" in problem_type else "")
+        text = question_text(example(problem_type=problem_type), settings)
+        assert text == body + VIDEO_R1_THINK + instruction, problem_type
+
+
+def test_seed_bench_r1_prompt_is_the_released_text():
+    # SEED-Bench-R1 src/open_r1_egoplan/grpo.py:149, :160 (question, options, newline, template).
+    from configs import seed_bench_r1
+
+    settings = PromptSettings.from_config(seed_bench_r1.get_config().data)
+    assert question_text(example(), settings) == (
+        "Which way?\nA. up\nB. down\n Output the thinking process in <think> </think> and final "
+        "answer in <answer> </answer> tags, i.e., <think> reasoning process here </think><answer> "
+        "answer here </answer>. "
+    )
+
+
+VIDEOCHAT_THINK = (
+    "Output your thought process within the <think> </think> tags, including analysis with "
+    "either specific timestamps (xx.xx) or time ranges (xx.xx to xx.xx) in <timestep> "
+    "</timestep> tags.\n\n"
+)
+
+
+def test_videochat_r1_prompt_of_each_task_is_the_released_text():
+    # VideoChat-R1 src/open_r1/trainer/grpo_tasks_trainer.py:66-99, filled as at :418-427.
+    from configs import videochat_r1
+
+    settings = PromptSettings.from_config(videochat_r1.get_config().data)
+    tg = Example("1", "charades_sta", "video", "temporal grounding", "a person opens a door",
+                 (), "<answer>1.00 to 2.00</answer>", VIDEO)  # fmt: skip
+    assert question_text(tg, settings) == (
+        'To accurately pinpoint the event "a person opens a door" in the video, determine the '
+        "precise time period of the event.\n\n" + VIDEOCHAT_THINK + "Then, provide the start "
+        'and end times (in seconds, precise to two decimal places) in the format "start time to '
+        'end time" within the <answer> </answer> tags. For example: "12.54 to 17.83".'
+    )
+    gqa = Example("2", "nextgqa", "video", "grounded qa", "why did the boy run?",
+                  ("(A) rain", "(B) dog"), "<answer>B</answer>", VIDEO)  # fmt: skip
+    assert question_text(gqa, settings) == (
+        'Answer the question: "why did the boy run?" according to the content of the video. '
+        "Select the answer from :['(A) rain', '(B) dog'].\n\n" + VIDEOCHAT_THINK + "Then, "
+        "provide your answer within the <answer> </answer> tags, output the corresponding letter "
+        "of the option. At the same time, in the <glue> </glue> tags, present the precise time "
+        "period in seconds of the video clips on which you base your answer to this question in "
+        "the format of [(s1, e1), (s2, e2), ...]. For example: <answer>A</answer><glue>[(5.2, "
+        "10.4)]</glue>.\n"
+    )
+    track = Example("3", "got10k", "video", "tracking", "zebra", (), "<answer>[]</answer>", VIDEO,
+                    extra={"start": [0, 0.25, 1, 0.5]})  # fmt: skip
+    assert question_text(track, settings) == (
+        'Track the "zebra" in the video based on its initial coordinates "[0, 0.25, 1, 0.5]". '
+        "The output should be a list containing eight sublists. Each sublist includes four "
+        "normalized coordinates [x0, y0, x1, y1] representing the bounding box of the object at "
+        "specific time intervals.\n\n" + VIDEOCHAT_THINK + "Provide your answer within the "
+        "<answer> </answer> tags as a list of eight sublists, where each sublist contains the "
+        "normalized coordinates [x0, y0, x1, y1]. For example: <answer>[[0.1, 0.5, 0.3, 0.55], "
+        "[0.72, 0.25, 0.84, 0.43], ...]</answer>.\n"
+    )
+
+
+def test_videochat_r1_puts_the_text_before_the_video(checkpoint):
+    # grpo_tasks_trainer.py:428-437: content = [text, video], no system message.
+    from configs import videochat_r1
+
+    data = videochat_r1.get_config().data
+    b = builder(checkpoint["qwen2_5_vl"], **{k: data[k] for k in (
+        "question_template", "type_instructions", "problem_formats", "text_first")})  # fmt: skip
+    tg = Example("1", "charades_sta", "video", "temporal grounding", "x", (), "", VIDEO)
+    text = b.prompt_text(tg)
+    assert text.startswith(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        'To accurately pinpoint the event "x"'
+    )
     assert text.endswith(
-        "<answer> and </answer> tags. Please provide only the single option letter (e.g., A, B, C, "
-        "D, etc.) within the <answer> </answer> tags."
+        '"12.54 to 17.83".<|vision_start|><|video_pad|><|vision_end|><|im_end|>\n'
+        "<|im_start|>assistant\n"
     )
 
 
 def test_other_types_use_the_bare_problem_and_their_own_instruction():
     settings = PromptSettings.from_config(data_config())
     text = question_text(example(problem_type="numerical"), settings)
-    assert text.startswith("Which way?\nPlease think")
-    assert text.endswith("Please provide the numerical value (e.g., 42 or 3.14) within the "
-                         "<answer> </answer> tags.")  # fmt: skip
+    assert text == "Which way?" + VIDEO_R1_THINK + VIDEO_R1_TYPES["numerical"]
     with pytest.raises(KeyError, match="riddle"):
         question_text(example(problem_type="riddle"), settings)
 

@@ -60,13 +60,15 @@ def test_video_r1_records_become_examples(tmp_path):
 
 def test_charades_sta_gives_one_example_per_sentence(tmp_path):
     raw = {"V1": {"duration": 30.5, "timestamps": [[1.0, 5.25], [10, 20]],
-                  "sentences": ["a person opens a door.", "they sit down."]}}  # fmt: skip
+                  "sentences": ["A person opens a door. ", "they sit down"]}}  # fmt: skip
     examples, errors = R.load_examples(write_json(tmp_path / "c.json", raw), None, KNOWN)
     assert errors == []
     assert [e.uid for e in examples] == ["V1#0", "V1#1"]
     first = examples[0]
     assert first.problem_type == "temporal grounding"
-    assert first.problem == "a person opens a door."
+    # VideoChat-R1 grpo_tasks.py:564-566: strip, lower-case, drop one trailing full stop.
+    assert first.problem == "a person opens a door"
+    assert examples[1].problem == "they sit down"
     assert first.solution == "<answer>1.00 to 5.25</answer>"
     assert first.media == (R.Media("video", "V1.mp4"),)
     assert first.extra == {"duration": 30.5, "timestamp": [1.0, 5.25]}
@@ -92,6 +94,14 @@ def test_got10k_uses_seven_frames_and_eight_boxes(tmp_path):
     assert example.problem_type == "tracking"
     assert example.media == (R.Media("video", "train/GOT-10k_0001", num_frames=7),)
     assert json.loads(example.solution[len("<answer>") : -len("</answer>")]) == boxes
+    assert example.extra["start"] == boxes[0]  # the initial box the prompt gives
+
+
+def test_got10k_initial_box_keeps_the_numbers_as_written(tmp_path):
+    boxes = [[0, 0.25, 1, 0.5]] * 8  # ints stay ints: the prompt shows str(gt[0])
+    raw = [{"path": "train/GOT-10k_0002", "object": "cat", "gt": boxes}]
+    (example,), _ = R.load_examples(write_json(tmp_path / "g.json", raw), None, KNOWN)
+    assert str(example.extra["start"]) == "[0, 0.25, 1, 0.5]"
 
 
 SEED_EVAL = {

@@ -322,6 +322,20 @@ def test_k3_kl_known_values_and_clamp():
     np.testing.assert_allclose(kl, [0, np.e - 2, np.exp(-1), np.exp(10) - 11], rtol=1e-6)
 
 
+def test_k3_kl_clamp_is_each_recipes():
+    # d = ref - logp = 12: Video-R1 clamps at 10 (trainer/grpo_trainer.py:564), SEED-Bench-R1 at
+    # 11 (trainer/grpo_trainer.py:477), VideoChat-R1 not at all (grpo_tasks_trainer.py:535).
+    logp, ref = jnp.zeros((1,)), jnp.full((1,), 12.0)
+    for clamp, d in ((10.0, 10.0), (11.0, 11.0), (0.0, 12.0), (None, 12.0)):
+        np.testing.assert_allclose(grpo.k3_kl(logp, ref, clamp), [np.exp(d) - d - 1], rtol=1e-6)
+    # The loss passes it through: beta * mean KL with one valid token.
+    out = grpo.grpo_policy_loss(
+        jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.zeros((1,)), jnp.ones((1, 1)),
+        logp_ref=jnp.full((1, 1), 12.0), beta=1.0, kl_clamp=11.0,
+    )  # fmt: skip
+    np.testing.assert_allclose(float(out.total / out.denominator), np.exp(11) - 12, rtol=1e-6)
+
+
 def test_padding_positions_never_reach_loss_or_gradient():
     b = random_batch(seed=9)
     poisoned = {k: v.copy() for k, v in b.items()}

@@ -112,6 +112,28 @@ def test_free_form_is_mean_of_rouge_1_2_l():
     assert accuracy("!!!", "same words", "free-form") == 0.0
 
 
+def test_free_form_stems_words_like_rouge_score():
+    # Video-R1 src/r1-v/src/open_r1/grpo.py:102-106: RougeScorer(..., use_stemmer=True).
+    # "dogs"->"dog", "running"/"runs"->"run": unigrams 2 of 3 / 2 of 4 -> F1 4/7, no bigram,
+    # LCS "dog run" -> 4/7; mean 8/21 (0 without stemming: no word is shared).
+    assert accuracy("a dog runs", "the dogs are running", "free-form") == pytest.approx(8 / 21)
+    assert rewards.rouge_f1s("the dogs are running", "a dog runs", stem=False) == (0, 0, 0)
+
+
+def test_free_form_equals_rouge_score_library():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    pairs = [
+        ("the man runs across the field with a dog", "the men run across fields with a dog"),
+        ("Cooking: she fried 2 eggs, then boiled the potatoes.", "she is boiling potatoes"),
+        ("", "anything"),
+    ]
+    for ref, pred in pairs:
+        want = sum(s.fmeasure for s in scorer.score(ref, pred).values()) / 3
+        assert accuracy(pred, ref, "free-form") == pytest.approx(want, abs=1e-12)
+
+
 def test_regression_is_one_minus_clipped_relative_error():
     assert accuracy("8", "10", "regression") == pytest.approx(0.8)
     assert accuracy("10.5", "10", "regression") == pytest.approx(0.95)
@@ -124,6 +146,9 @@ def test_regression_is_one_minus_clipped_relative_error():
 def test_non_finite_numbers_score_zero():
     assert accuracy("nan", "nan", "numerical") == 0.0
     assert accuracy("inf", "inf", "regression") == 0.0
+    # Video-R1 grpo.py:146-148 gives "nan" vs 10 a reward of 1 (max(0.0, nan) is 0.0): a bug.
+    assert accuracy("nan", "10", "regression") == 0.0
+    assert accuracy("-2.5e1", "-25", "regression") == pytest.approx(1.0)  # signs, exponents
 
 
 def test_accuracy_dispatches_per_completion_and_broadcasts_a_scalar_type():
@@ -176,15 +201,35 @@ def test_length_bonus_without_lengths_or_groups_is_zero():
 # ----------------------------------------------------------------------------- VideoChat-R1
 
 
-SPAN_ALPHABET = ["1", "2", "0", ".", " ", "to", "and", " to ", " and ", "x"]
+SPAN_TOKENS = ["12", "0.5", "3", "7.", "to", "and", "TO", "And", "x", "-"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(SPAN_ALPHABET), max_size=14).map("".join))
-def test_span_parser_agrees_with_videochat_r1_regex(text):
-    matches = re.findall(r"(\d+\.?\d*) (to|and) (\d+\.?\d*)", text)
+@given(st.lists(st.sampled_from(SPAN_TOKENS), max_size=10).map(" ".join))
+def test_span_parser_agrees_with_videochat_r1_regex_on_unsigned_single_spaced_text(text):
+    # VideoChat-R1 src/open_r1/grpo_tasks.py:294 (re.IGNORECASE, the last match counts). A "-"
+    # token stands apart (" - 3"), so no number here carries a sign.
+    matches = re.findall(r"(\d+\.?\d*) (to|and) (\d+\.?\d*)", text, re.IGNORECASE)
     expected = (float(matches[-1][0]), float(matches[-1][2])) if matches else None
     assert rewards.parse_span(text) == expected
+
+
+def test_span_parser_reads_signs_exponents_any_case_and_whitespace():
+    # The released regex reads "-0.02" as 0.02 and "2.6e-02" as "2.6" then fails.
+    assert rewards.parse_span("-0.02 to 1.5") == (-0.02, 1.5)
+    assert rewards.parse_span("2.6e-02 to 1E1") == (0.026, 10.0)
+    assert rewards.parse_span("8.2 To 17.0") == (8.2, 17.0)
+    assert rewards.parse_span("from 3 AND 4.25") == (3.0, 4.25)
+    assert rewards.parse_span("+1.5  to\n.5") == (1.5, 0.5)  # any whitespace; ".5" is 0.5
+    assert rewards.parse_span("5 into 6") is None
+
+
+def test_temporal_iou_reads_the_last_answer_block():
+    # grpo_tasks.py:285-291 takes the LAST <answer> block (Video-R1 and the other tasks: first).
+    text = "<think>a</think><answer>0 to 10</answer><answer>10 to 20</answer>"
+    assert rewards.parse_timestamp_answer(text) == (10.0, 20.0)
+    tiou = rewards.get("temporal_iou")
+    assert tiou([text], [[10, 20]]) == [1.0]
 
 
 def test_temporal_iou_known_values():
@@ -194,46 +239,72 @@ def test_temporal_iou_known_values():
         ans("between 0 and 1, no: between 10 and 20"),  # the last span counts
         ans("at 10 seconds"),
         "12.5 to 17.5 but no answer tag",
+        ans("8 TO 14"),  # [8, 14] vs [10, 20]: 4 / 12
     ]
-    assert tiou(completions, [[10, 20]] * 4) == pytest.approx([0.5, 1.0, 0.0, 0.0])
+    assert tiou(completions, [[10, 20]] * 5) == pytest.approx([0.5, 1.0, 0.0, 0.0, 1 / 3])
+
+
+def test_temporal_iou_truth_is_the_records_timestamp():
+    # The solution text is rounded to 2 decimals; the record's timestamp is exact.
+    tiou = rewards.get("temporal_iou")
+    got = tiou([ans("1 to 2")], ["<answer>1.00 to 2.00</answer>"], extra=[{"timestamp": [1, 3]}])
+    assert got == pytest.approx([0.5])
+    assert tiou([ans("2 to 4")], ["<answer>3 to 5</answer>"]) == pytest.approx([1 / 3])
+
+
+def test_temporal_iou_point_spans_score_zero_instead_of_crashing():
+    # grpo_tasks.py:322-327: union 0 leaves `iou` unbound (UnboundLocalError); we score 0.
+    assert rewards.get("temporal_iou")([ans("5 to 5")], [[5, 5]]) == [0.0]
+    assert rewards.get("temporal_iou")([ans("9 to 3")], [[2, 8]]) == [0.0]  # reversed: empty
 
 
 def test_temporal_iou_with_nothing_to_parse_scores_zero():
     assert rewards.get("temporal_iou")([ans("I cannot tell")], [[3.0, 4.0]]) == [0.0]
 
 
-def test_temporal_iou_reads_string_solutions():
-    tiou = rewards.get("temporal_iou")
-    assert tiou([ans("2 to 4")], ["<answer>3 to 5</answer>"]) == pytest.approx([1 / 3])
-    assert tiou([ans("2 to 4")], ["[3.0, 5.0]"]) == pytest.approx([1 / 3])
-
-
 def test_glue_intervals_are_merged_before_iou():
     # Unmerged, the overlapping pieces [0, 2] and [1, 3] would count [1, 2] twice.
     assert rewards.merge_intervals([(1, 3), (0, 2), (5, 6)]) == [(0, 3), (5, 6)]
     assert rewards.glue_iou([(0, 2), (1, 3)], [(1, 4)]) == pytest.approx(2 / 4)
-    got = rewards.get("glue_iou")(["<answer>(C)</answer><glue>[(0, 2), (1, 3)]</glue>"], [[[1, 4]]])
-    assert got == pytest.approx([0.5])
 
 
-def test_glue_iou_sums_over_several_intervals():
+def test_glue_iou_scores_the_glue_block_against_the_records_glue():
+    glue = rewards.get("glue_iou")
+    text = "<think>t</think><answer>C</answer><glue>[(0, 2), (1, 3)]</glue>"
+    # The solution is the option; the intervals come from the record (NExT-GQA `glue`).
+    assert glue([text], ["<answer>C</answer>"], extra=[{"glue": [[1, 4]]}]) == [0.5]
+    assert glue([text], ["<answer>C</answer>"], extra=['{"glue": [[1.0, 4.0]]}']) == [0.5]
     # Pred [1, 5] meets truth [0, 2] and [4, 6] in 1 + 1; union = 4 + 4 - 2 = 6.
-    assert rewards.glue_iou([(1, 5)], [(0, 2), (4, 6)]) == pytest.approx(2 / 6)
+    one = "<answer>C</answer><glue>[(1, 5)]</glue>"
+    assert glue([one], ["C"], extra=[{"glue": [[0, 2], [4, 6]]}]) == pytest.approx([2 / 6])
+
+
+def test_glue_parsing_reads_signed_scientific_and_list_pairs_and_rejects_the_rest():
+    assert rewards.parse_glue("[(5.2, 10.4)]") == [(5.2, 10.4)]
+    assert rewards.parse_glue("[ [1e1, 2.5E1], (-0.5, 0) ]") == [(10.0, 25.0), (-0.5, 0.0)]
+    assert rewards.parse_glue("[]") == []  # valid in the released regex too
+    assert rewards.parse_glue("[(5, 2)]") is None  # start > end (grpo_tasks.py:107)
+    assert rewards.parse_glue("[(1, 2, 3)]") is None
+    assert rewards.parse_glue("(1, 2)") is None  # not a list
+    assert rewards.parse_glue("[('a', 2)]") is None
+    assert rewards.parse_glue("__import__('os')") is None
 
 
 def test_glue_iou_empty_union_scores_one_and_unparsable_scores_zero():
+    # grpo_tasks.py:166-167: an empty union scores 1.0 (kept: both sides agree on "nothing").
     assert rewards.glue_iou([(3, 3)], [(3, 3)]) == 1.0
     glue = rewards.get("glue_iou")
-    assert glue([ans("(C)")], [[[1, 4]]]) == [0.0]
-    assert glue([ans("1 2 3")], [[[1, 4]]]) == [0.0]  # odd count of numbers
-    assert glue([ans("5 to 2")], [[[1, 4]]]) == [0.0]  # reversed interval
+    truth = {"glue": [[1, 4]]}
+    assert glue([ans("(C)")], ["C"], extra=[truth]) == [0.0]  # no <glue> block
+    assert glue(["<glue>1 2 3</glue>"], ["C"], extra=[truth]) == [0.0]
+    assert glue(["<glue>[(5, 2)]</glue>"], ["C"], extra=[truth]) == [0.0]  # reversed interval
 
 
 BOXES = [[0.0, 0.0, 0.5, 0.5]] * 8
 
 
 def boxes_text(boxes) -> str:
-    return ans(", ".join("[" + ", ".join(str(x) for x in b) + "]" for b in boxes))
+    return ans("[" + ", ".join("[" + ", ".join(str(x) for x in b) + "]" for b in boxes) + "]")
 
 
 def test_tracking_iou_is_mean_box_iou_over_eight_boxes():
@@ -242,15 +313,29 @@ def test_tracking_iou_is_mean_box_iou_over_eight_boxes():
     half = [[0.0, 0.0, 0.5, 0.25]] * 4 + [[0.0, 0.0, 0.5, 0.5]] * 4
     assert track([boxes_text(half)], [BOXES]) == pytest.approx([0.75])
     assert track([boxes_text(BOXES)], [boxes_text(BOXES)]) == [1.0]
+    # The record's boxes win over the solution text; newlines inside the list are dropped.
+    text = ans("[\n" + ",\n".join(["[0, 0, 5e-1, 0.5]"] * 8) + "\n]")
+    assert track([text], ["<answer>[]</answer>"], extra=[{"boxes": BOXES}]) == [1.0]
 
 
-def test_tracking_needs_exactly_eight_boxes_of_four_numbers():
+def test_tracking_reads_signed_boxes():
+    track = rewards.get("tracking_iou")
+    shifted = [[-0.25, 0.0, 0.25, 0.5]] * 8  # overlap 0.25 x 0.5 of union 0.375: 1/3
+    assert track([boxes_text(shifted)], [BOXES]) == pytest.approx([1 / 3])
+
+
+def test_tracking_needs_a_list_of_exactly_eight_lists_of_four_numbers():
+    # grpo_tasks.py:359-377: literal list, 8 elements, each a list of 4.
     track = rewards.get("tracking_iou")
     assert track([boxes_text(BOXES[:7])], [BOXES]) == [0.0]
     assert track([boxes_text(BOXES + BOXES[:1])], [BOXES]) == [0.0]
     three_numbers = [[0.0, 0.0, 0.5]] + BOXES[1:]
     assert track([boxes_text(three_numbers)], [BOXES]) == [0.0]
-    assert track([ans(" ".join(["0 0 0.5 0.5"] * 8))], [BOXES]) == [0.0]  # no boxes to read
+    assert track([ans(" ".join(["0 0 0.5 0.5"] * 8))], [BOXES]) == [0.0]
+    bare = ans(", ".join("[0.0, 0.0, 0.5, 0.5]" for _ in range(8)))  # a tuple, not a list
+    assert track([bare], [BOXES]) == [0.0]
+    tuples = ans("[" + ", ".join("(0.0, 0.0, 0.5, 0.5)" for _ in range(8)) + "]")
+    assert track([tuples], [BOXES]) == [0.0]
 
 
 def test_option_letter_after_common_prefixes():
@@ -259,6 +344,8 @@ def test_option_letter_after_common_prefixes():
         ("Option C", "C"),
         ("(D) a dog", "D"),
         ("Answer: A", "A"),
+        # grpo_tasks.py:225 takes the first capital A-G anywhere: "Answer: D" -> "A"; fixed.
+        ("Answer: D", "D"),
         ("Best option: B.", "B"),
         ("E", "E"),
         ("Because of the dog, the answer is F", "F"),
@@ -273,6 +360,64 @@ def test_option_letter_reward_compares_letters():
     completions = [ans("The answer is (C)"), ans("B"), "C without tags"]
     assert letter(completions, ["(C)"] * 3) == [1.0, 0.0, 0.0]
     assert letter([ans("C")], [2]) == [1.0]  # an option index
+    # The first answer block counts (grpo_tasks.py:238 re.search).
+    assert letter(["<answer>C</answer><answer>B</answer>"], ["<answer>C</answer>"]) == [1.0]
+
+
+def test_first_letter_is_seed_bench_r1s_rule():
+    # SEED-Bench-R1 src/open_r1_egoplan/grpo.py:88-99: first character of the first answer block
+    # against the first character of "<answer>B.</answer>".
+    first = rewards.get("first_letter")
+    completions = [ans("B"), ans(" B. the cup"), ans("The answer is B"), ans(""), "B"]
+    assert first(completions, ["<answer>B.</answer>"] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def tg(text):
+    return {"text": text, "type": "temporal grounding", "sol": "<answer>10.00 to 20.00</answer>",
+            "extra": {"timestamp": [10.0, 20.0], "duration": 30.0}}  # fmt: skip
+
+
+def gqa(text):
+    return {"text": text, "type": "grounded qa", "sol": "<answer>C</answer>",
+            "extra": {"glue": [[1.0, 4.0]], "answer": "C", "duration": 20.0}}  # fmt: skip
+
+
+def track(text):
+    return {"text": text, "type": "tracking", "sol": "<answer>[]</answer>",
+            "extra": {"boxes": BOXES, "start": BOXES[0]}}  # fmt: skip
+
+
+VIDEOCHAT_TOTALS = [
+    # (sample, released total) -- the sum of the task's three rewards in grpo_tasks.py:513-523.
+    # tg: tg_iou + tg_format + pad. [12, 20] vs [10, 20]: 8 / 10; format 1 -> 1.8.
+    (tg("<think>t</think>\n<answer>12 to 20</answer>\n"), 1.8),
+    # Text after the answer: format 0 (fullmatch); the IoU still reads the block -> 0.8.
+    (tg("<think>t</think><answer>12 to 20</answer> done"), 0.8),
+    # No think: format 0; "12-20" has no connective: IoU 0 -> 0.
+    (tg("<answer>12-20</answer>"), 0.0),
+    # gqa: gqa_iou + gqa_format + gqa_reward. Glue [(0, 2), (1, 3)] -> [0, 3] vs [1, 4]: 2 / 4.
+    (gqa("<think>t</think><answer>C</answer><glue>[(0, 2), (1, 3)]</glue>"), 0.5 + 1 + 1),
+    # The anchor's own output form without think tags: format 0, IoU 1, answer 1 -> 2.
+    (gqa("<answer>(C) a cat</answer><glue>[(1, 4)]</glue>"), 2.0),
+    # Wrong letter, glue with a reversed pair: format 0 (invalid glue), IoU 0, answer 0.
+    (gqa("<think>t</think><answer>B</answer><glue>[(4, 1)]</glue>"), 0.0),
+    # tracking: tracking_iou + tracking_format + pad; 8 exact boxes -> 2.
+    (track("<think>t</think><answer>" + str(BOXES) + "</answer>"), 2.0),
+    # 7 boxes: not a valid list: IoU 0 and format 0.
+    (track("<think>t</think><answer>" + str(BOXES[:7]) + "</answer>"), 0.0),
+]
+
+
+def test_videochat_r1_totals_per_task_equal_the_released_code():
+    from configs import videochat_r1
+
+    weights = [tuple(w) for w in videochat_r1.get_config().rl.rewards]
+    for sample, expected in VIDEOCHAT_TOTALS:
+        total, _ = rewards.combine(
+            weights, [sample["text"]], [sample["sol"]],
+            problem_type=[sample["type"]], extra=[sample["extra"]],
+        )  # fmt: skip
+        assert total[0] == pytest.approx(expected, abs=1e-6), sample["text"]
 
 
 # ----------------------------------------------------------------------------- registry, combine
@@ -318,9 +463,11 @@ def test_combine_weights_rewards_by_name():
 PIECES = [
     "<answer>", "</answer>", "<think>", "</think>", "<glue>", "</glue>", "[", "]", "(", ")", "9",
     "1.5 to 2.5 ", " and ", "3,14", ".", ",", " ", "\n", "A", "é", "\x00", "\u00a0", "0.5, ",
+    "-", "e-2", "[[", "]]", "(1, 2)", " TO ",
 ]  # fmt: skip
 RANGES = {"length_bonus": (0.0, 0.2)}
-PROBLEM_TYPES = ["multiple choice", "numerical", "OCR", "free-form", "regression", "?", None]
+PROBLEM_TYPES = ["multiple choice", "numerical", "OCR", "free-form", "regression", "?", None,
+                 "temporal grounding", "grounded qa", "tracking"]  # fmt: skip
 
 huge = st.tuples(st.sampled_from(PIECES), st.integers(1, 40_000)).map(lambda t: t[0] * t[1])
 nested = st.tuples(st.sampled_from(PIECES), st.integers(1, 5_000), st.text(max_size=20)).map(
@@ -373,6 +520,22 @@ solutions = st.one_of(
     lengths=[],
 )
 @example(completions=["9" * 40_000], solution="9" * 40_000, problem_type="numerical", lengths=[])
+@example(  # literal_eval on deep nesting and on long lists (glue, tracking)
+    completions=[
+        "<think>t</think><answer>" + "[" * 5_000 + "]" * 5_000 + "</answer>",
+        "<think>t</think><answer>C</answer><glue>[" + "(1, 2), " * 3_000 + "]</glue>",
+        "<think>t</think><answer>[" + "[0, 0, 1, 1], " * 2_000 + "]</answer>",
+    ],
+    solution="<answer>C</answer>",
+    problem_type="grounded qa",
+    lengths=[],
+)
+@example(
+    completions=["<answer>" + "-1e-2 TO -2.5e1 " * 2_000 + "</answer>"] * 2,
+    solution="<answer>1.00 to 2.00</answer>",
+    problem_type="temporal grounding",
+    lengths=[],
+)
 @example(
     completions=["<answer>" + "1.5 to 2.5 " * 3_000 + "</answer><glue>" + "1 2 " * 8_000],
     solution="<glue>" + "(1, 2) " * 5_000 + "</glue>",
@@ -387,6 +550,7 @@ def test_hostile_text_never_raises_stays_in_range_and_is_fast(
         "problem_type": [problem_type] * n,
         "completion_lengths": lengths,  # possibly too short: missing entries score 0
         "group_ids": [0] * n,
+        "extra": [{"glue": [[1.0, 4.0]], "timestamp": [1.0, 2.0], "boxes": [[0, 0, 1, 1]] * 8}] * n,
     }
     for name in rewards.names():
         low, high = RANGES.get(name, (0.0, 1.0))

@@ -160,23 +160,26 @@ def load_rgb(path: str) -> np.ndarray:
 
 
 def read_image(path: str, sampling: FrameSampling, spec: vi.VisionSpec) -> Frames:
-    """One image resized by smart_resize into [image_min_pixels, image_max_pixels]: [1, H, W, 3]."""
+    """One image resized by smart_resize into [image_min_pixels, image_max_pixels], or to the
+    fixed `resized_height` x `resized_width` (rounded to the factor) when both are set:
+    [1, H, W, 3]."""
     rgb = load_rgb(path)
     s = sampling
+    fixed = s.resized_height and s.resized_width
     try:
         rh, rw = vi.smart_resize(
-            rgb.shape[0],
-            rgb.shape[1],
+            s.resized_height if fixed else rgb.shape[0],
+            s.resized_width if fixed else rgb.shape[1],
             spec.factor,
-            s.image_min_pixels,
-            s.image_max_pixels,
+            0 if fixed else s.image_min_pixels,
+            1 << 62 if fixed else s.image_max_pixels,
             s.max_aspect_ratio,
         )
     except ValueError as e:
         raise MediaError(f"{path}: {e}") from e
     return Frames(
         kind="image",
-        frames=vi.resize_frames(rgb[None], rh, rw),
+        frames=vi.resize_images(rgb[None], rh, rw),
         indices=np.zeros((1,), np.int64),
         sample_fps=None,
         source_size=(rgb.shape[0], rgb.shape[1]),
@@ -224,7 +227,7 @@ def read_frame_folder(
         rh, rw = _video_size(height, width, len(rgb), s, spec)
     except ValueError as e:
         raise MediaError(f"{path}: {e}") from e
-    frames = np.stack([vi.resize_frames(f[None], rh, rw)[0] for f in rgb])
+    frames = np.stack([vi.resize_images(f[None], rh, rw)[0] for f in rgb])
     return Frames(
         kind="video",
         frames=frames,

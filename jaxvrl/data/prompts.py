@@ -52,6 +52,7 @@ class PromptSettings:
     system_prompt: str = ""
     sft_target: bool = False
     sft_target_template: str = "{process}\n{solution}"
+    text_first: bool = False  # the question text before the vision items (VideoChat-R1)
 
     @classmethod
     def from_config(cls, data) -> PromptSettings:
@@ -60,6 +61,7 @@ class PromptSettings:
             type_instructions=dict(data["type_instructions"]),
             problem_formats=dict(data["problem_formats"]),
             system_prompt=str(data.get("system_prompt", "")),
+            text_first=bool(data.get("text_first", False)),
             sft_target=bool(data.get("sft_target", False)),
             sft_target_template=str(data.get("sft_target_template", "{process}\n{solution}")),
         )
@@ -84,22 +86,26 @@ class PromptTokens:
 
 def question_text(example: Example, settings: PromptSettings) -> str:
     """User text: the problem formatted for its type, put in the question template, followed by
-    the type's instruction. Raises KeyError for a problem type without an instruction."""
+    the type's instruction (jaxvrl/data/templates.py says how). Raises KeyError for a problem
+    type without an instruction."""
     key = problem_type_key(example.problem_type)
     if key not in settings.type_instructions:
         raise KeyError(f"unknown problem type {example.problem_type!r}")
-    options = "".join(f"{o}\n" for o in example.options)
     body = settings.problem_formats.get(key, "{problem}").format(
-        problem=example.problem, options=options
+        problem=example.problem,
+        options="".join(f"{o}\n" for o in example.options),
+        options_list=str(list(example.options)),
+        start_box=str(list(example.extra.get("start", []))),
     )
     return settings.question_template.format(question=body) + settings.type_instructions[key]
 
 
 def chat_messages(example: Example, settings: PromptSettings) -> list[dict[str, Any]]:
     """The conversation: an optional system message, then one user turn holding the vision items
-    in order and the question text."""
+    in order and the question text (after them, or before them with `text_first`)."""
     content: list[dict[str, Any]] = [{"type": m.kind} for m in example.media]
-    content.append({"type": "text", "text": question_text(example, settings)})
+    text = {"type": "text", "text": question_text(example, settings)}
+    content.insert(0 if settings.text_first else len(content), text)
     messages: list[dict[str, Any]] = []
     if settings.system_prompt:
         messages.append({"role": "system", "content": settings.system_prompt})

@@ -5,10 +5,11 @@ Formats (DESIGN.md section 4):
 - `video_r1`: Video-R1 JSON list (`problem_id, problem, data_type, problem_type, options,
   solution, path, data_source`, SFT rows add `process`).
 - `charades_sta`: VideoChat-R1 `{vid: {duration, timestamps, sentences}}`, one example per
-  sentence (temporal grounding).
+  sentence (temporal grounding; the sentence lower-cased without its full stop, as there).
 - `nextgqa`: VideoChat-R1 NExT-GQA list `{id, video, question, options, duration, glue, answer}`
   (grounded QA).
-- `got10k`: VideoChat-R1 GOT-10k list `{path, object, gt}` (tracking over 7 frames, padded to 8).
+- `got10k`: VideoChat-R1 GOT-10k list `{path, object, gt}` (tracking over 7 frames, padded to 8;
+  the first box goes into the prompt as the initial box).
 - `seed_bench_r1`: SEED-Bench-R1 JSONL; a progress clip (only when `task_progress_metadata` is
   non-empty) followed by the current-observation image; training rows with `negative_answers`
   get 3 sampled negatives shuffled with the answer.
@@ -202,7 +203,7 @@ def _charades_sta(vid: str, raw: Mapping[str, Any], origin: str, o: RecordOption
                 source="charades_sta",
                 data_type="video",
                 problem_type="temporal grounding",
-                problem=sentence.strip(),
+                problem=charades_event(sentence),
                 options=(),
                 solution=f"<answer>{start:.2f} to {end:.2f}</answer>",
                 media=(Media("video", o.charades_video.format(vid=vid)),),
@@ -212,6 +213,13 @@ def _charades_sta(vid: str, raw: Mapping[str, Any], origin: str, o: RecordOption
             )
         )
     return out
+
+
+def charades_event(sentence: str) -> str:
+    """A Charades-STA sentence as VideoChat-R1 puts it in the prompt: stripped, lower-cased, one
+    trailing full stop dropped (VideoChat-R1 src/open_r1/grpo_tasks.py:564-566)."""
+    sentence = sentence.strip().lower()
+    return sentence[:-1] if sentence.endswith(".") else sentence
 
 
 def _nextgqa(raw: Mapping[str, Any], origin: str, o: RecordOptions) -> list[Example]:
@@ -262,7 +270,9 @@ def _got10k(raw: Mapping[str, Any], origin: str, o: RecordOptions) -> list[Examp
             solution="<answer>" + json.dumps([[float(v) for v in b] for b in boxes]) + "</answer>",
             media=(Media("video", path, num_frames=o.got10k_frames),),
             data_source="got10k",
-            extra={"boxes": [[float(v) for v in b] for b in boxes]},
+            # start: the first box as written (VideoChat-R1 prompts with str(gt[0]),
+            # grpo_tasks.py:626 and grpo_tasks_trainer.py:427).
+            extra={"boxes": [[float(v) for v in b] for b in boxes], "start": list(boxes[0])},
             origin=origin,
         )
     ]

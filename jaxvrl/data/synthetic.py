@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from configs.base import VIDEO_R1_QUESTION_TEMPLATE, type_instructions
+from jaxvrl.data.templates import VIDEO_R1_QUESTION_TEMPLATE, VIDEO_R1_TYPE_INSTRUCTIONS
 
 # Qwen2-VL special tokens, in the order of their ids in the synthetic tokenizer. The first seven
 # match model/tiny.py's TINY_TOKEN_IDS (pad/bos 0... are passed explicitly anyway).
@@ -285,7 +285,7 @@ def build_media_and_records(directory: str, spec: SyntheticSpec) -> list[dict[st
 
 def _corpus(records: Sequence[dict[str, Any]]) -> list[str]:
     texts = [VIDEO_R1_QUESTION_TEMPLATE, "You are a helpful assistant.", "system user assistant"]
-    texts += list(type_instructions().values())
+    texts += list(VIDEO_R1_TYPE_INSTRUCTIONS.values())
     for r in records:
         texts += [r["problem"], *r["options"], r["process"], r["solution"]]
     texts += [f"{d} {c}" for d in (*DIRECTIONS, *CHANGES) for c in COLOURS] + [

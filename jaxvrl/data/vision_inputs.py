@@ -1,17 +1,19 @@
 """From decoded frames to the vision tower's inputs: frame counts and indices, `smart_resize`,
 resizing, CLIP normalisation, temporal padding and patch flattening in the processor's order.
 
-Everything here is host-side NumPy/Pillow and matches qwen-vl-utils (as used by Video-R1) and the
-transformers Qwen2-VL image/video processors; every limit is an argument (the config's `data`
-fields), none is a constant.
+Everything here is host-side NumPy/SciPy/Pillow and matches qwen-vl-utils (as used by Video-R1)
+and the transformers Qwen2-VL image/video processors; every limit is an argument (the config's
+`data` fields), none is a constant.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
+import scipy.sparse
 from PIL import Image
 
 # OpenAI CLIP normalisation, the one Qwen2-VL's processors use.
@@ -163,16 +165,70 @@ def video_frame_size(
 # Pixels.
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resizes uint8 frames [T, H, W, 3] to [T, height, width, 3] with Pillow bicubic.
+def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """The cubic convolution kernel with a = -0.5 (torch's and Pillow's antialiased bicubic)."""
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
-    transformers' Pillow-backend Qwen2-VL image processor resizes exactly like this (Pillow
-    BICUBIC); its torchvision backend, the video processor and qwen-vl-utils use torchvision
-    `resize(..., BICUBIC, antialias=True)`. Pillow's bicubic (a = -0.5) also widens its support
-    when it shrinks, i.e. it antialiases too, and both round back to uint8: against torch's
-    antialiased bicubic the two differ by at most 3 intensity levels and about 0.2 on average
-    (tests/test_data_vision_inputs.py measures it).
+
+@functools.lru_cache(maxsize=128)
+def antialiased_bicubic_weights(n_in: int, n_out: int) -> scipy.sparse.csr_matrix:
+    """[n_out, n_in] float32 weights of torch's antialiased bicubic along one axis
+    (`interpolate(mode="bicubic", antialias=True, align_corners=False)`): output i is centred
+    at scale * (i + 0.5) (scale = n_in / n_out); when shrinking, the kernel's support (2 input
+    pixels) and argument are scaled by `scale`; taps outside the image are dropped and the rest
+    normalised to sum 1."""
+    scale = n_in / n_out
+    support, stretch = (2.0 * scale, 1.0 / scale) if scale >= 1.0 else (2.0, 1.0)
+    rows, cols, values = [], [], []
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as C++ does
+        hi = min(int(center + support + 0.5), n_in)
+        taps = np.arange(lo, hi)
+        w = _bicubic((taps - center + 0.5) * stretch)
+        total = w.sum()
+        rows.append(np.full(len(taps), i))
+        cols.append(taps)
+        values.append(w / total if total != 0 else w)
+    return scipy.sparse.csr_matrix(
+        (np.concatenate(values).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_out, n_in),
+    )
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes uint8 video frames [T, H, W, 3] to [T, height, width, 3] as qwen-vl-utils does:
+    torchvision `resize(video, [h, w], BICUBIC, antialias=True)` on the decoded uint8 tensor,
+    which computes in float32, clamps to [0, 255] and rounds back to uint8
+    (qwen-vl-utils vision_process.py `fetch_video`; Video-R1 src/qwen-vl-utils/src/qwen_vl_utils/
+    vision_process.py:310-315).
+
+    Two separable float32 passes with `antialiased_bicubic_weights` (height, then width): equal
+    to torch's result or one grey level apart where float32 sums land near a .5 (at most 1
+    level on sharp binary and noise content, about 0.1% of values; tests/
+    test_data_vision_inputs.py). About as fast as Pillow (bench/RESULTS.md).
     """
+    frames = np.asarray(frames, np.uint8)
+    t, h_in, w_in, c = frames.shape
+    if (h_in, w_in) == (height, width):
+        return frames  # the weights are then the identity
+    rows = antialiased_bicubic_weights(h_in, height)
+    tall = np.empty((t, height, w_in * c), np.float32)
+    for i in range(t):
+        tall[i] = rows @ frames[i].reshape(h_in, w_in * c).astype(np.float32)
+    by_column = tall.reshape(t, height, w_in, c).transpose(2, 0, 1, 3).reshape(w_in, -1)
+    out = antialiased_bicubic_weights(w_in, width) @ by_column  # [width, t * height * c]
+    out = out.reshape(width, t, height, c).transpose(1, 2, 0, 3)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize_images(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes uint8 images [T, H, W, 3] to [T, height, width, 3] with Pillow bicubic, as
+    qwen-vl-utils' `fetch_image` does (`image.resize((w, h))`, Pillow's default BICUBIC) for
+    images and for the frames of a video given as image files."""
     frames = np.asarray(frames, np.uint8)
     if frames.shape[1:3] == (height, width):
         return frames

@@ -164,15 +164,18 @@ VSI_TASKS = (
 
 def _vsibench_score(ref: Reference, response: str) -> Scored:
     """Multiple choice by exact match of the first answer tag (else the whole response); other
-    records are numerical-answer tasks: MRA (with `<=`) of the first number in the answer."""
+    records are numerical-answer tasks: MRA (with `<=`) of the first number in the answer tag,
+    or of the whole response when it is a plain number (as Video-R1 reads a response without a
+    tag); no number is unparseable and scores 0."""
     answer, parsed = answers.video_r1_answer(response)
     truth = ref.truth["answer"]
     if ref.truth["problem_type"] == "multiple_choice":
         acc = float(answer.strip() == truth.strip())
         return Scored(ref.id, answer if parsed else None, {"accuracy": acc}, acc, ref.group)
-    pred, gt = answers.first_number(answer), answers.first_number(truth)
+    pred = answers.first_number(answer) if parsed else answers.plain_number(answer.strip())
+    gt = answers.first_number(truth)
     mra = 0.0 if pred is None or gt is None else measures.mean_relative_accuracy(pred, gt)
-    return Scored(ref.id, pred if parsed else None, {"mra": mra}, mra, ref.group)
+    return Scored(ref.id, pred, {"mra": mra}, mra, ref.group)
 
 
 def _vsi_task(group: str) -> str:

@@ -89,16 +89,17 @@ def plot_metrics(results: Sequence[Mapping[str, Any]], name: str, path: str) -> 
     if not series:
         return False
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.6, 4.0), dpi=110)
     for metric, points in series.items():
         x, y = zip(*points, strict=True)
-        ax.plot(x, y, marker="o", label=metric)
+        style = ":" if metric == "unparseable" else "-"
+        ax.plot(x, y, style, marker="o", label=metric)
     ax.set_xlabel("training step")
-    ax.set_ylabel("score")
+    ax.set_ylabel("score (unparseable: fraction)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{name}: metrics by step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -115,15 +116,19 @@ def _predictions(workdir: str, result: Mapping[str, Any], name: str) -> list[dic
 
 
 def plot_iou_distribution(rows: Sequence[Mapping[str, Any]], name: str, step: int, path: str):
-    """Histogram of per-example IoU (0.05-wide bins) with the R@ thresholds marked."""
+    """Histogram of per-example IoU (0.05-wide bins); grounding marks the R@ thresholds."""
     ious = np.asarray([r["iou"] for r in rows if "iou" in r], np.float64)
     if not ious.size:
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     ax.hist(ious, bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
-    for t in (0.3, 0.5, 0.7):
-        ax.axvline(t, color="tab:red", linestyle="--", linewidth=1)
+    if name in ("charades_sta", "activitynet_grounding"):
+        for t in (0.3, 0.5, 0.7):
+            ax.axvline(t, color="tab:red", linestyle="--", linewidth=1)
+            ax.text(t, 0.97, f" R@{t}", color="tab:red", fontsize=8, va="top",
+                    transform=ax.get_xaxis_transform())  # fmt: skip
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("IoU")
     ax.set_ylabel("examples")
     ax.set_title(f"{name}: IoU at step {step} ({ious.size} examples, mean {ious.mean():.3f})")

@@ -178,6 +178,7 @@ def generate(
             if k:
                 responses[origin] = text
         if max_examples is not None and len(responses) >= max_examples:
+            responses = dict(list(responses.items())[:max_examples])
             break
     return responses, dict(iterator.skip_counts())
 

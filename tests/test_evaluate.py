@@ -39,6 +39,8 @@ def write_benchmark_files(root: str) -> dict[str, str]:
         video_r1(0, v0, "route_planning"),
         video_r1(1, v1, "object_counting", "regression", "<answer>3</answer>"),
         video_r1(2, v0, "obj_appearance_order", solution="<answer>B</answer>"),
+        video_r1(3, "videos/missing.mp4", "route_planning"),  # skipped: missing_media
+        {"problem_id": "q4", "problem": "no solution", "data_type": "video"},  # malformed
     ]
     frames = os.path.join(root, "got", "seq1")
     os.makedirs(frames, exist_ok=True)
@@ -55,6 +57,7 @@ def write_benchmark_files(root: str) -> dict[str, str]:
     files = {
         "vsibench.json": vsi,
         "mvbench.json": [video_r1(0, v0, "action_sequence"), video_r1(1, v1, "fine_grained")],
+        "tempcompass.json": [video_r1(0, "videos/missing.mp4", "speed")],
         "charades.json": {
             "eval_0000": {"duration": 2.0, "timestamps": [[0.5, 1.5]], "sentences": ["grows"]},
             "eval_0001": {"duration": 2.0, "timestamps": [[0.0, 1.0]], "sentences": ["dims"]},
@@ -100,6 +103,7 @@ def evaluated(tmp_path_factory):
         [
             f"vsibench={paths['vsibench.json']}",
             f"mvbench={paths['mvbench.json']}",
+            f"tempcompass={paths['tempcompass.json']}",  # every video missing: an error entry
             f"charades_sta={paths['charades.json']}",
             paths["nextgqa.json"],  # a bare path: its format's benchmark
             f"got10k={paths['got10k.json']}",
@@ -129,8 +133,13 @@ def evaluated(tmp_path_factory):
 def test_every_benchmark_is_generated_scored_and_written(evaluated):
     workdir, _, (result, _) = evaluated
     counts = {n: b.get("count") for n, b in result["benchmarks"].items()}
-    assert counts == {"vsibench": 3, "mvbench": 2, "charades_sta": 2, "nextgqa": 1, "got10k": 1,
-                      "seed_bench_r1": 1}  # fmt: skip
+    assert counts == {"vsibench": 3, "mvbench": 2, "tempcompass": None, "charades_sta": 2,
+                      "nextgqa": 1, "got10k": 1, "seed_bench_r1": 1}  # fmt: skip
+    assert result["benchmarks"]["vsibench"]["skipped"] == {
+        "malformed_record": 1,
+        "missing_media": 1,
+    }
+    assert "tempcompass.json" in result["benchmarks"]["tempcompass"]["error"]
     vsi = result["benchmarks"]["vsibench"]["metrics"]
     for key in ("accuracy", "mra", "video_r1_avg", "macro_avg", "task/object_counting"):
         assert 0.0 <= vsi[key] <= 1.0, key

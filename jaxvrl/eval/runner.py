@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxvrl.data import pipeline
 from jaxvrl.data import records as records_lib
+from jaxvrl.data.batching import DataError
 from jaxvrl.eval import benchmarks as benchmarks_lib
 from jaxvrl.eval.references import Reference, load_rows, read_references
 from jaxvrl.rollout import Prompts, Sampler, SamplingParams
@@ -36,6 +37,7 @@ from jaxvrl.rollout import Prompts, Sampler, SamplingParams
 log = logging.getLogger(__name__)
 
 # Per-benchmark settings (`eval.per_benchmark.<name>.<field>`; 0 = the eval-wide value).
+RECORD_LEVEL_SKIPS = ("malformed_record", "unknown_problem_type")
 PER_BENCHMARK_FIELDS = ("max_frames", "video_max_pixels", "video_total_pixels", "max_new_tokens")
 
 
@@ -204,8 +206,15 @@ def evaluate_benchmark(
             rows.append(s.row(by_key[ref.key]))
     if not scored:
         raise ValueError(f"{item.name}: no example of {item.paths} could be generated")
+    # Record-level skips are the reader's (the pipeline reads the same records); media and
+    # length skips are the pipeline's. On a full pass, references generated for no known reason
+    # (a record the pipeline rejects and the reader accepts) are counted too.
     skipped = collections.Counter(item.skipped)
-    skipped.update(pipeline_skips)
+    media = {k: v for k, v in pipeline_skips.items() if k not in RECORD_LEVEL_SKIPS}
+    skipped.update(media)
+    if max_examples is None:
+        unaccounted = len(item.references) - len(scored) - sum(media.values())
+        skipped["not_generated"] += max(0, unaccounted)
     return (
         {
             "metrics": bench.aggregate(scored),
@@ -237,7 +246,7 @@ def evaluate_suite(
     for item in suite:
         try:
             out, rows = evaluate_benchmark(state, sampler, config, item, max_examples=max_examples)
-        except (ValueError, OSError) as e:  # every record skipped: DataError is a ValueError
+        except (ValueError, OSError, DataError) as e:  # e.g. every record skipped
             log.error("evaluation of %s failed: %s", item.name, e)
             result["benchmarks"][item.name] = {"error": str(e), "files": item.paths}
             continue

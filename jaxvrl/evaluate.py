@@ -120,6 +120,7 @@ def run(argv) -> None:
 
     from jaxvrl import train
     from jaxvrl.checkpoint import Checkpointer
+    from jaxvrl.data import synthetic
     from jaxvrl.rollout import Sampler
 
     del argv
@@ -129,6 +130,7 @@ def run(argv) -> None:
     if not config.eval.files:
         raise ValueError("set --config.eval.files (benchmark=path,...) to evaluate")
     only = [b.strip() for b in (f.benchmarks or "").split(",") if b.strip()]
+    synthetic.ensure_from_config(config)  # a synthetic set is (re)built before it is read
     suite = runner.load_suite(config, only)
     model, tokenizer, mesh = train.load_model_for(config, f.workdir)
     graphdef, state = nnx.split(model)

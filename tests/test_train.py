@@ -221,6 +221,14 @@ def test_sft_batch_size_sets_the_sft_stage_batches_only(root):
         assert np.asarray(batch["example_mask"]).all(), stage
 
 
+@pytest.mark.parametrize("every,steps", [(0, {3, 7}), (4, {0, 3, 4, 7}), (2, {0, 2, 3, 4, 6, 7})])
+def test_evaluation_steps_are_the_start_of_rl_the_end_and_every_n(every, steps):
+    config = demo.get_config("/nonexistent")
+    config.eval.every = every
+    stages = [train.Stage("sft", 0, 3), train.Stage("rl", 3, 7)]
+    assert train.evaluation_steps(config, stages) == steps
+
+
 def test_rollout_config_carries_the_config_fields(tmp_path):
     config = demo.get_config(str(tmp_path))
     config.rollout.update(prompt_buckets=(64, 96), vision_chunk_patches=512)

@@ -11,6 +11,10 @@ benchmark joined with '+', e.g. SEED-Bench-R1's three levels) or a bare path, sc
 format's default benchmark (video_r1, seed_bench_r1, charades_sta, nextgqa, got10k).
 
 Imports no trainer: jaxvrl/train.py and jaxvrl/evaluate.py both call in here.
+
+Limitation: with several JAX processes each one generates its own shard of the records (the data
+pipeline's process_index::process_count) and only process 0 writes, so the files and metrics
+cover process 0's shard; gathering the responses across hosts is not done yet.
 """
 
 from __future__ import annotations

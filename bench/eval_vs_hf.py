@@ -201,10 +201,12 @@ def main(argv: list[str] | None = None) -> None:
         label = f"fixed {args.new_tokens} tokens" if fixed else "natural stops"
         print(f"  HF by torch threads: { {k: round(v, 2) for k, v in per.items()} } s")
         same = sum(trimmed(a) == trimmed(b) for a, b in zip(tok_ours, tok_hf, strict=True))
+        mean_length = np.mean([len(trimmed(a)) for a in tok_ours])
         print(
             f"generation, {label}, {n} examples in {len(batches)} batches: jaxvrl {t_ours:.2f} s "
             f"= {n / t_ours:.1f} examples/s, HF {t_hf:.2f} s = {n / t_hf:.1f} examples/s, "
-            f"{t_hf / t_ours:.2f}x; identical completions {same}/{n}"
+            f"{t_hf / t_ours:.2f}x; identical completions {same}/{n}, mean length "
+            f"{mean_length:.1f} tokens"
         )
     print(f"speedup_vs_hf: {times[True][1] / times[True][0]:.2f}")
 

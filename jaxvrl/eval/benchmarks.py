@@ -275,7 +275,8 @@ def _got10k_aggregate(rows: Sequence[Scored]) -> dict[str, float]:
 
 def _seed_score(ref: Reference, response: str) -> Scored:
     """SEED-Bench-R1 infer.py `accuracy_reward`: correct when the first answer tag's text starts
-    with the golden letter; no tag (or an empty one) is wrong."""
+    with the golden letter; no tag (or an empty one) is wrong. Its first pass, a math_verify
+    symbolic comparison meant for math answers, is not reproduced."""
     tagged = answers.answer_tag(response)
     acc = float(bool(tagged) and tagged[0] == ref.truth["letter"])
     return Scored(ref.id, tagged or None, {"accuracy": acc}, acc, ref.group)

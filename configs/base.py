@@ -130,6 +130,57 @@ def rl_config() -> ml_collections.ConfigDict:
     )
 
 
+# Benchmarks of jaxvrl/eval/benchmarks.py (tests/test_eval_benchmarks.py checks the two lists).
+BENCHMARKS = (
+    "video_r1",
+    "seed_bench_r1",
+    "vsibench",
+    "videommmu",
+    "mvbench",
+    "tempcompass",
+    "videomme",
+    "mmvu",
+    "charades_sta",
+    "activitynet_grounding",
+    "nextgqa",
+    "got10k",
+)
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """The `eval` section: benchmark files, when to evaluate during training, sampling, and frames
+    and pixels per benchmark (jaxvrl/eval/runner.py)."""
+    per = {
+        name: {"max_frames": 0, "video_max_pixels": 0, "video_total_pixels": 0, "max_new_tokens": 0}
+        for name in BENCHMARKS
+    }
+    return ml_collections.ConfigDict(
+        {
+            # Comma-separated `benchmark=path` entries (files of one benchmark joined with '+'),
+            # or bare paths scored as their record format's benchmark; "" = no evaluation.
+            "files": "",
+            # During training: every this many steps and before the first step (0 = only at the
+            # start of RL and at the end), on the first `num_examples` of each benchmark.
+            "every": 0,
+            "num_examples": 0,  # 0 = all
+            "batch_size": 0,  # 0 = data.batch_size
+            # Frames and pixels for every benchmark (0 = the data section's), e.g. Video-R1's
+            # 16 / 32 / 64 frames at 256*28*28; per_benchmark.<name>.<field> overrides one.
+            "max_frames": 0,
+            "video_max_pixels": 256 * TOKEN_PIXELS,  # Video-R1 evaluates at 256*28*28
+            "video_total_pixels": 0,
+            "max_new_tokens": 0,  # 0 = rl.max_completion_tokens
+            # Greedy by default; the papers' sampling is greedy=False with e.g. Video-R1's
+            # temperature 0.1 and top_p 0.001.
+            "greedy": True,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "per_benchmark": per,
+        }
+    )
+
+
 def get_config() -> ml_collections.ConfigDict:
     """The shared base config. Recipes fill `model.path`, the data files and their RL settings."""
     config = ml_collections.ConfigDict()
@@ -220,14 +271,7 @@ def get_config() -> ml_collections.ConfigDict:
         }
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})
-    config.eval = ml_collections.ConfigDict(
-        {
-            "files": "",  # evaluation records; "" = no evaluation
-            "num_examples": 0,  # 0 = all
-            "batch_size": 0,  # 0 = data.batch_size
-            "video_max_pixels": 256 * TOKEN_PIXELS,  # Video-R1 evaluates at 256*28*28
-        }
-    )
+    config.eval = eval_config()
     config.metrics = ml_collections.ConfigDict({"tensorboard": True, "progress": True})
     config.export = ml_collections.ConfigDict({"hf_dir": ""})  # export the final model here
     return config

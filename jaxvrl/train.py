@@ -32,7 +32,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxvrl import batching, hardware, rl_batch, steps
 from jaxvrl.checkpoint import Checkpointer
 from jaxvrl.data import pipeline, prompts, synthetic
-from jaxvrl.evaluate import evaluate
+from jaxvrl.eval import report as eval_report
+from jaxvrl.eval import runner as eval_runner
 from jaxvrl.flops import matmul_flops
 from jaxvrl.mesh import initialize_distributed, make_mesh, rules_from_config
 from jaxvrl.metrics import MetricsWriter
@@ -140,6 +141,17 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
         out.data.seed = int(config.data.seed) + 1
     elif config.rl.algorithm != "tgrpo":
         out.data.shuffle_unit = "none"
+    return out
+
+
+def evaluation_steps(config: ml_collections.ConfigDict, stages: list[Stage]) -> set[int]:
+    """The global steps after which the benchmarks are evaluated: the start of RL and the end,
+    and with `eval.every` also step 0 (before the first update) and every `every` steps."""
+    total = stages[-1].last
+    out = {total} | {s.first for s in stages if s.name == "rl"}
+    every = int(config.eval.every)
+    if every > 0:
+        out |= set(range(0, total + 1, every))
     return out
 
 
@@ -290,6 +302,9 @@ class Trainer:
         )
         self.stages = plan_stages(config)
         self.total_steps = self.stages[-1].last
+        # Benchmark files are read (and their format checked) before any work.
+        self.eval_suite = eval_runner.load_suite(config) if config.eval.files else []
+        self.eval_steps = evaluation_steps(config, self.stages) if self.eval_suite else set()
         self.checkpointer = Checkpointer(
             workdir,
             save_every=int(config.checkpoint.every),
@@ -355,15 +370,12 @@ class Trainer:
                 if latest is not None and latest >= stage.last and stage is not self.stages[-1]:
                     continue  # finished earlier; its parameters come with a later checkpoint
                 if latest is not None and latest == stage.first and stage.first > 0:
-                    # Stopped at the boundary: the previous stage's end starts this one (and is
-                    # what the before-RL evaluation scores).
+                    # Stopped at the boundary: the previous stage's end starts this one.
                     self.params = self.checkpointer.restore_params(latest, _abstract(self.params))
-                if stage.name == "rl" and config.eval.files:
-                    results["before_rl"] = self._evaluate_once("before_rl", stage.first, latest)
+                if stage.first == 0 and 0 in self.eval_steps and latest is None:
+                    writer.write(0, self._evaluate_at(0))
                 self._run_stage(stage, latest, writer)
                 latest = stage.last
-            if config.eval.files:
-                results["after_rl"] = self._evaluate_once("after_rl", self.total_steps, None)
         finally:
             writer.close()
             self.checkpointer.close()
@@ -377,39 +389,37 @@ class Trainer:
             results["export"] = config.export.hf_dir
         results["nonfinite_skips"] = self.nonfinite_skips
         results["history"] = self.history
+        if self.eval_suite:
+            results["evaluations"] = {
+                s: r
+                for s in sorted(self.eval_steps)
+                if (r := eval_runner.load_result(self.workdir, s))
+            }
+            rl = [s for s in self.stages if s.name == "rl"]
+            results["before_rl"] = results["evaluations"].get(rl[0].first) if rl else None
+            results["after_rl"] = results["evaluations"].get(self.total_steps)
+            if jax.process_index() == 0:
+                results["report"] = eval_report.write_report(self.workdir)
         return results
 
-    def _evaluate_once(self, tag: str, step: int, latest: int | None) -> dict[str, Any]:
-        """Evaluates the parameters of `step` (the current ones), or reads the result an
-        earlier run of this workdir wrote for that step."""
-        path = os.path.join(self.workdir, f"eval_{tag}.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                earlier = json.load(f)
-            if earlier.get("step") == step:
-                return earlier
-        if latest is not None and latest > step:
-            raise FileNotFoundError(
-                f"resuming at step {latest}, but {path} holds no evaluation of step {step}"
+    def _evaluate_at(self, step: int) -> dict[str, float]:
+        """Evaluates the current parameters (those of `step`) on the benchmark subsets, or
+        reads what an earlier run of this workdir wrote for that step; returns the
+        `eval/<benchmark>/<metric>` metrics."""
+        result = eval_runner.load_result(self.workdir, step)
+        if result is None:
+            result = eval_runner.evaluate_suite(
+                self.params,
+                self.sampler,
+                self.config,
+                self.eval_suite,
+                step,
+                self.workdir,
+                max_examples=int(self.config.eval.num_examples) or None,
+                write=jax.process_index() == 0,
             )
-        ev = self.config.eval
-        result = evaluate(
-            self.params,
-            self.sampler,
-            self.config,
-            str(ev.files),
-            max_examples=int(ev.num_examples) or None,
-            params=SamplingParams(
-                max_new_tokens=int(self.config.rl.max_completion_tokens), greedy=True
-            ),
-            accuracy_reward=str(self.config.rl.accuracy_reward),
-        )
-        result["step"] = step
-        if jax.process_index() == 0:
-            with open(path, "w") as f:
-                json.dump(result, f, indent=2)
-        log.info("%s: accuracy %.3f over %d examples", tag, result["accuracy"], result["count"])
-        return result
+            log.info("%s", eval_runner.table(result))
+        return eval_runner.flat_metrics(result)
 
     def _run_stage(self, stage: Stage, latest: int | None, writer: MetricsWriter) -> None:
         config = self.config
@@ -485,6 +495,7 @@ class Trainer:
                 for b in batches
             )
             total_time = time.perf_counter() - t0
+            evaluated = self._evaluate_at(step) if step in self.eval_steps else {}
             row = {
                 "stage": stage.name,
                 **metrics,
@@ -504,6 +515,7 @@ class Trainer:
                 "nonfinite_skips": self.nonfinite_skips,
                 "data/skipped_records": int(raw[-1]["meta"].get("skipped", 0)),
                 **{f"data/skipped/{k}": v for k, v in skip_counts.items()},
+                **evaluated,
             }
             writer.write(step, row)
             self.history.append(
@@ -598,19 +610,29 @@ def _abstract(tree: Any) -> Any:
 # Demo report.
 
 
+def _headline(result: dict[str, Any] | None, metric: str) -> float | None:
+    """`metric` of the first benchmark of one step's evaluation (the demo has one)."""
+    for bench in (result or {}).get("benchmarks", {}).values():
+        return bench.get("metrics", {}).get(metric)
+    return None
+
+
 def demo_report(results: dict[str, Any], workdir: str) -> dict[str, Any]:
-    """The demo's table: held-out accuracy before and after RL, the reward curve, the temporal
-    bonus rate. Written to WORKDIR/demo_eval.json."""
+    """The demo's table: held-out accuracy before and after RL (jaxvrl/eval, benchmark
+    `video_r1`), the reward curve, the temporal bonus rate. Written to WORKDIR/demo_eval.json;
+    the full evaluation report is in WORKDIR/report/."""
     rl_rows = [h for h in results.get("history", []) if h.get("stage") == "rl"]
     rewards = [h["reward/total"] for h in rl_rows if h.get("reward/total") is not None]
     bonus = [h["temporal/bonus_rate"] for h in rl_rows if h.get("temporal/bonus_rate") is not None]
     tenth = max(1, len(rewards) // 10)
+    before, after = results.get("before_rl"), results.get("after_rl")
+    counts = [b.get("count") for b in (after or {}).get("benchmarks", {}).values()]
     report = {
-        "accuracy_before": results.get("before_rl", {}).get("accuracy"),
-        "accuracy_after": results.get("after_rl", {}).get("accuracy"),
-        "format_before": results.get("before_rl", {}).get("format"),
-        "format_after": results.get("after_rl", {}).get("format"),
-        "eval_examples": results.get("after_rl", {}).get("count"),
+        "accuracy_before": _headline(before, "accuracy"),
+        "accuracy_after": _headline(after, "accuracy"),
+        "unparseable_before": _headline(before, "unparseable"),
+        "unparseable_after": _headline(after, "unparseable"),
+        "eval_examples": counts[0] if counts else None,
         "reward_first_tenth": float(np.mean(rewards[:tenth])) if rewards else None,
         "reward_last_tenth": float(np.mean(rewards[-tenth:])) if rewards else None,
         "temporal_bonus_rate": float(np.mean(bonus)) if bonus else None,
@@ -624,11 +646,13 @@ def demo_report(results: dict[str, Any], workdir: str) -> dict[str, Any]:
         "",
         "held-out accuracy      before RL   after RL",
         f"  accuracy             {r['accuracy_before']}      {r['accuracy_after']}",
-        f"  format               {r['format_before']}      {r['format_after']}",
+        f"  unparseable          {r['unparseable_before']}      {r['unparseable_after']}",
         f"reward, first / last tenth of RL: {r['reward_first_tenth']} / {r['reward_last_tenth']}",
         f"temporal bonus rate (T-GRPO): {r['temporal_bonus_rate']}",
         f"written to {os.path.join(workdir, 'demo_eval.json')}",
     ]
+    if results.get("report"):
+        lines.append(f"evaluation report: {results['report']['markdown']}")
     print("\n".join(lines))
     return report
 

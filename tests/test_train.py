@@ -1,6 +1,6 @@
-"""The trainer end to end on the synthetic set: a shortened demo (SFT then T-GRPO), a run killed
-with SIGKILL and restarted ends bit-identical to an uninterrupted one, and the exported model
-loads in transformers with the port's logits."""
+"""The trainer end to end on the synthetic set: a shortened demo (SFT then T-GRPO, evaluated
+during training), a run killed with SIGKILL and restarted ends bit-identical to an uninterrupted
+one, and the exported model loads in transformers with the port's logits."""
 
 import json
 import os
@@ -27,7 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def short_overrides(root: str, workdir: str) -> list[str]:
-    """The demo shortened to seconds: a small set, 3 SFT and 4 RL steps, checkpoints every 2."""
+    """The demo shortened to seconds: a small set, 3 SFT and 4 RL steps, checkpoints every 2, two
+    held-out videos evaluated before the first step, every 4 steps, at the start of RL and at
+    the end (steps 0, 3, 4, 7)."""
     return [
         f"--config=configs/demo.py:{root}",
         f"--workdir={workdir}",
@@ -42,6 +44,8 @@ def short_overrides(root: str, workdir: str) -> list[str]:
         "--config.rl.max_completion_tokens=8",
         "--config.rl.beta=0.04",
         "--config.checkpoint.every=2",
+        "--config.eval.every=4",
+        "--config.eval.num_examples=2",
         "--config.metrics.progress=false",
         f"--config.export.hf_dir={workdir}/hf",
     ]
@@ -73,8 +77,19 @@ def uninterrupted(root, tmp_path_factory):
 def test_short_demo_trains_both_stages_and_reports(uninterrupted):
     workdir, stdout = uninterrupted
     rows = read_metrics(workdir)
-    assert [r["step"] for r in rows] == list(range(1, 8))
-    assert [r["stage"] for r in rows] == ["sft"] * 3 + ["rl"] * 4
+    assert [r["step"] for r in rows] == list(range(0, 8))
+    assert [r.get("stage") for r in rows] == [None] + ["sft"] * 3 + ["rl"] * 4
+    evaluated = [r["step"] for r in rows if "eval/video_r1/accuracy" in r]
+    assert evaluated == [0, 3, 4, 7]
+    for step in evaluated:
+        with open(os.path.join(workdir, "eval", f"{step}.json")) as f:
+            result = json.load(f)["benchmarks"]["video_r1"]
+        assert result["count"] == 2
+        assert rows[step]["eval/video_r1/accuracy"] == result["metrics"]["accuracy"]
+    with open(os.path.join(workdir, "report", "report.md")) as f:
+        table = f.read()
+    assert "| video_r1 | accuracy |" in table and "step 7" in table
+    assert os.path.isfile(os.path.join(workdir, "report", "video_r1.png"))
     rl = rows[-1]
     for key in ("reward/total", "reward/accuracy", "reward/format", "accuracy", "train/kl",
                 "train/clip_fraction_low", "train/entropy", "train/sampler_logp_abs_diff",
@@ -133,7 +148,7 @@ def test_sigkill_and_restart_ends_bit_identical_to_an_uninterrupted_run(
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     steps = [row["step"] for row in read_metrics(workdir)]
-    assert steps == list(range(1, 8))
+    assert steps == list(range(0, 8))
 
 
 def test_checkpoint_export_cli_writes_the_final_parameters(uninterrupted, tmp_path):
@@ -162,13 +177,12 @@ def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
     for cmd in (sft_only, command(root, workdir)):
         result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-4000:]
-    with open(os.path.join(workdir_a, "eval_before_rl.json")) as f:
-        before_a = json.load(f)
-    with open(os.path.join(workdir, "eval_before_rl.json")) as f:
-        before_c = json.load(f)
-    assert before_c == before_a and before_c["step"] == 3
-    with open(os.path.join(workdir, "eval_after_rl.json")) as f:
-        assert json.load(f)["step"] == 7
+    with open(os.path.join(workdir_a, "eval", "3.json")) as f:
+        before_a = json.load(f)["benchmarks"]["video_r1"]
+    with open(os.path.join(workdir, "eval", "3.json")) as f:
+        before_c = json.load(f)["benchmarks"]["video_r1"]
+    assert before_c["metrics"] == before_a["metrics"] and before_c["count"] == 2
+    assert os.path.isfile(os.path.join(workdir, "eval", "7.json"))
     a = load_file(os.path.join(workdir_a, "hf", "model.safetensors"))
     c = load_file(os.path.join(workdir, "hf", "model.safetensors"))
     for key in a:
@@ -205,6 +219,14 @@ def test_sft_batch_size_sets_the_sft_stage_batches_only(root):
         batch = next(iter(pipeline.build_dataset(train.stage_config(config, stage))))
         assert np.asarray(batch["example_mask"]).shape == (size,), stage
         assert np.asarray(batch["example_mask"]).all(), stage
+
+
+@pytest.mark.parametrize("every,steps", [(0, {3, 7}), (4, {0, 3, 4, 7}), (2, {0, 2, 3, 4, 6, 7})])
+def test_evaluation_steps_are_the_start_of_rl_the_end_and_every_n(every, steps):
+    config = demo.get_config("/nonexistent")
+    config.eval.every = every
+    stages = [train.Stage("sft", 0, 3), train.Stage("rl", 3, 7)]
+    assert train.evaluation_steps(config, stages) == steps
 
 
 def test_rollout_config_carries_the_config_fields(tmp_path):

@@ -121,8 +121,17 @@ def rl_config() -> ml_collections.ConfigDict:
             "beta": 0.04,  # KL weight; 0 drops the reference model
             "kl_clamp": 10.0,  # |ref - logp| bound inside the k3 KL estimator; 0 = no clamp
             "entropy_coef": 0.0,  # entropy bonus per token (0 in the papers' recipes)
+            # Clip range of the ratio: [1 - eps_low, 1 + eps_high]; DAPO's clip-higher raises
+            # eps_high (0.28) so that unlikely tokens can gain probability.
             "eps_low": 0.2,
             "eps_high": 0.2,
+            # DAPO dynamic sampling: drop groups whose rewards all agree (std <= min_std) and
+            # roll out further batches of prompts, at most max_extra_rounds per step, to refill.
+            "dynamic_sampling": {"enabled": False, "min_std": 0.0, "max_extra_rounds": 0},
+            # DAPO overlong shaping: a penalty falling linearly from 0 to -factor over the last
+            # `buffer` tokens before max_completion_tokens (0 = off); mask_truncated gives
+            # completions cut off at the limit no loss.
+            "overlong": {"buffer": 0, "factor": 1.0, "mask_truncated": False},
             "num_iterations": 1,  # optimisation passes per rollout
             # No vision-tower updates in the RL stage only (an SFT stage still trains it).
             "freeze_vision": False,
@@ -272,6 +281,14 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})
     config.eval = eval_config()
-    config.metrics = ml_collections.ConfigDict({"tensorboard": True, "progress": True})
+    config.metrics = ml_collections.ConfigDict(
+        {
+            "tensorboard": True,
+            "progress": True,
+            # Terminal log level: "warning" shows warnings and the trainer's own lines (stages,
+            # evaluations); "info" every library's INFO. WORKDIR/train.log keeps INFO always.
+            "console_log_level": "warning",
+        }
+    )
     config.export = ml_collections.ConfigDict({"hf_dir": ""})  # export the final model here
     return config

@@ -105,25 +105,20 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters of `step` (a partial restore: optimizer state, reference model
         and data state stay on disk), onto the shardings of `abstract_params`."""
-        # A reader of its own: a manager binds each item to the handler it first used, and this
-        # one saves "state" with the standard handler.
-        reader = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(read_only=True),
-            item_names=("state",),
-        )
-        try:
+        # The step's "state" item read directly: a second (read-only) manager on the directory
+        # would warn on every use, and the run's own manager binds "state" to its save handler.
+        path = ocp.step.find_step_path(self.directory, ocp.step.standard_name_format(), step=step)
+        item = {"params": abstract_params}
+        with ocp.PyTreeCheckpointer() as reader:
             restored = reader.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(
-                        item={"params": abstract_params}, partial_restore=True
-                    ),
+                path / "state",
+                args=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
                 ),
             )
-        finally:
-            reader.close()
-        return restored["state"]["params"]
+        return restored["params"]
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are complete."""

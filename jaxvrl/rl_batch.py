@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvrl import grpo, rewards
+from jaxvrl import dapo, grpo, rewards
+from jaxvrl.group_decode import FINISH_STOP
 from jaxvrl.rollout import Prompts, Rollout
 
 # Record fields handed to every reward function (TRL style keyword arguments, one per sample).
@@ -40,6 +41,12 @@ class RLSettings:
     temporal_mu: float = 0.8
     temporal_rule: str = "ratio"
     temporal_threshold: float = 0.1
+    # DAPO overlong shaping: a soft penalty over the last `overlong_buffer` tokens before
+    # `max_completion_tokens` (0 = off), and no loss on truncated completions.
+    max_completion_tokens: int = 768
+    overlong_buffer: int = 0
+    overlong_factor: float = 1.0
+    mask_truncated: bool = False
 
     @classmethod
     def from_config(cls, rl) -> RLSettings:
@@ -56,6 +63,10 @@ class RLSettings:
             temporal_mu=float(rl.temporal.mu),
             temporal_rule=str(rl.temporal.rule),
             temporal_threshold=float(rl.temporal.threshold),
+            max_completion_tokens=int(rl.max_completion_tokens),
+            overlong_buffer=int(rl.overlong.buffer),
+            overlong_factor=float(rl.overlong.factor),
+            mask_truncated=bool(rl.overlong.mask_truncated),
         )
 
 
@@ -101,8 +112,9 @@ def score_rollout(
     """Rewards, accuracies and advantages of one batch's rollout.
 
     Returns host arrays: `advantages` [P * G] (0 for filler rows), `ordered` [P * G] indices of
-    the ordered samples in the rollout (filler rows: -1), per-reward means and the T-GRPO
-    diagnostics.
+    the ordered samples in the rollout (filler rows: -1), `group_std` [P] the std of the rewards
+    each group's advantages come from (temporal bonus included; -1 for filler rows), per-reward
+    means and the T-GRPO diagnostics.
     """
     meta = batch["meta"]
     keep = np.asarray(batch["example_mask"], bool)
@@ -121,6 +133,15 @@ def score_rollout(
         group_ids=rows.tolist(),
         **_fields(meta, rows),
     )
+    if settings.overlong_buffer > 0:
+        penalty = dapo.soft_overlong_penalty(
+            lengths[ordered_idx],
+            settings.max_completion_tokens,
+            settings.overlong_buffer,
+            settings.overlong_factor,
+        )
+        total = np.asarray(total, np.float32) + penalty
+        per_reward["overlong"] = penalty
     accuracy_fn = rewards.get(settings.accuracy_reward)
     accuracy = np.asarray(
         accuracy_fn([texts[i] for i in ordered_idx], solutions, **_fields(meta, rows)), np.float32
@@ -184,6 +205,8 @@ def score_rollout(
     advantages[valid_rows] = np.asarray(adv)
     ordered = np.full((p, g), -1, np.int64)
     ordered[valid_rows] = ordered_idx.reshape(groups, g)
+    group_std = np.full((p,), -1.0, np.float64)
+    group_std[valid_rows] = (total.astype(np.float64) + bonus).std(axis=1)
     metrics = {
         "reward/total": float(total.mean()),
         **{f"reward/{name}": float(np.mean(v)) for name, v in per_reward.items()},
@@ -198,19 +221,24 @@ def score_rollout(
     return {
         "advantages": advantages.reshape(-1),
         "ordered": ordered.reshape(-1),
+        "group_std": group_std,
         "metrics": metrics,
         "texts": [texts[i] for i in ordered_idx[: min(4, len(ordered_idx))]],
     }
 
 
 def training_batch(
-    batch: dict[str, Any], rollout: Rollout, scored: dict[str, Any]
+    batch: dict[str, Any], rollout: Rollout, scored: dict[str, Any], mask_truncated: bool = False
 ) -> dict[str, np.ndarray]:
     """The GRPO step's arrays (jaxvrl/steps.py layout) for one pipeline batch: the P prompts with
-    their original frames, and P * G ordered completions (filler rows: fully masked)."""
+    their original frames, and P * G ordered completions (filler rows: fully masked). With
+    `mask_truncated` (DAPO), completions cut off by the length limit get no loss either."""
     ordered = scored["ordered"]
     real = ordered >= 0
     take = np.where(real, ordered, 0)
+    if mask_truncated:
+        stopped = np.asarray(jax.device_get(rollout.finish_reason))[take] == FINISH_STOP
+        real = real & stopped
     tokens = np.asarray(jax.device_get(rollout.tokens))[take]
     mask = np.asarray(jax.device_get(rollout.mask))[take] & real[:, None]
     logp = np.asarray(jax.device_get(rollout.logprobs))[take] * mask

@@ -29,9 +29,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvrl import batching, hardware, rl_batch, steps
+from jaxvrl import batching, cli, dapo, hardware, rl_batch, steps
 from jaxvrl.checkpoint import Checkpointer
-from jaxvrl.data import pipeline, prompts, synthetic
+from jaxvrl.data import pipeline, prompts, records, synthetic
 from jaxvrl.eval import report as eval_report
 from jaxvrl.eval import runner as eval_runner
 from jaxvrl.flops import matmul_flops
@@ -43,7 +43,7 @@ from model.hf import load_pretrained, save_pretrained
 from model.qwen2_vl import Qwen2VL
 from model.sharding import logical_to_spec, shard_model
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jaxvrl.train")  # not "__main__" under python -m
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,6 +153,28 @@ def evaluation_steps(config: ml_collections.ConfigDict, stages: list[Stage]) -> 
     if every > 0:
         out |= set(range(0, total + 1, every))
     return out
+
+
+def check_input_files(config: ml_collections.ConfigDict) -> None:
+    """Stops before any work when a record file the run's stages will read does not exist."""
+    wanted = []
+    if int(config.sft.steps) > 0:
+        wanted.append(("sft.train_files", config.sft.train_files or config.data.train_files))
+    if int(config.rl.steps) > 0:
+        wanted.append(("data.train_files", config.data.train_files))
+    for key, files in wanted:
+        if not records.split_files(files):
+            raise cli.ConfigError(f"{key} is empty: no record file to read")
+        for spec in records.split_files(files):
+            path = records.split_format(spec)[1]
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{key}: record file {path} does not exist")
+    # eval.files: "benchmark=path+path" entries or bare paths (jaxvrl/eval/runner.py).
+    for entry in records.split_files(config.eval.get("files", "")):
+        name, sep, paths = entry.partition("=")
+        for path in paths.split("+") if sep else [records.split_format(entry)[1]]:
+            if path.strip() and not os.path.isfile(path.strip()):
+                raise FileNotFoundError(f"eval.files: record file {path.strip()} does not exist")
 
 
 @dataclasses.dataclass
@@ -290,6 +312,7 @@ class Trainer:
         self.mesh = make_mesh(dict(config.mesh.shape))
         self.rules = rules_from_config(config.mesh.rules)
         synthetic.ensure_from_config(config)
+        check_input_files(config)
         model, self.tokenizer, _ = load_model_for(config, workdir, self.mesh, self.rules)
         self.model_config: ModelConfig = model.config
         self.graphdef, self.params = nnx.split(model)
@@ -423,6 +446,7 @@ class Trainer:
 
     def _run_stage(self, stage: Stage, latest: int | None, writer: MetricsWriter) -> None:
         config = self.config
+        log.info("stage %s: steps %d to %d", stage.name, stage.first + 1, stage.last)
         tx, schedule = optimizer_for(config, stage, self.params)
         settings = loss_settings(config, stage)
         dataset = pipeline.build_dataset(stage_config(config, stage.name))
@@ -461,7 +485,7 @@ class Trainer:
                 batches, metrics = raw, {}
                 t_rollout = 0.0
             else:
-                batches, metrics = self._rollouts(raw, step)
+                batches, metrics = self._rollouts(raw, step, iterator)
                 t_rollout = time.perf_counter() - t0 - t_data
             stacked = self._put_stacked(
                 batching.stack(
@@ -542,26 +566,69 @@ class Trainer:
             self.checkpointer.save(step, saved_state, rng, data_state, force=step == stage.last)
         self.checkpointer.wait()
 
-    def _rollouts(self, raw: list[dict[str, Any]], step: int) -> tuple[list[dict], dict[str, Any]]:
+    def _rollouts(
+        self, raw: list[dict[str, Any]], step: int, iterator=None
+    ) -> tuple[list[dict], dict[str, Any]]:
         """Samples each micro-batch's prompts (and T-GRPO companions), scores them, and returns
-        the training batches and the averaged metrics."""
+        the training batches and the averaged metrics. With DAPO dynamic sampling, groups whose
+        rewards all agree are dropped and further batches from `iterator` are rolled out to
+        refill the step (module jaxvrl/dapo.py)."""
         settings = rl_batch.RLSettings.from_config(self.config.rl)
         params = sampling_params(self.config)
-        batches, rows = [], []
-        for i, batch in enumerate(raw):
+        ds = self.config.rl.dynamic_sampling
+        candidates, rows = [], []
+
+        def roll_out(batch: dict[str, Any], seed: int) -> dapo.Candidate:
             prompts_, counts, companions = rl_batch.rollout_prompts(
                 batch, settings, self.model_config.vision
             )
-            rollout = self.sampler.sample(
-                self.params, prompts_, counts, params, seed=step * len(raw) + i
-            )
+            rollout = self.sampler.sample(self.params, prompts_, counts, params, seed=seed)
             scored = rl_batch.score_rollout(batch, rollout, companions, settings)
-            batches.append(rl_batch.training_batch(batch, rollout, scored))
+            train = rl_batch.training_batch(
+                batch, rollout, scored, mask_truncated=settings.mask_truncated
+            )
+            drop = scored["group_std"] < 0  # filler rows
+            if ds.enabled:
+                drop = drop | (scored["group_std"] <= float(ds.min_std))
             rows.append(scored["metrics"])
+            return dapo.Candidate(raw=batch, train=train, drop=drop)
+
+        for i, batch in enumerate(raw):
+            candidates.append(roll_out(batch, seed=step * len(raw) + i))
+        if ds.enabled:
+
+            def roll_out_more(round_: int) -> dapo.Candidate | None:
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return None
+                # Negative seeds: streams apart from every step's first-round seeds.
+                return roll_out(batch, seed=-1 - (step * int(ds.max_extra_rounds) + round_))
+
+            extra_rounds = dapo.refill(candidates, roll_out_more, int(ds.max_extra_rounds))
+            p = len(raw[0]["example_mask"])
+            selection = dapo.select_rows(candidates, len(raw), p)
+            batches = [
+                dapo.assemble(
+                    candidates,
+                    picks,
+                    [i * p + j >= selection.kept_groups for j in range(len(picks))],
+                    self.model_config.vision,
+                    self.config.data.patch_buckets,
+                )
+                for i, picks in enumerate(selection.picks)
+            ]
+        else:
+            batches = [c.train for c in candidates]
         metrics = {}
         for key in rows[0]:
             values = [r[key] for r in rows if r.get(key) is not None]
             metrics[key] = float(np.mean(values)) if values else None
+        if ds.enabled:
+            metrics["dynamic/dropped_groups"] = dapo.dropped_groups(candidates)
+            metrics["dynamic/extra_rounds"] = extra_rounds
+            metrics["dynamic/kept_groups"] = selection.kept_groups
+            metrics["dynamic/filled_fraction"] = selection.kept_groups / (len(raw) * p)
         return batches, metrics
 
 
@@ -665,11 +732,9 @@ def main(argv) -> None:
     from absl import flags
 
     del argv
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir
+    cli.setup_logging(workdir, str(config.metrics.get("console_log_level", "warning")))
     results = Trainer(config, workdir).run()
     if config.get("demo", False) and jax.process_index() == 0:
         demo_report(results, workdir)
@@ -684,4 +749,4 @@ if __name__ == "__main__":
     )
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, evaluation")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(cli.guard(main), flags_parser=cli.parse_flags)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxvrl import cli
 from jaxvrl.data import pipeline, synthetic
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file.", lock_config=True)
@@ -115,25 +115,6 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a clear error for a --config.x override naming no config field
-    (config_flags reports those as a bare AttributeError)."""
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as e:
-        raw = str(e)
-        name = (re.findall(r"[A-Za-z_]\w*", raw) or ["?"])[0]
-        culprit = [a.split("=")[0] for a in argv[1:] if a.split("=")[0].endswith("." + name)]
-        hint = re.search(r'Did you mean "(\w+)"', raw)
-        raise SystemExit(
-            f"error: unknown config field {name!r} in {' '.join(culprit) or 'the overrides'}"
-            + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-            + "; the fields are those of the recipe file and configs/base.py"
-        ) from None
-    except flags.Error as e:
-        raise SystemExit(f"error: {e}") from None
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -146,4 +127,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main, flags_parser=parse_flags)
+    app.run(cli.guard(main), flags_parser=cli.parse_flags)

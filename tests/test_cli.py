@@ -1,0 +1,81 @@
+"""Command-line mistakes end with one line and exit status 2 (jaxvrl/cli.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import demo
+from jaxvrl import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(tmp_path, *overrides):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxvrl.train",
+            "--config=configs/demo.py",
+            f"--workdir={tmp_path / 'run'}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_nearest_key_walks_the_config_as_far_as_the_key_is_valid():
+    config = demo.get_config()
+    assert cli.nearest_key(config, "rl.temprature") == "rl.temperature"
+    assert cli.nearest_key(config, "rl.dynamic_sampling.max_extra_round") == (
+        "rl.dynamic_sampling.max_extra_rounds"
+    )
+    assert cli.nearest_key(config, "optim.learnin_rate") == "optim.learning_rate"
+    assert cli.nearest_key(config, "zzzz.qqqq") is None
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "--config.rl.temprature=0.7",
+            "error: unknown config key 'rl.temprature' (did you mean 'rl.temperature'?)",
+        ),
+        (
+            "--config.rl.temperature=warm",
+            "error: --config.rl.temperature=warm: could not convert string to float: 'warm'",
+        ),
+        (
+            "--config.model.path=/nonexistent/model",
+            "error: model.path '/nonexistent/model' has no config.json",
+        ),
+    ],
+)
+def test_a_mistaken_command_prints_one_line_and_exits_2(tmp_path, override, expected):
+    result = _train(tmp_path, override)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert _error_lines(result) == [expected]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_record_file_stops_the_run_before_any_training(tmp_path):
+    result = _train(tmp_path, "--config.sft.train_files=/nonexistent/cold_start.json")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert _error_lines(result) == [
+        "error: sft.train_files: record file /nonexistent/cold_start.json does not exist"
+    ]
+    assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")

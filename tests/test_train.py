@@ -110,7 +110,7 @@ def test_export_of_the_trained_model_loads_in_transformers_with_the_port_logits(
     assert all(r["ok"] for r in rows), rows
 
 
-def _wait_for_step(path: str, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_for_step(path: str, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
     start = time.time()
     while time.time() - start < timeout:
         if proc.poll() is not None:

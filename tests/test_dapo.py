@@ -281,7 +281,7 @@ def dapo_run(tmp_path_factory):
 
 def test_a_run_with_dynamic_sampling_logs_dropped_groups_and_extra_rounds(dapo_run):
     workdir, _ = dapo_run
-    rl = [r for r in read_metrics(workdir) if r["stage"] == "rl"]
+    rl = [r for r in read_metrics(workdir) if r.get("stage") == "rl"]
     assert len(rl) == 4
     for r in rl:
         assert 0 <= r["dynamic/extra_rounds"] <= 1

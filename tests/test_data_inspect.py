@@ -68,5 +68,7 @@ def test_config_overrides_change_what_is_checked(dataset):
 
 def test_unknown_config_field_is_a_clear_error(dataset):
     run = run_inspect(dataset, "--config.data.max_frame=8")
-    assert run.returncode != 0
-    assert "unknown config field 'max_frame'" in run.stderr
+    assert run.returncode == 2
+    assert "error: unknown config key 'data.max_frame' (did you mean 'data.max_frames'?)" in (
+        run.stderr
+    )

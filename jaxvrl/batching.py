@@ -25,7 +25,8 @@ TOKEN_AXIS = {
 }
 
 
-def _pad_to(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+def pad_to(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """`x` padded with zeros at the end of `axis` to `size`."""
     if x.shape[axis] == size:
         return x
     widths = [(0, 0)] * x.ndim
@@ -68,9 +69,9 @@ def chunk_vision(
                 )
                 value = np.concatenate([value, filler])
             else:
-                value = _pad_to(value, 0, k)
+                value = pad_to(value, 0, k)
             out.setdefault(key, []).append(value)
-        out.setdefault("feature_index", []).append(_pad_to(index, 0, k * c // unit))
+        out.setdefault("feature_index", []).append(pad_to(index, 0, k * c // unit))
     return {key: np.stack(values) for key, values in out.items()}
 
 
@@ -95,6 +96,6 @@ def stack(
         arrays = [np.asarray(v) for v in values]
         if key in TOKEN_AXIS:
             size = max(a.shape[TOKEN_AXIS[key]] for a in arrays)
-            arrays = [_pad_to(a, TOKEN_AXIS[key], size) for a in arrays]
+            arrays = [pad_to(a, TOKEN_AXIS[key], size) for a in arrays]
         out[key] = np.stack(arrays)
     return out

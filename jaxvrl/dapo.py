@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxvrl.batching import pad_to
 from jaxvrl.data.batching import bucket
 from model.config import VisionConfig
 from model.packing import pack_vision
@@ -151,23 +152,25 @@ def assemble(
     patches, grids = [], []
     for (c, r), hide in zip(picks, masked, strict=True):
         t = candidates[c].train
-        out["prompt_ids"].append(_pad(np.asarray(t["prompt_ids"])[r], 0, prompt_len))
-        out["prompt_mask"].append(_pad(np.asarray(t["prompt_mask"])[r], 0, prompt_len))
-        out["prompt_positions"].append(_pad(np.asarray(t["prompt_positions"])[:, r], 1, prompt_len))
+        out["prompt_ids"].append(pad_to(np.asarray(t["prompt_ids"])[r], 0, prompt_len))
+        out["prompt_mask"].append(pad_to(np.asarray(t["prompt_mask"])[r], 0, prompt_len))
+        out["prompt_positions"].append(
+            pad_to(np.asarray(t["prompt_positions"])[:, r], 1, prompt_len)
+        )
         out["rope_deltas"].append(np.asarray(t["rope_deltas"])[r])
         samples = slice(r * g, (r + 1) * g)
         mask = np.asarray(t["completion_mask"])[samples]
         if hide:
             mask = np.zeros_like(mask)
         out["completion_ids"].append(
-            _pad(np.asarray(t["completion_ids"])[samples], 1, completion_len)
+            pad_to(np.asarray(t["completion_ids"])[samples], 1, completion_len)
         )
-        out["completion_mask"].append(_pad(mask, 1, completion_len))
+        out["completion_mask"].append(pad_to(mask, 1, completion_len))
         out["advantages"].append(
             np.zeros(g, np.float32) if hide else np.asarray(t["advantages"])[samples]
         )
         out["sampler_logp"].append(
-            _pad(np.asarray(t["sampler_logp"])[samples] * mask, 1, completion_len)
+            pad_to(np.asarray(t["sampler_logp"])[samples] * mask, 1, completion_len)
         )
         if t.get("vision") is not None:
             p, grid = _row_patches(candidates[c].raw, t["vision"], r)
@@ -192,11 +195,3 @@ def assemble(
         num_patches += -num_patches % vision_config.merge_unit
         batch["vision"] = pack_vision(patches, grid, vision_config, num_patches)
     return batch
-
-
-def _pad(x: np.ndarray, axis: int, size: int) -> np.ndarray:
-    if x.shape[axis] == size:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, size - x.shape[axis])
-    return np.pad(x, widths)

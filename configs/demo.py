@@ -9,13 +9,14 @@ The optional argument after the colon is the directory of the synthetic set (vid
 record files and model/ with the tokenizer and a tiny config.json); it is generated on first use
 (`data.synthetic`), nothing is downloaded.
 
-The Video-R1 recipe in miniature on a 2-core CPU (about 8.5 minutes): a tiny random model, an
+The Video-R1 recipe in miniature on a 2-core CPU (6 to 9 minutes): a tiny random model, an
 SFT cold start on the image questions and a quarter of the videos with their reasoning (it learns
 the <think>/<answer> format, to answer with an option letter and part of the task), then T-GRPO on
 all training videos, 16 prompts per step. The task: does the square grow, shrink, brighten or
 darken? Without the frame order only the pair (size or brightness) can be told, so shuffled frames
 cap accuracy at about 0.5 (chance 0.25). 128 held-out videos are evaluated before and after RL
-(measured: 0.54 -> 0.94, README "The CPU demo").
+(measured 0.54 -> 0.94 on an Intel VM but 0.53 -> 0.63 on an AMD one: the outcome moves with
+float rounding, README "The CPU demo" and issue 17).
 """
 
 from __future__ import annotations

@@ -119,6 +119,11 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     rl.shuffled_generations = 4
     rl.max_completion_tokens = 32
     rl.beta = 0.0
+    # DAPO dynamic sampling: once the policy is deterministic on most videos their groups carry
+    # no signal; dropping them and rolling out one more batch keeps RL learning (AMD VM, merged
+    # code: seed 0 0.531 -> 0.625 without, 0.531 -> 0.938 with, 7 min 14 s; README).
+    rl.dynamic_sampling.enabled = True
+    rl.dynamic_sampling.max_extra_rounds = 1
 
     config.rollout.prompt_buckets = (192, 256, 384)
     config.rollout.patch_buckets = (512, 1024, 2048, 4096)

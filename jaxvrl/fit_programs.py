@@ -55,23 +55,7 @@ def largest_example(
         frames = vi.num_video_frames(
             1 << 20, 30.0, s.fps, s.min_frames, s.max_frames, s.frame_factor
         )
-        sizes = [
-            vi.video_frame_size(
-                h,
-                w,
-                frames,
-                spec,
-                min_pixels=s.video_min_pixels,
-                max_pixels=s.video_max_pixels,
-                total_pixels=s.video_total_pixels,
-                frame_factor=s.frame_factor,
-                min_pixels_slack=s.video_min_pixels_slack,
-                resized_height=s.resized_height,
-                resized_width=s.resized_width,
-                max_aspect_ratio=s.max_aspect_ratio,
-            )
-            for h, w in SOURCE_SIZES
-        ]
+        sizes = [media_lib.video_size(h, w, frames, s, spec) for h, w in SOURCE_SIZES]
         h, w = max(sizes, key=lambda hw: hw[0] * hw[1])
         t = -(-frames // spec.temporal_patch_size)
         grids.append((t, h // spec.patch_size, w // spec.patch_size))

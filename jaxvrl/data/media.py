@@ -77,9 +77,11 @@ def _check_file(path: str) -> None:
         raise MediaError(f"{path}: empty file", "empty_media")
 
 
-def _video_size(
+def video_size(
     height: int, width: int, num_frames: int, s: FrameSampling, spec: vi.VisionSpec
 ) -> tuple[int, int]:
+    """The (height, width) every frame of a `num_frames` video of that source size is resized
+    to under the sampling settings' pixel budgets (qwen-vl-utils' fetch_video)."""
     return vi.video_frame_size(
         height,
         width,
@@ -126,7 +128,7 @@ def read_video(path: str, sampling: FrameSampling, spec: vi.VisionSpec) -> Frame
         raise MediaError(f"{path}: decoder returned frames of shape {frames.shape}", "bad_video")
     height, width = frames.shape[1:3]
     try:
-        rh, rw = _video_size(height, width, n, s, spec)
+        rh, rw = video_size(height, width, n, s, spec)
     except ValueError as e:
         raise MediaError(f"{path}: {e}") from e
     return Frames(
@@ -224,7 +226,7 @@ def read_frame_folder(
     rgb = [load_rgb(files[i]) for i in indices]
     height, width = rgb[0].shape[:2]
     try:
-        rh, rw = _video_size(height, width, len(rgb), s, spec)
+        rh, rw = video_size(height, width, len(rgb), s, spec)
     except ValueError as e:
         raise MediaError(f"{path}: {e}") from e
     frames = np.stack([vi.resize_images(f[None], rh, rw)[0] for f in rgb])

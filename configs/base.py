@@ -221,7 +221,12 @@ def get_config() -> ml_collections.ConfigDict:
             "shape": {"data": -1, "fsdp": 1, "tensor": 1},
             # Logical axis -> mesh axis rules; [] = model/sharding.py DEFAULT_RULES.
             "rules": [],
-            "distributed": ml_collections.FieldReference(None, field_type=bool),  # None = auto
+            # Multi-host start-up (jaxvrl/mesh.py): True / False, or None = from the environment
+            # (JAX_COORDINATOR_ADDRESS, a multi-task SLURM job, a multi-host TPU slice).
+            "distributed": ml_collections.FieldReference(None, field_type=bool),
+            # Seconds without a heartbeat after which a process counts as lost and every other
+            # process of the run ends (JAX's default is 100).
+            "heartbeat_timeout": 30,
         }
     )
     config.data = data_config()

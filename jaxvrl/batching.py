@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxvrl import group_decode
 from model.config import VisionConfig
+from model.packing import pack_vision
 
 # Which axis of each array is the token axis (padded to the longest) in the two batch layouts.
 TOKEN_AXIS = {
@@ -39,21 +40,23 @@ def chunk_vision(
     config: VisionConfig,
     patch_buckets: Sequence[int],
     num_chunks_multiple: int = 1,
+    chunk_patches: int = 0,
+    num_chunks: int = 0,
 ) -> dict[str, np.ndarray]:
     """Each micro-batch's packed vision (model.packing.pack_vision) in chunks of whole temporal
     slices (group_decode.vision_chunks), stacked: one chunk size C for all (fitted to their
-    largest slice) and one chunk count K (the largest needed, bucketed by `patch_buckets`, a
-    multiple of `num_chunks_multiple` so chunks split evenly over the batch axes).
+    largest slice, or `chunk_patches` when given) and one chunk count K (the largest needed,
+    bucketed by `patch_buckets`, at least `num_chunks`, a multiple of `num_chunks_multiple` so
+    chunks split evenly over the batch axes). Several processes pass the sizes they agreed on.
 
     Returns patches [M, K, C, patch_dim], pos_hw [M, K, C, 2], segment_ids and window_ids
     [M, K, C], window_index [M, K, C / merge_unit] and feature_index [M, K * C / merge_unit]
     (model.vision.VisionTower's chunked input). Attention then costs K x C^2 per micro-batch
     instead of (K x C)^2 over one packed sequence.
     """
-    fitted = [group_decode.vision_chunks(v, config, 0, patch_buckets)[0] for v in visions]
-    c = max(f["patches"].shape[1] for f in fitted)
+    c = chunk_patches or chunk_size(visions, config, patch_buckets)
     chunked = [
-        group_decode.vision_chunks(v, config, c, patch_buckets, num_chunks_multiple)
+        group_decode.vision_chunks(v, config, c, patch_buckets, num_chunks_multiple, num_chunks)
         for v in visions
     ]
     k = max(chunks["patches"].shape[0] for chunks, _ in chunked)
@@ -75,27 +78,80 @@ def chunk_vision(
     return {key: np.stack(values) for key, values in out.items()}
 
 
+def chunk_size(
+    visions: Sequence[dict[str, np.ndarray]], config: VisionConfig, patch_buckets: Sequence[int]
+) -> int:
+    """The chunk size C fitted to the largest temporal slice of the micro-batches."""
+    return max(
+        group_decode.vision_chunks(v, config, 0, patch_buckets)[0]["patches"].shape[1]
+        for v in visions
+    )
+
+
+def empty_vision(config: VisionConfig) -> dict[str, np.ndarray]:
+    """A packed vision input without patches (a batch whose rows hold no image or video, beside
+    processes whose rows do)."""
+    return pack_vision(
+        np.zeros((0, config.patch_dim), np.float32), np.zeros((0, 3), np.int64), config
+    )
+
+
+def stack_sizes(
+    batches: Sequence[dict[str, Any]],
+    vision_config: VisionConfig,
+    patch_buckets: Sequence[int],
+    num_chunks_multiple: int = 1,
+    chunk_patches: int = 0,
+) -> dict[str, int]:
+    """What `stack` pads these batches to: the longest token axis of each key, and for vision
+    the chunk size and count (0 without vision). Processes agree on the largest of each
+    (jaxvrl.multihost.agree_max) and pass them back to `stack`."""
+    sizes = {
+        key: max(np.asarray(b[key]).shape[axis] for b in batches)
+        for key, axis in TOKEN_AXIS.items()
+        if key in batches[0]
+    }
+    visions = [b.get("vision") for b in batches]
+    sizes["chunk_patches"] = sizes["num_chunks"] = 0
+    if visions[0] is not None:
+        c = chunk_patches or chunk_size(visions, vision_config, patch_buckets)
+        chunks = chunk_vision(visions, vision_config, patch_buckets, num_chunks_multiple, c)
+        sizes["chunk_patches"] = c
+        sizes["num_chunks"] = int(chunks["patches"].shape[1])
+    return sizes
+
+
 def stack(
     batches: Sequence[dict[str, Any]],
     vision_config: VisionConfig,
     patch_buckets: Sequence[int],
     num_chunks_multiple: int = 1,
+    sizes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Stacks device-bound arrays of several batches (host-only `meta` and `vision_shuffled` are
-    dropped) on a new leading axis [M, ...], padding token axes to the longest; vision goes in
-    chunks (`chunk_vision`)."""
+    dropped) on a new leading axis [M, ...], padding token axes to the longest (or to
+    `sizes[key]`, see `stack_sizes`); vision goes in chunks (`chunk_vision`)."""
     keys = [k for k in batches[0] if k not in ("meta", "vision_shuffled")]
+    sizes = sizes or {}
     out: dict[str, Any] = {}
     for key in keys:
         values = [b[key] for b in batches]
         if key == "vision":
-            if values[0] is None:
+            if values[0] is None and not sizes.get("num_chunks"):
                 continue
-            out[key] = chunk_vision(values, vision_config, patch_buckets, num_chunks_multiple)
+            values = [empty_vision(vision_config) if v is None else v for v in values]
+            out[key] = chunk_vision(
+                values,
+                vision_config,
+                patch_buckets,
+                num_chunks_multiple,
+                sizes.get("chunk_patches", 0),
+                sizes.get("num_chunks", 0),
+            )
             continue
         arrays = [np.asarray(v) for v in values]
         if key in TOKEN_AXIS:
-            size = max(a.shape[TOKEN_AXIS[key]] for a in arrays)
+            size = max(sizes.get(key, 0), *(a.shape[TOKEN_AXIS[key]] for a in arrays))
             arrays = [pad_to(a, TOKEN_AXIS[key], size) for a in arrays]
         out[key] = np.stack(arrays)
     return out

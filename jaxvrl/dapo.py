@@ -93,13 +93,15 @@ def refill(
     candidates: list[Candidate],
     roll_out_more: Callable[[int], Candidate | None],
     max_extra_rounds: int,
+    agree: Callable[[bool], bool] = bool,
 ) -> int:
     """Rolls out further batches (`roll_out_more(round)`, None when the data is exhausted) until
     the kept groups fill as many rows as the first candidates hold, or `max_extra_rounds` are
-    spent. Appends to `candidates`; returns the number of extra rounds run."""
+    spent. Appends to `candidates`; returns the number of extra rounds run. With several
+    processes `agree` (jaxvrl.multihost.agree_any) makes all run a round while any needs it."""
     need = sum(len(c.drop) for c in candidates)
     rounds = 0
-    while sum(int((~c.drop).sum()) for c in candidates) < need and rounds < max_extra_rounds:
+    while rounds < max_extra_rounds and agree(sum(int((~c.drop).sum()) for c in candidates) < need):
         more = roll_out_more(rounds)
         if more is None:
             break

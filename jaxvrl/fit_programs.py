@@ -207,7 +207,7 @@ def _abstract_sampler(model, mesh, config):
     from jaxvrl import rollout, train
 
     class AbstractSampler(rollout.Sampler):
-        def _place(self, x, sharding):
+        def _place(self, x, sharding, axis=None):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     return AbstractSampler(model, mesh=mesh, config=train.rollout_config(config))

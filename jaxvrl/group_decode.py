@@ -68,6 +68,7 @@ def vision_chunks(
     chunk_patches: int,
     patch_buckets: Sequence[int],
     num_chunks_multiple: int = 1,
+    min_chunks: int = 0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Repacks a packed vision input into chunks of whole temporal slices.
 
@@ -76,7 +77,8 @@ def vision_chunks(
     next power of two from 256 to 1024, a multiple of 1024 above (attention costs C per patch, so
     a chunk no larger than the slices wastes least: 16-frame 224x448 videos, slices of 512
     patches, run their tower 1.5x faster in chunks of 512 than of 1024). The number of chunks K
-    is bucket(needed chunks x C, patch_buckets) / C, rounded up to `num_chunks_multiple`.
+    is bucket(needed chunks x C, patch_buckets) / C, at least `min_chunks` (several processes
+    agree on one count), rounded up to `num_chunks_multiple`.
     Returns the stacked pack_vision dicts (patches [K, C, patch_dim], pos_hw [K, C, 2], ...) and,
     for each merged feature of the original packing in order, its row in the flattened chunk
     outputs [K * C / merge_unit]: `index` [K * C / merge_unit], padded with 0.
@@ -100,7 +102,7 @@ def vision_chunks(
         used += h * w
     needed = len(groups) * c
     size = next((b for b in sorted(patch_buckets) if b >= needed), needed)
-    k = -(-size // c)
+    k = max(-(-size // c), min_chunks)
     k = -(-k // num_chunks_multiple) * num_chunks_multiple
     groups += [[] for _ in range(k - len(groups))]
     packed, index = [], []

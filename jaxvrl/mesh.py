@@ -2,6 +2,24 @@
 
 One mesh serves every step. Its shape and the rules that map logical parameter axes onto it are
 config data (`config.mesh`), so changing parallelism never touches the model or the trainer.
+
+Multi-host start-up (`initialize_distributed`, one process per host, before any JAX call that
+creates a backend) takes its coordinates from, in this order:
+
+  1. `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`:
+     plain multi-node GPU runs, `launch/local.sh`, `launch/slurm.sbatch` and the tests. With all
+     three set, JAX's cluster detection is off, so every process sees all its host's devices
+     (`JAX_LOCAL_DEVICE_IDS` still restricts them).
+  2. JAX's own cluster detection: a SLURM job step (`srun`; note that JAX then gives each task
+     only the GPU numbered by its `SLURM_LOCALID`, which suits one task per GPU), a Cloud TPU VM
+     pod slice (the TPU metadata), Open MPI, Kubernetes.
+
+On the CPU the cross-process collectives go through gloo (`jax_cpu_collectives_implementation`).
+`mesh.heartbeat_timeout` bounds how long the others wait for a process that died or hangs: after
+that many seconds without a heartbeat the coordination service ends every process. A process
+whose main program raises exits at once (after its traceback, and a line naming the lost process
+where the error is one: `lost_process_message`, which also shows what JAX prints), so the others
+see the loss in their next collective.
 """
 
 from __future__ import annotations
@@ -9,7 +27,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import sys
+import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,29 +44,239 @@ log = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-def launched_on_a_cluster() -> bool:
+# The explicit start-up variables (module docstring, 1).
+COORDINATOR_VARIABLE = "JAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_VARIABLE = "JAX_NUM_PROCESSES"
+PROCESS_ID_VARIABLE = "JAX_PROCESS_ID"
+
+
+def _count(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return int(environ.get(name, "") or 1)
+    except ValueError:
+        return 1
+
+
+def launched_on_a_cluster(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the environment says we are one of several processes (JAX coordinator variables,
     a multi-task SLURM job, or a multi-host TPU slice)."""
-    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+    environ = os.environ if environ is None else environ
+    if environ.get(COORDINATOR_VARIABLE):
         return True
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    if _count(environ, NUM_PROCESSES_VARIABLE) > 1:
         return True
-    return len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    if _count(environ, "SLURM_NTASKS") > 1:
+        return True
+    hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
+    return len([h for h in hosts.split(",") if h.strip()]) > 1
 
 
-def initialize_distributed(enabled: bool | None = None) -> None:
-    """Starts multi-host JAX (one process per host); `None` decides from the environment."""
+def distributed_arguments(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The arguments of `jax.distributed.initialize` that the explicit variables give (module
+    docstring, 1); {} when none is set (JAX's cluster detection then finds them). Raises
+    ValueError, naming the variable, for a value that cannot be right."""
+    environ = os.environ if environ is None else environ
+    args: dict[str, Any] = {}
+    address = environ.get(COORDINATOR_VARIABLE, "").strip()
+    if address:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{COORDINATOR_VARIABLE}={address!r}: expected HOST:PORT")
+        args["coordinator_address"] = address
+    for name, key, lowest in (
+        (NUM_PROCESSES_VARIABLE, "num_processes", 1),
+        (PROCESS_ID_VARIABLE, "process_id", 0),
+    ):
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            args[key] = int(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r}: expected an integer") from None
+        if args[key] < lowest:
+            raise ValueError(f"{name}={value!r}: expected an integer >= {lowest}")
+    process_id, num_processes = args.get("process_id", 0), args.get("num_processes")
+    if num_processes is not None and process_id >= num_processes:
+        raise ValueError(
+            f"{PROCESS_ID_VARIABLE}={process_id} is not below "
+            f"{NUM_PROCESSES_VARIABLE}={num_processes}"
+        )
+    if ("num_processes" in args or "process_id" in args) and "coordinator_address" not in args:
+        raise ValueError(
+            f"{NUM_PROCESSES_VARIABLE} / {PROCESS_ID_VARIABLE} are set without "
+            f"{COORDINATOR_VARIABLE} (HOST:PORT of process 0)"
+        )
+    if len(args) == 3:
+        # All given: no cluster detection, which under SLURM would restrict each process to the
+        # one GPU numbered SLURM_LOCALID (one process per host drives all its devices).
+        args["cluster_detection_method"] = "deactivate"
+    return args
+
+
+# What a process of a multi-host run sees when another one dies (observed with jax 0.10.2 on the
+# CPU, tests/test_mesh.py):
+#  - in a collective: at once, a Python exception from gloo that names no process, e.g.
+#      jax.errors.JaxRuntimeError: UNKNOWN: Gloo AllGather failed:
+#      [external/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer [127.0.0.1]:16259
+#  - anywhere else (or with the dead process hung rather than gone): after `mesh.heartbeat_timeout`
+#    seconds, an abort (SIGABRT, exit status 134) from the coordination service, whose
+#    message does name it, across lines:
+#      F... client.h:80] Terminating process because the JAX distributed service detected fatal
+#      errors. This most likely indicates that another task died; ... absl::Status: UNAVAILABLE:
+#      The following tasks are unhealthy (stopped sending heartbeats):
+#      1
+# Without the hook below, a Python exception is followed by the same wait and abort (in JAX's
+# shutdown barrier), so every survivor took about heartbeat_timeout seconds to end.
+_HEARTBEAT_LOST = (
+    re.compile(r"tasks are unhealthy \(stopped sending heartbeats\):\s*([\d,\s]*\d)"),
+    re.compile(r"Task (\d+) heartbeat timeout"),
+)
+_PEER_LOST = re.compile(
+    r"Gloo (\w+) failed: (?:\[[^\]]*\] )?((?:Connection (?:closed|reset) by peer|Read error|"
+    r"Write error|Timed out)[^\n]*)"
+)
+
+
+def lost_process_message(text: str, lost: Sequence[int] = ()) -> str | None:
+    """One line for an error message that says another process of the run died (the comment
+    above); None for any other message."""
+    for pattern in _HEARTBEAT_LOST:
+        match = pattern.search(text)
+        if match:
+            ids = ", ".join(re.findall(r"\d+", match.group(1)))
+            return (
+                f"lost process {ids} of the multi-host run (it stopped sending heartbeats: it "
+                "died, was killed or hangs); its own output has the cause"
+            )
+    match = _PEER_LOST.search(text)
+    if match:
+        who = "another process" if not lost else "process " + ", ".join(map(str, lost))
+        return (
+            f"lost {who} of the multi-host run during a collective (gloo "
+            f"{match.group(1)}: {match.group(2).strip()}); that process died or was killed, its "
+            "own output has the cause"
+        )
+    return None
+
+
+def missing_processes(wait_seconds: float = 10.0) -> list[int]:
+    """The processes the coordination service no longer counts as alive, asked until one is
+    missing or `wait_seconds` have passed (a dead process's connection to the service closes
+    within about a second); [] where that cannot be asked."""
+    try:
+        from jax._src import distributed as jax_distributed
+
+        client = jax_distributed.global_state.client
+        n = jax.process_count()
+    except Exception:  # noqa: BLE001 - best effort while reporting another error
+        return []
+    if client is None:
+        return []
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            live = set(client.get_live_nodes(list(range(n))))
+        except Exception:  # noqa: BLE001
+            return []
+        missing = [i for i in range(n) if i not in live]
+        if missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(0.5)
+
+
+_hook_installed = False
+
+
+def _install_exit_hook() -> None:
+    """After an uncaught exception in a multi-host process: the traceback, one line naming a lost
+    process where the error says so, then exit at once. Ending normally would wait in JAX's
+    shutdown barrier for the other processes, which a failed run never reaches, until the
+    heartbeat timeout aborts it; exiting lets the others see the loss straight away."""
+    global _hook_installed
+    if _hook_installed:
+        return
+    _hook_installed = True
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        try:
+            previous(kind, value, traceback)
+            who = f"process {jax.process_index()} of {jax.process_count()}"
+            line = lost_process_message(str(value))
+            if line and line.startswith("lost another process"):
+                line = lost_process_message(str(value), missing_processes())
+            if line:
+                print(f"error: {who}: {line}", file=sys.stderr)
+            logging.shutdown()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130 if issubclass(kind, KeyboardInterrupt) else 1)
+
+    sys.excepthook = hook
+
+
+def _detected_coordinator() -> str:
+    """The address JAX's cluster detection chose (JAX keeps it in a private module)."""
+    try:
+        from jax._src import distributed as jax_distributed
+
+        return str(jax_distributed.global_state.coordinator_address)
+    except (ImportError, AttributeError):
+        return "(found by JAX's cluster detection)"
+
+
+_coordinator = ""
+
+
+def distributed_summary(heartbeat_timeout_seconds: int | None = None) -> str:
+    """One line on this process's place in the run: process i of n, local / global devices,
+    coordinator (`initialize_distributed` logs it; a trainer may log it again once its own
+    logging is set up)."""
+    if not jax.distributed.is_initialized():
+        return f"single process, {jax.device_count()} {jax.devices()[0].platform} devices"
+    line = (
+        f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.local_device_count()} local / {jax.device_count()} global devices "
+        f"({jax.devices()[0].platform}), coordinator {_coordinator}, cpu collectives "
+        f"{jax.config.values.get('jax_cpu_collectives_implementation')}"
+    )
+    if heartbeat_timeout_seconds is not None:
+        line += f", heartbeat timeout {int(heartbeat_timeout_seconds)} s"
+    return line
+
+
+def initialize_distributed(
+    enabled: bool | None = None, heartbeat_timeout_seconds: int = 30
+) -> bool:
+    """Starts multi-host JAX (one process per host, module docstring); `None` decides from the
+    environment. Must run before any JAX call that creates a backend (jax.devices() among them).
+    `heartbeat_timeout_seconds` (config `mesh.heartbeat_timeout`): how long a process may go
+    silent before the coordination service ends every process. Returns whether JAX runs
+    distributed."""
     if enabled is None:
         enabled = launched_on_a_cluster()
-    if enabled and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-        log.info(
-            "jax.distributed: process %d of %d, %d local / %d global devices",
-            jax.process_index(),
-            jax.process_count(),
-            jax.local_device_count(),
-            jax.device_count(),
-        )
+    if not enabled:
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    args = distributed_arguments()
+    # gloo carries the cross-process collectives of the CPU backend (the only choice on a CPU
+    # host; the CPU client a GPU / TPU process also creates uses it too). A user's explicit other
+    # choice (mpi) is kept. Must be set before the backend exists.
+    if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "gloo"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(heartbeat_timeout_seconds=int(heartbeat_timeout_seconds), **args)
+    except (RuntimeError, ValueError) as e:
+        where = args.get("coordinator_address", "from JAX's cluster detection")
+        raise RuntimeError(f"multi-host start-up (coordinator {where}) failed: {e}") from e
+    global _coordinator
+    _coordinator = args.get("coordinator_address") or _detected_coordinator()
+    _install_exit_hook()
+    log.info("%s", distributed_summary(heartbeat_timeout_seconds))
+    return True
 
 
 def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -71,9 +303,25 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     devices = list(jax.devices() if devices is None else devices)
     fixed = [int(shape.get(axis, 1)) for axis in MESH_AXES]
     if -1 not in fixed and math.prod(fixed) < len(devices):
-        # A mesh smaller than the machine (e.g. the demo's single device): the first devices.
-        log.info("mesh %s uses %d of %d devices", dict(shape), math.prod(fixed), len(devices))
-        devices = devices[: math.prod(fixed)]
+        wanted, processes = math.prod(fixed), jax.process_count()
+        log.info("mesh %s uses %d of %d devices", dict(shape), wanted, len(devices))
+        if processes > 1 and len(devices) == jax.device_count():
+            # Every process must hold its share: the same number of devices from each.
+            if wanted % processes:
+                raise ValueError(
+                    f"mesh shape {dict(shape)} uses {wanted} of the {len(devices)} devices of a "
+                    f"{processes}-process run, not the same number from each process: make one "
+                    "axis -1 (e.g. --config.mesh.shape.data=-1) or the mesh a multiple of the "
+                    "processes"
+                )
+            devices = [
+                d
+                for p in range(processes)
+                for d in [d for d in devices if d.process_index == p][: wanted // processes]
+            ]
+        else:
+            # A mesh smaller than the machine (e.g. the demo's single device): the first devices.
+            devices = devices[:wanted]
     sizes = mesh_shape(shape, len(devices))
     if len(devices) == jax.device_count() and devices == list(jax.devices()):
         # Auto axes: shardings propagate through the program (the model and sampler annotate

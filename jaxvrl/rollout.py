@@ -49,7 +49,7 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
-from jaxvrl import group_decode
+from jaxvrl import batching, group_decode, multihost
 from jaxvrl.group_decode import FINISH_LENGTH, FINISH_NONE, FINISH_STOP, Static, logical_sharding
 from model.config import ModelConfig, VisionConfig
 from model.packing import pack_vision
@@ -320,6 +320,13 @@ def decode_texts(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray) -> tup
     return tuple(tokenizer.batch_decode(seqs, skip_special_tokens=True))
 
 
+def _num_features(vision: dict[str, np.ndarray] | None, config: VisionConfig) -> int:
+    """Merged vision features of a packed input (its real patches / merge unit)."""
+    if vision is None:
+        return 0
+    return sum(h * w for _, h, w in group_decode.vision_slices(vision)) // config.merge_unit
+
+
 # ------------------------------------------------------------------------------------------------
 # The sampler.
 
@@ -359,15 +366,26 @@ class Sampler:
     # -- host-side preparation -------------------------------------------------------------------
 
     def _put(self, x: np.ndarray, axes: Sequence[str | None]) -> jax.Array:
-        return self._place(x, logical_sharding(self.mesh, self.config.rules, axes, x.shape))
+        """This process's block of an input (its rows along the `batch` axis; with several
+        processes the global array holds every process's block in process order)."""
+        axis = list(axes).index("batch") if "batch" in axes else None
+        shape = list(x.shape)
+        if axis is not None:
+            shape[axis] *= multihost.count()
+        sharding = logical_sharding(self.mesh, self.config.rules, axes, shape)
+        return self._place(x, sharding, axis)
 
-    def _place(self, x: np.ndarray, sharding: NamedSharding) -> Any:
-        """Puts one host input on the mesh (jaxvrl.fit overrides this to compile from shapes)."""
-        return jax.device_put(x, sharding)
+    def _place(self, x: np.ndarray, sharding: NamedSharding, axis: int | None = None) -> Any:
+        """Puts one host input on the mesh: this process's rows along `axis` (None: the same on
+        every process). jaxvrl.fit overrides this to compile from shapes."""
+        return multihost.global_array(x, sharding, axis)
 
-    def _prepare_prompts(self, prompts: Prompts, rows: int) -> dict[str, Any]:
+    def _prepare_prompts(
+        self, prompts: Prompts, rows: int, length: int, vision_sizes: tuple[int, int]
+    ) -> dict[str, Any]:
+        """Inputs of `rows` prompt rows (this process's) padded to `length` tokens; vision in
+        chunks of `vision_sizes` = (patches per chunk, chunks) when the batch has vision."""
         p = prompts.num_prompts
-        length = bucket(int(prompts.lengths.max()), self.config.prompt_buckets)
         pad_id = self.model_config.pad_token_id or 0
 
         def fit(x: np.ndarray, axis: int, size: int, value=0) -> np.ndarray:
@@ -391,17 +409,55 @@ class Sampler:
             "chunks": None,
             "feature_index": None,
         }
-        if prompts.vision is not None:
-            chunks, index = group_decode.vision_chunks(
-                prompts.vision,
-                self.model_config.vision,
-                self.config.vision_chunk_patches,
-                self.config.patch_buckets,
-                self.batch_axis_size,
-            )
+        if vision_sizes[1]:
+            chunk_patches, num_chunks = vision_sizes
+            chunks, index = self._vision_chunks(prompts.vision, chunk_patches, num_chunks)
             out["chunks"] = {k: self._put(v, ("batch",)) for k, v in chunks.items()}
+            index = multihost.global_feature_index(
+                index, _num_features(prompts.vision, self.model_config.vision), index.size
+            )
             out["feature_index"] = self._put(index, ())
         return out
+
+    def _vision_chunks(
+        self, vision: dict[str, np.ndarray] | None, chunk_patches: int, num_chunks: int = 0
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """This process's vision in chunks (group_decode.vision_chunks): at least `num_chunks`,
+        a multiple of the batch devices of this process; a process without vision (all its rows
+        text) gets empty chunks."""
+        per_process = max(1, self.batch_axis_size // multihost.count())
+        return group_decode.vision_chunks(
+            vision if vision is not None else batching.empty_vision(self.model_config.vision),
+            self.model_config.vision,
+            chunk_patches,
+            self.config.patch_buckets,
+            per_process,
+            num_chunks,
+        )
+
+    def _agreed_sizes(self, prompts: Prompts, counts: np.ndarray) -> dict[str, int]:
+        """Rows, group, prompt length and vision chunking every process uses for this call
+        (the largest each needs); with one process what this batch needs."""
+        p = prompts.num_prompts
+        local = {
+            "prompts": p,
+            "group": int(counts.max()),
+            "length": int(prompts.lengths.max()),
+            "chunk_patches": 0,
+            "num_chunks": 0,
+        }
+        if prompts.vision is not None:
+            chunks, _ = self._vision_chunks(prompts.vision, self.config.vision_chunk_patches)
+            local["chunk_patches"] = int(chunks["patches"].shape[1])
+            local["num_chunks"] = int(chunks["patches"].shape[0])
+        agreed = multihost.agree_max(local)
+        if multihost.count() > 1 and agreed["chunk_patches"]:
+            # The chunk count at the agreed chunk size (a larger chunk may need another count).
+            chunks, _ = self._vision_chunks(prompts.vision, agreed["chunk_patches"])
+            agreed["num_chunks"] = multihost.agree_max(
+                {"num_chunks": int(chunks["patches"].shape[0])}
+            )["num_chunks"]
+        return agreed
 
     # -- compilation -----------------------------------------------------------------------------
 
@@ -468,11 +524,19 @@ class Sampler:
         )
         if counts.shape != (p,) or (counts < 0).any() or counts.sum() == 0:
             raise ValueError(f"need one non-negative sample count per prompt row, got {counts}")
-        rows = bucket(p, self.config.prompt_row_buckets or (p,), self.batch_axis_size)
-        group = bucket(int(counts.max()), self.config.group_buckets)
+        # With several processes each passes its own prompts; all use the largest sizes.
+        sizes = self._agreed_sizes(prompts, counts)
+        n = multihost.count()
+        everyone = sizes["prompts"] * n
+        rows = bucket(everyone, self.config.prompt_row_buckets or (everyone,), self.batch_axis_size)
+        rows //= n  # this process's rows
+        group = bucket(sizes["group"], self.config.group_buckets)
+        length = bucket(sizes["length"], self.config.prompt_buckets)
         active = np.zeros((rows, group), bool)
         active[:p] = np.arange(group)[None] < counts[:, None]
-        arrays = self._prepare_prompts(prompts, rows)
+        arrays = self._prepare_prompts(
+            prompts, rows, length, (sizes["chunk_patches"], sizes["num_chunks"])
+        )
         stops = self.stop_tokens if params.stop_token_ids is None else params.stop_token_ids
         static = Static(
             max_new_tokens=params.max_new_tokens,
@@ -525,7 +589,14 @@ class Sampler:
         out = self._program(static, args)(*args)
         group = active.shape[1]
         slots = np.flatnonzero(active.reshape(-1)).astype(np.int32)
-        if slots.size != active.size:
+        if multihost.count() > 1:
+            # This process's rows of the outputs (host side from here on).
+            out = {
+                k: multihost.replicated_scalar(v) if v.ndim == 0 else multihost.local_block(v)
+                for k, v in out.items()
+            }
+            out = {k: v if v.ndim == 0 else v[slots] for k, v in out.items()}
+        elif slots.size != active.size:
             index = jnp.asarray(slots)
             out = {k: (v if v.ndim == 0 else jnp.take(v, index, axis=0)) for k, v in out.items()}
         texts = None

@@ -29,13 +29,18 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvrl import batching, cli, dapo, hardware, rl_batch, steps
+from jaxvrl import batching, cli, dapo, hardware, multihost, rl_batch, steps
 from jaxvrl.checkpoint import Checkpointer
 from jaxvrl.data import pipeline, prompts, records, synthetic
 from jaxvrl.eval import report as eval_report
 from jaxvrl.eval import runner as eval_runner
 from jaxvrl.flops import matmul_flops
-from jaxvrl.mesh import initialize_distributed, make_mesh, rules_from_config
+from jaxvrl.mesh import (
+    distributed_summary,
+    initialize_distributed,
+    make_mesh,
+    rules_from_config,
+)
 from jaxvrl.metrics import MetricsWriter
 from jaxvrl.rollout import RolloutConfig, Sampler, SamplingParams
 from model.config import ModelConfig
@@ -177,6 +182,29 @@ def check_input_files(config: ml_collections.ConfigDict) -> None:
                 raise FileNotFoundError(f"eval.files: record file {path.strip()} does not exist")
 
 
+def check_batch_split(config: ml_collections.ConfigDict, mesh, rules) -> None:
+    """With several processes each stage's batch must split into equal blocks, one per process,
+    each spread over that process's share of the batch devices."""
+    n = multihost.count()
+    if n == 1:
+        return
+    per_process = batch_axis_size(mesh, rules) // n
+    if batch_axis_size(mesh, rules) % n:
+        raise cli.ConfigError(
+            f"the mesh's batch axes span {batch_axis_size(mesh, rules)} devices, not a multiple "
+            f"of the {n} processes: set mesh.shape so that data x fsdp covers every process"
+        )
+    for stage in ("sft", "rl"):
+        if int(config[stage].steps) <= 0:
+            continue
+        size = int(stage_config(config, stage).data.batch_size)
+        if size % n or (size // n) % per_process:
+            raise cli.ConfigError(
+                f"{stage}: batch size {size} does not split into {n} processes x "
+                f"{per_process} batch devices each"
+            )
+
+
 @dataclasses.dataclass
 class Stage:
     name: str  # "sft" or "rl"
@@ -308,11 +336,15 @@ class Trainer:
         self.config = config
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
-        initialize_distributed(config.mesh.distributed)
+        initialize_distributed(config.mesh.distributed, int(config.mesh.heartbeat_timeout))
         self.mesh = make_mesh(dict(config.mesh.shape))
         self.rules = rules_from_config(config.mesh.rules)
+        if multihost.index() == 0:  # one writer; the others wait, then find it there
+            synthetic.ensure_from_config(config)
+        multihost.barrier("synthetic data")
         synthetic.ensure_from_config(config)
         check_input_files(config)
+        check_batch_split(config, self.mesh, self.rules)
         model, self.tokenizer, _ = load_model_for(config, workdir, self.mesh, self.rules)
         self.model_config: ModelConfig = model.config
         self.graphdef, self.params = nnx.split(model)
@@ -338,7 +370,12 @@ class Trainer:
         self.step_flops: dict[Any, float] = {}
         self.nonfinite_skips = 0
         self.history: list[dict[str, Any]] = []
-        with open(os.path.join(workdir, "model_config.json"), "w") as f:
+        if multihost.index() == 0:
+            self._write_model_config()
+
+    def _write_model_config(self) -> None:
+        config = self.config
+        with open(os.path.join(self.workdir, "model_config.json"), "w") as f:
             json.dump(
                 {
                     "hf_config": self.model_config.to_hf_dict(),
@@ -350,9 +387,25 @@ class Trainer:
 
     # -- device placement ------------------------------------------------------------------------
 
-    def _put_stacked(self, stacked: dict[str, Any]) -> dict[str, Any]:
-        """Micro-batches [M, ...] onto the mesh (`stacked_shardings`)."""
-        return jax.device_put(stacked, stacked_shardings(stacked, self.mesh, self.rules))
+    def _stack(self, batches: list[dict[str, Any]]) -> dict[str, Any]:
+        """This process's micro-batches stacked (batching.stack) and placed on the mesh as the
+        global batch (`place_stacked`); the processes pad to the sizes they agree on."""
+        vision = self.model_config.vision
+        buckets = self.config.data.patch_buckets
+        multiple = max(1, batch_axis_size(self.mesh, self.rules) // multihost.count())
+        sizes = None
+        if multihost.count() > 1:
+            sizes = multihost.agree_max(batching.stack_sizes(batches, vision, buckets, multiple))
+            if sizes["chunk_patches"]:
+                # The chunk count at the agreed chunk size.
+                local = 0
+                if batches[0].get("vision") is not None:
+                    local = batching.stack_sizes(
+                        batches, vision, buckets, multiple, sizes["chunk_patches"]
+                    )["num_chunks"]
+                sizes["num_chunks"] = multihost.agree_max({"k": local})["k"]
+        stacked = batching.stack(batches, vision, buckets, multiple, sizes)
+        return place_stacked(stacked, self.mesh, self.rules, vision.merge_unit)
 
     def _step_flops(self, train_fn, opt_state, stacked) -> float:
         """Matmul FLOPs of one train step (jaxvrl.flops, as jaxvrl.fit counts them), traced once
@@ -403,12 +456,14 @@ class Trainer:
             writer.close()
             self.checkpointer.close()
         if config.export.hf_dir:
-            model = nnx.merge(self.graphdef, self.params)
-            save_pretrained(
-                model,
-                config.export.hf_dir,
-                tokenizer_dir=config.model.tokenizer_path or config.model.path,
-            )
+            # Every process takes part in gathering the parameters; process 0 writes them.
+            params = multihost.gather_params(self.params)
+            if multihost.index() == 0:
+                save_pretrained(
+                    nnx.merge(self.graphdef, params),
+                    config.export.hf_dir,
+                    tokenizer_dir=config.model.tokenizer_path or config.model.path,
+                )
             results["export"] = config.export.hf_dir
         results["nonfinite_skips"] = self.nonfinite_skips
         results["history"] = self.history
@@ -468,7 +523,11 @@ class Trainer:
             state, _, data_state, step = self.checkpointer.restore(latest, abstract)
             self.params, opt_state = state["params"], state["opt_state"]
             ref_params = state.get("ref_params")
-            iterator.set_state(data_state)
+            iterator.set_state(
+                process_data_state(
+                    data_state, int(stage_config(config, stage.name).data.batch_size)
+                )
+            )
             log.info("resumed %s at step %d", stage.name, step)
         train_fn = steps.jit_train_step(self.graphdef, tx, settings, self.params)
         # One compiled program per batch shape (a lambda made per step would recompile).
@@ -487,14 +546,7 @@ class Trainer:
             else:
                 batches, metrics = self._rollouts(raw, step, iterator)
                 t_rollout = time.perf_counter() - t0 - t_data
-            stacked = self._put_stacked(
-                batching.stack(
-                    batches,
-                    self.model_config.vision,
-                    config.data.patch_buckets,
-                    batch_axis_size(self.mesh, self.rules),
-                )
-            )
+            stacked = self._stack(batches)
             if with_ref:
                 stacked["ref_logp"] = ref_fn(ref_params, stacked)
             t1 = time.perf_counter()
@@ -505,19 +557,31 @@ class Trainer:
             flops = self._step_flops(train_fn, opt_state, stacked) * passes
             for _ in range(passes):
                 self.params, opt_state, out = train_fn(self.params, opt_state, stacked)
-            out = jax.device_get(out)
+            out = {k: multihost.replicated_scalar(v) for k, v in out.items()}
             t_train = time.perf_counter() - t1
             step += 1
             self.nonfinite_skips += int(out["skipped"] > 0)
-            skip_counts = raw[-1]["meta"].get("skip_counts", {})
-            tokens = sum(
-                int(
-                    np.asarray(
-                        b["completion_mask" if stage.name == "rl" else "attention_mask"]
-                    ).sum()
-                )
-                for b in batches
+            # Counts summed over the processes, times of the slowest.
+            counts = multihost.sum_over_processes(
+                {
+                    "tokens": sum(
+                        int(
+                            np.asarray(
+                                b["completion_mask" if stage.name == "rl" else "attention_mask"]
+                            ).sum()
+                        )
+                        for b in batches
+                    ),
+                    "skipped": int(raw[-1]["meta"].get("skipped", 0)),
+                    **{
+                        f"data/skipped/{k}": v
+                        for k, v in raw[-1]["meta"].get("skip_counts", {}).items()
+                    },
+                }
             )
+            tokens = counts.pop("tokens")
+            skipped_records = counts.pop("skipped")
+            t_data, t_rollout, t_train = multihost.max_over_processes(t_data, t_rollout, t_train)
             total_time = time.perf_counter() - t0
             evaluated = self._evaluate_at(step) if step in self.eval_steps else {}
             row = {
@@ -537,8 +601,8 @@ class Trainer:
                 "compilations/sampler": self.sampler.num_compilations,
                 "compilations/train": len(self.train_programs),
                 "nonfinite_skips": self.nonfinite_skips,
-                "data/skipped_records": int(raw[-1]["meta"].get("skipped", 0)),
-                **{f"data/skipped/{k}": v for k, v in skip_counts.items()},
+                "data/skipped_records": int(skipped_records),
+                **{k: int(v) for k, v in counts.items()},
                 **evaluated,
             }
             writer.write(step, row)
@@ -557,7 +621,8 @@ class Trainer:
                     },
                 }
             )
-            data_state = iterator.get_state()
+            # Every process's iterator state (each reads its own block of the global batches).
+            data_state = {"processes": multihost.gather_objects(iterator.get_state())}
             saved_state = {
                 "params": self.params,
                 "opt_state": opt_state,
@@ -598,14 +663,16 @@ class Trainer:
         if ds.enabled:
 
             def roll_out_more(round_: int) -> dapo.Candidate | None:
-                try:
-                    batch = next(iterator)
-                except StopIteration:
+                batch = next(iterator, None)
+                if multihost.agree_any(batch is None):  # the data ran out on some process
                     return None
                 # Negative seeds: streams apart from every step's first-round seeds.
                 return roll_out(batch, seed=-1 - (step * int(ds.max_extra_rounds) + round_))
 
-            extra_rounds = dapo.refill(candidates, roll_out_more, int(ds.max_extra_rounds))
+            # Each process refills its own rows; a round runs while any process needs one.
+            extra_rounds = dapo.refill(
+                candidates, roll_out_more, int(ds.max_extra_rounds), multihost.agree_any
+            )
             p = len(raw[0]["example_mask"])
             selection = dapo.select_rows(candidates, len(raw), p)
             batches = [
@@ -624,12 +691,58 @@ class Trainer:
         for key in rows[0]:
             values = [r[key] for r in rows if r.get(key) is not None]
             metrics[key] = float(np.mean(values)) if values else None
+        metrics = multihost.mean_metrics(metrics)  # every process holds as many rows
         if ds.enabled:
-            metrics["dynamic/dropped_groups"] = dapo.dropped_groups(candidates)
+            counts = multihost.sum_over_processes(
+                {
+                    "dropped_groups": dapo.dropped_groups(candidates),
+                    "kept_groups": selection.kept_groups,
+                    "rows": len(raw) * p,
+                }
+            )
+            metrics["dynamic/dropped_groups"] = counts["dropped_groups"]
             metrics["dynamic/extra_rounds"] = extra_rounds
-            metrics["dynamic/kept_groups"] = selection.kept_groups
-            metrics["dynamic/filled_fraction"] = selection.kept_groups / (len(raw) * p)
+            metrics["dynamic/kept_groups"] = counts["kept_groups"]
+            metrics["dynamic/filled_fraction"] = counts["kept_groups"] / counts["rows"]
         return batches, metrics
+
+
+def process_data_state(saved: Any, batch_size: int) -> Any:
+    """This process's data-iterator state from a checkpoint's: its own where the run had as many
+    processes; else (a slice of another size) its block of the same global position, which holds
+    exactly when no record was skipped (skips shift each process's stream by its own count)."""
+    if not isinstance(saved, dict) or "processes" not in saved:
+        states = [saved]  # a checkpoint of the single-process layout
+    else:
+        states = saved["processes"]
+    n, i = multihost.count(), multihost.index()
+    if len(states) == n:
+        return states[i]
+    old = states[0]
+    if not isinstance(old, dict) or "next_index" not in old.get("parent", {}):
+        raise ValueError(
+            f"the checkpoint was written by {len(states)} processes and this run has {n}: "
+            "its data state can be carried over only with data.num_workers = 0"
+        )
+    batches = old["parent"]["next_index"] // (batch_size // len(states))
+    counts = [json.loads(s["skip_counts"]) for s in states]
+    skips: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            skips[k] = skips.get(k, 0) + v
+    log.warning(
+        "resuming %d processes from a checkpoint of %d: each starts at global batch %d",
+        n,
+        len(states),
+        batches,
+    )
+    return {
+        "parent": {**old["parent"], "next_index": batches * (batch_size // n)},
+        "skip_counts": json.dumps(dict(sorted(skips.items())) if i == 0 else {}),
+    }
+
+
+STACKED_BATCH_AXIS = {"positions": 2, "prompt_positions": 2}  # default: axis 1 of [M, rows, ...]
 
 
 def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
@@ -637,7 +750,6 @@ def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
     dimension over (data, fsdp) where it divides; vision chunks [M, K, C, ...] split over the
     same axes (batching.chunk_vision makes K a multiple of their size), the feature index
     replicated. jaxvrl.fit lays its abstract batches out with it."""
-    batch_axis = {"positions": 2, "prompt_positions": 2}
 
     def one(key, x):
         if key == "vision":
@@ -645,7 +757,7 @@ def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
                 k: NamedSharding(mesh, PartitionSpec()) if k == "feature_index" else one(k, v)
                 for k, v in x.items()
             }
-        axis = batch_axis.get(key, 1)
+        axis = STACKED_BATCH_AXIS.get(key, 1)
         axes = [None] * len(x.shape)
         axes[axis] = "batch"
         spec = logical_to_spec(axes, rules, mesh)
@@ -655,6 +767,49 @@ def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
         return NamedSharding(mesh, spec)
 
     return {k: one(k, v) for k, v in stacked.items()}
+
+
+def place_stacked(stacked: dict[str, Any], mesh, rules, merge_unit: int = 4) -> dict[str, Any]:
+    """Stacked micro-batches [M, ...] onto the mesh (`stacked_shardings`). With several
+    processes `stacked` is this process's block of rows (and of vision chunks) of the global
+    batch: each array becomes a global array of every process's block, prompt indices
+    (`sample_to_prompt`) are offset to the global rows, and the vision feature index is
+    assembled from every process's (multihost.global_feature_index)."""
+    n = multihost.count()
+    if n == 1:
+        return jax.device_put(stacked, stacked_shardings(stacked, mesh, rules))
+
+    def scaled(shape, axis):
+        shape = list(shape)
+        shape[axis] *= n
+        return jax.ShapeDtypeStruct(tuple(shape), np.int32)
+
+    shapes: dict[str, Any] = {}
+    for key, x in stacked.items():
+        if key == "vision":
+            shapes[key] = {k: scaled(v.shape, 1) for k, v in x.items()}
+        else:
+            shapes[key] = scaled(np.shape(x), STACKED_BATCH_AXIS.get(key, 1))
+    shardings = stacked_shardings(shapes, mesh, rules)
+    out: dict[str, Any] = {}
+    for key, x in stacked.items():
+        if key == "vision":
+            chunks = {k: v for k, v in x.items() if k != "feature_index"}
+            out[key] = {
+                k: multihost.global_array(v, shardings[key][k], 1) for k, v in chunks.items()
+            }
+            real = (np.asarray(x["segment_ids"]) != 0).sum(axis=(1, 2)) // merge_unit
+            rows = x["patches"].shape[1] * x["patches"].shape[2] // merge_unit
+            index = multihost.global_feature_index(x["feature_index"], real, rows)
+            out[key]["feature_index"] = multihost.global_array(
+                index, shardings[key]["feature_index"], None
+            )
+            continue
+        x = np.asarray(x)
+        if key == "sample_to_prompt":
+            x = x + multihost.index() * np.shape(stacked["prompt_ids"])[1]
+        out[key] = multihost.global_array(x, shardings[key], STACKED_BATCH_AXIS.get(key, 1))
+    return out
 
 
 def batch_axis_size(mesh, rules) -> int:
@@ -734,7 +889,11 @@ def main(argv) -> None:
     del argv
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir
+    # Before any JAX call (the log file's name asks for the process index).
+    initialize_distributed(config.mesh.distributed, int(config.mesh.heartbeat_timeout))
     cli.setup_logging(workdir, str(config.metrics.get("console_log_level", "warning")))
+    if jax.process_count() > 1:
+        log.info("%s", distributed_summary(int(config.mesh.heartbeat_timeout)))
     results = Trainer(config, workdir).run()
     if config.get("demo", False) and jax.process_index() == 0:
         demo_report(results, workdir)

@@ -134,6 +134,22 @@ def test_each_process_reads_a_disjoint_share_of_the_records(demo_dir):
     assert len(seen[0]) + len(seen[1]) == 18
 
 
+def test_the_processes_blocks_make_up_the_single_process_batches(demo_dir):
+    # The global batch of each step holds the same examples, in the same order, whatever the
+    # number of processes (2 epochs, shuffled: the order crosses an epoch boundary).
+    config = small_config(demo_dir, num_epochs=2, shuffle=True, batch_size=4)
+    single = [
+        b["meta"]["uid"] for b in pipeline.build_dataset(config, process_index=0, process_count=1)
+    ]
+    blocks = [
+        [b["meta"]["uid"] for b in pipeline.build_dataset(config, process_index=i, process_count=2)]
+        for i in range(2)
+    ]
+    assert len(blocks[0]) == len(blocks[1]) == len(single) == 9
+    for step, uids in enumerate(single):
+        assert blocks[0][step] + blocks[1][step] == uids
+
+
 def test_epochs_are_reshuffled_and_the_last_batch_is_filled(demo_dir):
     config = small_config(demo_dir, num_epochs=2, batch_size=4)
     out = batches(config)

@@ -6,13 +6,15 @@ padded to a few bucket sizes, with a checkpointable iterator.
     batch = next(it)
     state = it.get_state()                   # JSON-serialisable; it.set_state(state) resumes
 
-Order of operations: this process's shard of the records (process_index::process_count), a
-seeded shuffle that differs per epoch, decoding + tokenising in `num_workers` processes
-(`mp_prefetch`; 0 decodes here), then batching in this process. The output does not depend on the
-number of workers. Bad input becomes a skip marker in the workers and is counted here.
+Order of operations: a seeded shuffle of all records that differs per epoch (one global order,
+whatever the number of processes), this process's block of every global batch (`BlockShard`),
+decoding + tokenising in `num_workers` processes (`mp_prefetch`; 0 decodes here), then batching
+in this process. The output does not depend on the number of workers. Bad input becomes a skip
+marker in the workers and is counted here; the next example of the process's stream takes its
+place, so with bad records the processes' blocks shift apart from the single process's batches.
 
-A batch (B = data.batch_size / process_count, L = a token bucket, N = a patch bucket, D = the
-flattened patch size C*T*P*P):
+A batch (B = data.batch_size / process_count rows: this process's block of the global batch,
+L = a token bucket, N = a patch bucket, D = the flattened patch size C*T*P*P):
 
     input_ids       [B, L] int32   pad token at padding
     attention_mask  [B, L] int32   1 = token
@@ -248,6 +250,40 @@ def _ensure_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+class BlockShard(grain.MapDataset):
+    """This process's rows of every global batch: of each `batch_size` consecutive elements of
+    the parent, the block `process_index` of `process_count` equal blocks. With one process the
+    parent itself; with P, the union of the processes' blocks is the single process's stream."""
+
+    def __init__(
+        self, parent: grain.MapDataset, batch_size: int, process_index: int, process_count: int
+    ):
+        super().__init__(parent)
+        if batch_size % process_count:
+            raise ValueError(f"batch size {batch_size} is not divisible by {process_count}")
+        self._global, self._block = batch_size, batch_size // process_count
+        self._index, self._count = process_index, process_count
+        total = len(parent)
+        full, rest = divmod(total, batch_size)
+        tail = min(max(rest - process_index * self._block, 0), self._block)
+        self._length = full * self._block + tail
+
+    def __len__(self) -> int:
+        return self._length
+
+    def parent_index(self, index: int) -> int:
+        batch, row = divmod(index, self._block)
+        return batch * self._global + self._index * self._block + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self.parent_index(index)]
+
+    def __str__(self) -> str:
+        return f"BlockShard(block {self._index} of {self._count}, batch {self._global})"
+
+
 def build_dataset(
     config,
     *,
@@ -284,15 +320,17 @@ def build_dataset(
     for e in errors:
         log.warning("skipping %s", e)
     initial = collections.Counter(skip_category(e) for e in errors)
-    shard = examples[process_index::process_count]
-    if not shard:
-        raise ValueError(f"process {process_index} of {process_count} has no examples")
+    if len(examples) < process_count:
+        raise ValueError(f"{len(examples)} examples for {process_count} processes")
 
-    ds = grain.MapDataset.source(shard)
+    # One global order (the same whatever the number of processes); the example at global
+    # position i is processed with index i; this process reads its block of each global batch.
+    ds = grain.MapDataset.source(examples)
     if data.shuffle:
         ds = ds.shuffle(seed=int(data.seed))
     ds = ds.repeat(None if int(data.num_epochs) == 0 else int(data.num_epochs))
     ds = ds.map_with_index(processor)
+    ds = BlockShard(ds, int(data.batch_size), process_index, process_count)
     read = grain.ReadOptions(
         num_threads=int(data.get("read_threads", 1)),
         prefetch_buffer_size=int(data.get("read_buffer_size", 2)),
@@ -315,4 +353,6 @@ def build_dataset(
         vision=model_config.vision,
         with_shuffled=data.shuffle_unit != "none",
     )
-    return BucketBatchDataset(stream, batcher, initial, epoch_size=len(shard))
+    return BucketBatchDataset(
+        stream, batcher, initial, epoch_size=-(-len(examples) // process_count)
+    )

@@ -12,15 +12,15 @@ format's default benchmark (video_r1, seed_bench_r1, charades_sta, nextgqa, got1
 
 Imports no trainer: jaxvrl/train.py and jaxvrl/evaluate.py both call in here.
 
-Limitation: with several JAX processes each one generates its own shard of the records (the data
-pipeline's process_index::process_count) and only process 0 writes, so the files and metrics
-cover process 0's shard; gathering the responses across hosts is not done yet.
+With several JAX processes each generates its block of every batch (jaxvrl.data.pipeline), the
+responses are gathered to every process (texts only) and scored there; process 0 writes.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from jaxvrl import multihost
 from jaxvrl.data import pipeline
 from jaxvrl.data import records as records_lib
 from jaxvrl.data.batching import DataError
@@ -176,17 +177,37 @@ def generate(
     params = sampling_params(config, item.name)
     dataset = pipeline.build_dataset(eval_data_config(config, item))
     iterator = iter(dataset)
-    responses: dict[str, str] = {}
-    for i, batch in enumerate(iterator):
+    responses: list[tuple[int, int, str, str]] = []  # (batch, row, key, response)
+    last = None
+    for i in itertools.count():
+        batch = next(iterator, None)
+        # Several processes generate in step: each its block of every batch; a process whose
+        # share ran out generates a batch of fillers until all are done.
+        if not multihost.agree_any(batch is not None):
+            break
+        if batch is None:
+            batch = {**last, "example_mask": np.zeros_like(last["example_mask"])}
+        last = batch
         keep = np.asarray(batch["example_mask"], bool)
         rollout = sampler.sample(state, Prompts.from_batch(batch), 1, params, seed=seed + i)
-        for origin, text, k in zip(batch["meta"]["origin"], rollout.texts, keep, strict=True):
+        for row, (origin, text, k) in enumerate(
+            zip(batch["meta"]["origin"], rollout.texts, keep, strict=True)
+        ):
             if k:
-                responses[origin] = text
-        if max_examples is not None and len(responses) >= max_examples:
-            responses = dict(list(responses.items())[:max_examples])
+                responses.append((i, row, origin, text))
+        done = multihost.sum_over_processes({"n": len(responses)})["n"]
+        if max_examples is not None and done >= max_examples:
             break
-    return responses, dict(iterator.skip_counts())
+    skips = multihost.sum_over_processes(dict(iterator.skip_counts()))
+    # Every process's responses in the global order (batch, process, row): the first
+    # `max_examples` are those one process would have generated.
+    ordered = sorted(
+        (batch, p, row, key, text)
+        for p, part in enumerate(multihost.gather_objects(responses))
+        for batch, row, key, text in part
+    )
+    merged = {key: text for *_, key, text in ordered[:max_examples]}
+    return merged, {k: int(v) for k, v in skips.items()}
 
 
 def evaluate_benchmark(

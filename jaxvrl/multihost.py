@@ -111,7 +111,9 @@ def gather_params(tree: Any) -> Any:
     process the tree itself."""
     if count() == 1:
         return tree
-    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x)), tree)
+    return jax.tree.map(
+        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
+    )
 
 
 def split_axis_processes(sharding: NamedSharding, axis: int, ndim: int) -> bool:

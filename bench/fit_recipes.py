@@ -1,7 +1,8 @@
 """The fit check (python -m jaxvrl.fit) of the three 7B recipes on TPU slices and GPU nodes: per
 program the peak memory per chip, the FLOPs of a step and the compile time, as one Markdown table.
 
-    python bench/fit_recipes.py [--topologies v5p:2x2x1,h100x8,v6e:2x4] [--recipes video_r1,...]
+    python bench/fit_recipes.py [--topologies v5p:2x2x1,h100x8,v6e:2x4]
+        [--recipes video_r1,videochat_r1,seed_bench_r1,seed_bench_r1_sft]
         [--out bench/fit_results] [--table-only]
 
 Each (recipe, topology) runs `python -m jaxvrl.fit ... --json` in its own process, one at a time
@@ -27,6 +28,13 @@ RECIPES = {
     "video_r1": ["--config=configs/video_r1.py"],
     "videochat_r1": ["--config=configs/videochat_r1.py"],
     "seed_bench_r1": ["--config=configs/seed_bench_r1.py", "--media=video+image"],
+    # The paper's SFT baseline (the recipe's docstring): one epoch at 128 sequences per update.
+    "seed_bench_r1_sft": [
+        "--config=configs/seed_bench_r1.py",
+        "--media=video+image",
+        "--config.rl.steps=0",
+        "--config.sft.steps=47",
+    ],
 }
 
 
@@ -45,12 +53,17 @@ def run_one(recipe: str, topology: str, out_dir: str, extra: list[str]) -> dict 
         print(f"failed ({done.returncode}): {done.stderr[-3000:]}", flush=True)
         return None
     report = json.loads(lines[-1])
+    report["recipe"] = recipe
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     report["command"] = " ".join(["python", *command[1:]])
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     print("\n".join(lines[:-1]), flush=True)
     return report
+
+
+def recipe_name(report: dict) -> str:
+    return report.get("recipe") or report["config"].split("/")[-1].removesuffix(".py")
 
 
 def table(reports: list[dict]) -> str:
@@ -67,8 +80,8 @@ def table(reports: list[dict]) -> str:
                 if p.get("needed_gib") is not None:
                     verdict += f" ({p['needed_gib']:.2f} of {p['available_gib']:.2f} GiB)"
             rows.append(
-                f"| {r['config'].split('/')[-1].removesuffix('.py')} | {r['topology']} | "
-                f"{p['name']} | {p['peak_gib']:.2f} | {p['resident_outside_gib']:.2f} | "
+                f"| {recipe_name(r)} | {r['topology']} | {p['name']} | {p['peak_gib']:.2f} | "
+                f"{p['resident_outside_gib']:.2f} | "
                 f"{p['flops'] / 1e12:.1f} | {p['compile_seconds']:.0f} | {verdict} |"
             )
     rows.append("")
@@ -81,8 +94,8 @@ def table(reports: list[dict]) -> str:
         sft = r["step_flops"].get("sft")
         rl = r["step_flops"].get("rl")
         rows.append(
-            f"| {r['config'].split('/')[-1].removesuffix('.py')} | {r['topology']} | "
-            f"{r['chip_memory_gib']:.1f} | {r['peak_gib']:.2f} | "
+            f"| {recipe_name(r)} | {r['topology']} | {r['chip_memory_gib']:.1f} | "
+            f"{r['peak_gib']:.2f} | "
             f"{'-' if sft is None else f'{sft / 1e12:.0f}'} | "
             f"{'-' if rl is None else f'{rl / 1e12:.0f}'} | {'yes' if r['fits'] else 'NO'} |"
         )

@@ -1,4 +1,5 @@
-"""Test set-up: eight simulated CPU devices for the sharding tests, float32 matmuls everywhere."""
+"""Test set-up: eight simulated CPU devices for the sharding tests, float32 matmuls everywhere, and
+the small synthetic demo set the end-to-end trainer tests share."""
 
 import os
 
@@ -7,5 +8,20 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="session")
+def small_demo_set(tmp_path_factory):
+    """The demo's synthetic set shrunk to 8 training videos, 4 images and 4 held-out videos
+    (the end-to-end trainer tests run the demo config on it)."""
+    from configs import demo
+    from jaxvrl.data import synthetic
+
+    directory = str(tmp_path_factory.mktemp("demo_set"))
+    config = demo.get_config(directory)
+    config.data.synthetic.update(num_videos=8, num_images=4, num_eval_videos=4)
+    synthetic.ensure_from_config(config)
+    return directory

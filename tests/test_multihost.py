@@ -22,10 +22,8 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from configs import demo
 from jaxvrl import mesh
 from jaxvrl.checkpoint import Checkpointer
-from jaxvrl.data import synthetic
 from jaxvrl.metrics import read_metrics
 from model.config import ModelConfig
 from model.qwen2_vl import Qwen2VL
@@ -156,12 +154,8 @@ def assert_params_close(a: dict, b: dict, atol: float = 1e-5) -> None:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("demo_set"))
-    config = demo.get_config(directory)
-    config.data.synthetic.update(num_videos=8, num_images=4, num_eval_videos=4)
-    synthetic.ensure_from_config(config)
-    return directory
+def root(small_demo_set):
+    return small_demo_set
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 
 from configs import demo
 from jaxvrl import train
-from jaxvrl.data import pipeline, synthetic
+from jaxvrl.data import pipeline
 from jaxvrl.metrics import read_metrics
 from model import parity
 
@@ -56,12 +56,8 @@ def command(root: str, workdir: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("demo_set"))
-    config = demo.get_config(directory)
-    config.data.synthetic.update(num_videos=8, num_images=4, num_eval_videos=4)
-    synthetic.ensure_from_config(config)
-    return directory
+def root(small_demo_set):
+    return small_demo_set
 
 
 @pytest.fixture(scope="module")

@@ -485,7 +485,8 @@ class Trainer:
         reads what an earlier run of this workdir wrote for that step; returns the
         `eval/<benchmark>/<metric>` metrics."""
         result = eval_runner.load_result(self.workdir, step)
-        if result is None:
+        # Process 0 (the writer) decides, so that all evaluate together or none does.
+        if multihost.agree_any(multihost.index() == 0 and result is None):
             result = eval_runner.evaluate_suite(
                 self.params,
                 self.sampler,
@@ -497,7 +498,7 @@ class Trainer:
                 write=jax.process_index() == 0,
             )
             log.info("%s", eval_runner.table(result))
-        return eval_runner.flat_metrics(result)
+        return eval_runner.flat_metrics(result) if result else {}
 
     def _run_stage(self, stage: Stage, latest: int | None, writer: MetricsWriter) -> None:
         config = self.config

@@ -118,7 +118,8 @@ def stack_sizes(
     }
     visions = [b.get("vision") for b in batches]
     sizes["chunk_patches"] = sizes["num_chunks"] = 0
-    if visions[0] is not None:
+    if any(v is not None for v in visions):
+        visions = [empty_vision(vision_config) if v is None else v for v in visions]
         c = chunk_patches or chunk_size(visions, vision_config, patch_buckets)
         chunks = chunk_vision(visions, vision_config, patch_buckets, num_chunks_multiple, c)
         sizes["chunk_patches"] = c
@@ -142,7 +143,7 @@ def stack(
     for key in keys:
         values = [b[key] for b in batches]
         if key == "vision":
-            if values[0] is None and not sizes.get("num_chunks"):
+            if all(v is None for v in values) and not sizes.get("num_chunks"):
                 continue
             values = [empty_vision(vision_config) if v is None else v for v in values]
             out[key] = chunk_vision(

@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from jaxvrl import batching, cli, dapo, demo_report, hardware, multihost, rl_batch, steps
 from jaxvrl.checkpoint import Checkpointer, data_state_for_process
@@ -45,7 +46,7 @@ from jaxvrl.rollout import RolloutConfig, Sampler, SamplingParams
 from model.config import ModelConfig
 from model.hf import load_pretrained, save_pretrained
 from model.qwen2_vl import Qwen2VL
-from model.sharding import shard_model
+from model.sharding import logical_to_spec, shard_model
 
 log = logging.getLogger("jaxvrl.train")  # not "__main__" under python -m
 
@@ -203,6 +204,8 @@ def check_batch_split(config: ml_collections.ConfigDict, mesh, rules) -> None:
                 f"{stage}: batch size {size} does not split into {n} processes x "
                 f"{per_process} batch devices each"
             )
+        spec = logical_to_spec(["batch"], rules, mesh)
+        multihost.check_row_blocks(NamedSharding(mesh, spec), size // n)
 
 
 @dataclasses.dataclass
@@ -399,7 +402,7 @@ class Trainer:
             if sizes["chunk_patches"]:
                 # The chunk count at the agreed chunk size.
                 local = 0
-                if batches[0].get("vision") is not None:
+                if any(b.get("vision") is not None for b in batches):
                     local = batching.stack_sizes(
                         batches, vision, buckets, multiple, sizes["chunk_patches"]
                     )["num_chunks"]
@@ -464,6 +467,7 @@ class Trainer:
                     config.export.hf_dir,
                     tokenizer_dir=config.model.tokenizer_path or config.model.path,
                 )
+            multihost.barrier("export written")
             results["export"] = config.export.hf_dir
         results["nonfinite_skips"] = self.nonfinite_skips
         results["history"] = self.history

@@ -1,6 +1,8 @@
-"""Host-side stacking of micro-batches: pad each array to the largest shape among them (token
-length, vision chunks) and stack them on a new leading axis, so one jitted step scans over them.
-Padding never changes a result: padded tokens are masked, padded patches belong to no segment.
+"""Host-side stacking of micro-batches and their placement on the mesh: pad each array to the
+largest shape among them (token length, vision chunks) and stack them on a new leading axis, so
+one jitted step scans over them; then put them on the mesh as the global batch (with several
+processes, every process's block of rows). Padding never changes a result: padded tokens are
+masked, padded patches belong to no segment.
 """
 
 from __future__ import annotations
@@ -8,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvrl import group_decode
+from jaxvrl import group_decode, multihost
 from model.config import VisionConfig
 from model.packing import pack_vision
+from model.sharding import logical_to_spec
 
 # Which axis of each array is the token axis (padded to the longest) in the two batch layouts.
 TOKEN_AXIS = {
@@ -113,7 +118,8 @@ def stack_sizes(
     }
     visions = [b.get("vision") for b in batches]
     sizes["chunk_patches"] = sizes["num_chunks"] = 0
-    if visions[0] is not None:
+    if any(v is not None for v in visions):
+        visions = [empty_vision(vision_config) if v is None else v for v in visions]
         c = chunk_patches or chunk_size(visions, vision_config, patch_buckets)
         chunks = chunk_vision(visions, vision_config, patch_buckets, num_chunks_multiple, c)
         sizes["chunk_patches"] = c
@@ -137,7 +143,7 @@ def stack(
     for key in keys:
         values = [b[key] for b in batches]
         if key == "vision":
-            if values[0] is None and not sizes.get("num_chunks"):
+            if all(v is None for v in values) and not sizes.get("num_chunks"):
                 continue
             values = [empty_vision(vision_config) if v is None else v for v in values]
             out[key] = chunk_vision(
@@ -155,3 +161,89 @@ def stack(
             arrays = [pad_to(a, TOKEN_AXIS[key], size) for a in arrays]
         out[key] = np.stack(arrays)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Placement on the mesh.
+
+
+STACKED_BATCH_AXIS = {"positions": 2, "prompt_positions": 2}  # default: axis 1 of [M, rows, ...]
+
+
+def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
+    """Shardings of stacked micro-batches [M, ...] (arrays or anything with .shape): batch
+    dimension over (data, fsdp) where it divides; vision chunks [M, K, C, ...] split over the
+    same axes (batching.chunk_vision makes K a multiple of their size), the feature index
+    replicated. jaxvrl.fit lays its abstract batches out with it."""
+
+    def one(key, x):
+        if key == "vision":
+            return {
+                k: NamedSharding(mesh, PartitionSpec()) if k == "feature_index" else one(k, v)
+                for k, v in x.items()
+            }
+        axis = STACKED_BATCH_AXIS.get(key, 1)
+        axes = [None] * len(x.shape)
+        axes[axis] = "batch"
+        spec = logical_to_spec(axes, rules, mesh)
+        size = int(np.prod([mesh.shape[a] for a in _axes(spec[axis])]))
+        if x.shape[axis] % size:
+            spec = PartitionSpec()
+        return NamedSharding(mesh, spec)
+
+    return {k: one(k, v) for k, v in stacked.items()}
+
+
+def place_stacked(stacked: dict[str, Any], mesh, rules, merge_unit: int = 4) -> dict[str, Any]:
+    """Stacked micro-batches [M, ...] onto the mesh (`stacked_shardings`). With several
+    processes `stacked` is this process's block of rows (and of vision chunks) of the global
+    batch: each array becomes a global array of every process's block, prompt indices
+    (`sample_to_prompt`) are offset to the global rows, and the vision feature index is
+    assembled from every process's (multihost.global_feature_index)."""
+    n = multihost.count()
+    if n == 1:
+        return jax.device_put(stacked, stacked_shardings(stacked, mesh, rules))
+
+    def scaled(shape, axis):
+        shape = list(shape)
+        shape[axis] *= n
+        return jax.ShapeDtypeStruct(tuple(shape), np.int32)
+
+    shapes: dict[str, Any] = {}
+    for key, x in stacked.items():
+        if key == "vision":
+            shapes[key] = {k: scaled(v.shape, 1) for k, v in x.items()}
+        else:
+            shapes[key] = scaled(np.shape(x), STACKED_BATCH_AXIS.get(key, 1))
+    shardings = stacked_shardings(shapes, mesh, rules)
+    out: dict[str, Any] = {}
+    for key, x in stacked.items():
+        if key == "vision":
+            chunks = {k: v for k, v in x.items() if k != "feature_index"}
+            out[key] = {
+                k: multihost.global_array(v, shardings[key][k], 1) for k, v in chunks.items()
+            }
+            real = (np.asarray(x["segment_ids"]) != 0).sum(axis=(1, 2)) // merge_unit
+            rows = x["patches"].shape[1] * x["patches"].shape[2] // merge_unit
+            index = multihost.global_feature_index(x["feature_index"], real, rows)
+            out[key]["feature_index"] = multihost.global_array(
+                index, shardings[key]["feature_index"], None
+            )
+            continue
+        x = np.asarray(x)
+        if key == "sample_to_prompt":
+            x = x + multihost.index() * np.shape(stacked["prompt_ids"])[1]
+        out[key] = multihost.global_array(x, shardings[key], STACKED_BATCH_AXIS.get(key, 1))
+    return out
+
+
+def batch_axis_size(mesh, rules) -> int:
+    """Devices the batch dimension is split over (the mesh axes `batch` maps to)."""
+    spec = logical_to_spec(["batch"], rules, mesh)
+    return int(np.prod([mesh.shape[a] for a in _axes(spec[0])]))
+
+
+def _axes(entry) -> tuple[str, ...]:
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)

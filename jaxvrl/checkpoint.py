@@ -41,6 +41,43 @@ def _decode_data_state(raw: dict[str, Any]) -> Any:
     return raw["value"]
 
 
+def data_state_for_process(saved: Any, batch_size: int, count: int, index: int) -> Any:
+    """The data-iterator state of process `index` of `count` from a checkpoint's (the trainer
+    saves {"processes": [every process's state]}; older checkpoints hold one state): its own
+    where the run had as many processes; else (a slice of another size) its block of the same
+    global position, which holds exactly when no record was skipped (skips shift each process's
+    stream by its own count)."""
+    if not isinstance(saved, dict) or "processes" not in saved:
+        states = [saved]  # a checkpoint of the single-process layout
+    else:
+        states = saved["processes"]
+    n, i = count, index
+    if len(states) == n:
+        return states[i]
+    old = states[0]
+    if not isinstance(old, dict) or "next_index" not in old.get("parent", {}):
+        raise ValueError(
+            f"the checkpoint was written by {len(states)} processes and this run has {n}: "
+            "its data state can be carried over only with data.num_workers = 0"
+        )
+    batches = old["parent"]["next_index"] // (batch_size // len(states))
+    counts = [json.loads(s["skip_counts"]) for s in states]
+    skips: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            skips[k] = skips.get(k, 0) + v
+    log.warning(
+        "resuming %d processes from a checkpoint of %d: each starts at global batch %d",
+        n,
+        len(states),
+        batches,
+    )
+    return {
+        "parent": {**old["parent"], "next_index": batches * (batch_size // n)},
+        "skip_counts": json.dumps(dict(sorted(skips.items())) if i == 0 else {}),
+    }
+
+
 class Checkpointer:
     """Saves and restores (train state, PRNG key, data-iterator state) in `workdir/checkpoints`."""
 

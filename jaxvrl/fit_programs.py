@@ -306,9 +306,9 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         batches,
         model_config.vision,
         config.data.patch_buckets,
-        train.batch_axis_size(mesh, rules),
+        batching.batch_axis_size(mesh, rules),
     )
-    inputs = _abstract(_shape_only(stacked), train.stacked_shardings(stacked, mesh, rules))
+    inputs = _abstract(_shape_only(stacked), batching.stacked_shardings(stacked, mesh, rules))
     if stage.name == "rl":
         passes = int(config.rl.num_iterations)
         ref_jit = jax.jit(
@@ -329,7 +329,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
             logp_sharding = logp_sharding or got
         logp = jax.eval_shape(ref_jit, _shape_only(params), _shape_only(inputs))
         if logp_sharding is None:  # refused by the compiler: the batch layout
-            logp_sharding = train.stacked_shardings({"logp": logp}, mesh, rules)["logp"]
+            logp_sharding = batching.stacked_shardings({"logp": logp}, mesh, rules)["logp"]
         if with_ref:
             inputs["ref_logp"] = jax.ShapeDtypeStruct(
                 logp.shape, logp.dtype, sharding=logp_sharding

@@ -323,6 +323,16 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
             # A mesh smaller than the machine (e.g. the demo's single device): the first devices.
             devices = devices[:wanted]
     sizes = mesh_shape(shape, len(devices))
+    if jax.process_count() > 1:
+        # Process-major: each process's devices form one contiguous block of the mesh, so the
+        # batch rows a process feeds (jaxvrl/multihost.py) are one block of the global batch.
+        # (jax.make_mesh would order a TPU slice by its torus, interleaving the hosts.)
+        devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+        return Mesh(
+            np.array(devices).reshape(sizes),
+            MESH_AXES,
+            axis_types=(AxisType.Auto,) * len(MESH_AXES),
+        )
     if len(devices) == jax.device_count() and devices == list(jax.devices()):
         # Auto axes: shardings propagate through the program (the model and sampler annotate
         # inputs and parameters; jax.make_mesh would default to explicit sharding types).

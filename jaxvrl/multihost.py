@@ -66,7 +66,8 @@ def gather_objects(obj: Any) -> list[Any]:
     if count() == 1:
         return [obj]
     data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
-    size = agree_max({"size": data.size})["size"]
+    # Sizes rounded to powers of two: one compiled gather serves many calls.
+    size = 1 << (agree_max({"size": data.size})["size"] - 1).bit_length()
     padded = np.zeros(size + 8, np.uint8)
     padded[:8] = np.frombuffer(np.int64(data.size).tobytes(), np.uint8)
     padded[8 : 8 + data.size] = data
@@ -153,7 +154,13 @@ def local_block(x: jax.Array, axis: int = 0) -> np.ndarray:
         start = shard.index[axis].start or 0
         if start not in pieces:
             pieces[start] = np.asarray(shard.data)
-    return np.concatenate([pieces[s] for s in sorted(pieces)], axis=axis)
+    block = np.concatenate([pieces[s] for s in sorted(pieces)], axis=axis)
+    if block.shape[axis] * count() != x.shape[axis]:
+        raise ValueError(
+            f"an output of shape {x.shape} is not split into one block of rows per process "
+            f"along axis {axis} ({x.sharding})"
+        )
+    return block
 
 
 def replicated_scalar(x: jax.Array) -> np.ndarray:
@@ -191,6 +198,27 @@ def global_feature_index(
 
 def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def check_row_blocks(sharding: NamedSharding, rows: int, axis: int = 0, ndim: int = 1) -> None:
+    """Raises unless `sharding` gives this process the rows [index * rows, (index + 1) * rows)
+    of an array with `count() * rows` rows along `axis` (the layout every process's own rows
+    assume; jaxvrl.mesh.make_mesh lays processes out in order)."""
+    if count() == 1:
+        return
+    shape = [1] * ndim
+    shape[axis] = rows * count()
+    starts = {
+        (index[axis].start or 0, index[axis].stop or shape[axis])
+        for index in sharding.addressable_devices_indices_map(tuple(shape)).values()
+    }
+    lo, hi = min(a for a, _ in starts), max(b for _, b in starts)
+    if (lo, hi) != (index() * rows, (index() + 1) * rows):
+        raise RuntimeError(
+            f"process {index()} holds rows {lo}..{hi} of the global batch, not its block "
+            f"{index() * rows}..{(index() + 1) * rows}: the mesh does not put each process's "
+            "devices together"
+        )
 
 
 def same_everywhere(name: str, value: Sequence[int] | int) -> None:

@@ -27,10 +27,10 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
-from jaxvrl import batching, cli, dapo, hardware, multihost, rl_batch, steps
-from jaxvrl.checkpoint import Checkpointer
+from jaxvrl import batching, cli, dapo, demo_report, hardware, multihost, rl_batch, steps
+from jaxvrl.checkpoint import Checkpointer, data_state_for_process
 from jaxvrl.data import pipeline, prompts, records, synthetic
 from jaxvrl.eval import report as eval_report
 from jaxvrl.eval import runner as eval_runner
@@ -188,10 +188,11 @@ def check_batch_split(config: ml_collections.ConfigDict, mesh, rules) -> None:
     n = multihost.count()
     if n == 1:
         return
-    per_process = batch_axis_size(mesh, rules) // n
-    if batch_axis_size(mesh, rules) % n:
+    devices = batching.batch_axis_size(mesh, rules)
+    per_process = devices // n
+    if devices % n:
         raise cli.ConfigError(
-            f"the mesh's batch axes span {batch_axis_size(mesh, rules)} devices, not a multiple "
+            f"the mesh's batch axes span {devices} devices, not a multiple "
             f"of the {n} processes: set mesh.shape so that data x fsdp covers every process"
         )
     for stage in ("sft", "rl"):
@@ -203,6 +204,8 @@ def check_batch_split(config: ml_collections.ConfigDict, mesh, rules) -> None:
                 f"{stage}: batch size {size} does not split into {n} processes x "
                 f"{per_process} batch devices each"
             )
+        spec = logical_to_spec(["batch"], rules, mesh)
+        multihost.check_row_blocks(NamedSharding(mesh, spec), size // n)
 
 
 @dataclasses.dataclass
@@ -392,20 +395,20 @@ class Trainer:
         global batch (`place_stacked`); the processes pad to the sizes they agree on."""
         vision = self.model_config.vision
         buckets = self.config.data.patch_buckets
-        multiple = max(1, batch_axis_size(self.mesh, self.rules) // multihost.count())
+        multiple = max(1, batching.batch_axis_size(self.mesh, self.rules) // multihost.count())
         sizes = None
         if multihost.count() > 1:
             sizes = multihost.agree_max(batching.stack_sizes(batches, vision, buckets, multiple))
             if sizes["chunk_patches"]:
                 # The chunk count at the agreed chunk size.
                 local = 0
-                if batches[0].get("vision") is not None:
+                if any(b.get("vision") is not None for b in batches):
                     local = batching.stack_sizes(
                         batches, vision, buckets, multiple, sizes["chunk_patches"]
                     )["num_chunks"]
                 sizes["num_chunks"] = multihost.agree_max({"k": local})["k"]
         stacked = batching.stack(batches, vision, buckets, multiple, sizes)
-        return place_stacked(stacked, self.mesh, self.rules, vision.merge_unit)
+        return batching.place_stacked(stacked, self.mesh, self.rules, vision.merge_unit)
 
     def _step_flops(self, train_fn, opt_state, stacked) -> float:
         """Matmul FLOPs of one train step (jaxvrl.flops, as jaxvrl.fit counts them), traced once
@@ -464,6 +467,7 @@ class Trainer:
                     config.export.hf_dir,
                     tokenizer_dir=config.model.tokenizer_path or config.model.path,
                 )
+            multihost.barrier("export written")
             results["export"] = config.export.hf_dir
         results["nonfinite_skips"] = self.nonfinite_skips
         results["history"] = self.history
@@ -485,7 +489,8 @@ class Trainer:
         reads what an earlier run of this workdir wrote for that step; returns the
         `eval/<benchmark>/<metric>` metrics."""
         result = eval_runner.load_result(self.workdir, step)
-        if result is None:
+        # Process 0 (the writer) decides, so that all evaluate together or none does.
+        if multihost.agree_any(multihost.index() == 0 and result is None):
             result = eval_runner.evaluate_suite(
                 self.params,
                 self.sampler,
@@ -497,7 +502,7 @@ class Trainer:
                 write=jax.process_index() == 0,
             )
             log.info("%s", eval_runner.table(result))
-        return eval_runner.flat_metrics(result)
+        return eval_runner.flat_metrics(result) if result else {}
 
     def _run_stage(self, stage: Stage, latest: int | None, writer: MetricsWriter) -> None:
         config = self.config
@@ -524,8 +529,11 @@ class Trainer:
             self.params, opt_state = state["params"], state["opt_state"]
             ref_params = state.get("ref_params")
             iterator.set_state(
-                process_data_state(
-                    data_state, int(stage_config(config, stage.name).data.batch_size)
+                data_state_for_process(
+                    data_state,
+                    int(stage_config(config, stage.name).data.batch_size),
+                    multihost.count(),
+                    multihost.index(),
                 )
             )
             log.info("resumed %s at step %d", stage.name, step)
@@ -707,180 +715,8 @@ class Trainer:
         return batches, metrics
 
 
-def process_data_state(saved: Any, batch_size: int) -> Any:
-    """This process's data-iterator state from a checkpoint's: its own where the run had as many
-    processes; else (a slice of another size) its block of the same global position, which holds
-    exactly when no record was skipped (skips shift each process's stream by its own count)."""
-    if not isinstance(saved, dict) or "processes" not in saved:
-        states = [saved]  # a checkpoint of the single-process layout
-    else:
-        states = saved["processes"]
-    n, i = multihost.count(), multihost.index()
-    if len(states) == n:
-        return states[i]
-    old = states[0]
-    if not isinstance(old, dict) or "next_index" not in old.get("parent", {}):
-        raise ValueError(
-            f"the checkpoint was written by {len(states)} processes and this run has {n}: "
-            "its data state can be carried over only with data.num_workers = 0"
-        )
-    batches = old["parent"]["next_index"] // (batch_size // len(states))
-    counts = [json.loads(s["skip_counts"]) for s in states]
-    skips: dict[str, int] = {}
-    for c in counts:
-        for k, v in c.items():
-            skips[k] = skips.get(k, 0) + v
-    log.warning(
-        "resuming %d processes from a checkpoint of %d: each starts at global batch %d",
-        n,
-        len(states),
-        batches,
-    )
-    return {
-        "parent": {**old["parent"], "next_index": batches * (batch_size // n)},
-        "skip_counts": json.dumps(dict(sorted(skips.items())) if i == 0 else {}),
-    }
-
-
-STACKED_BATCH_AXIS = {"positions": 2, "prompt_positions": 2}  # default: axis 1 of [M, rows, ...]
-
-
-def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
-    """Shardings of stacked micro-batches [M, ...] (arrays or anything with .shape): batch
-    dimension over (data, fsdp) where it divides; vision chunks [M, K, C, ...] split over the
-    same axes (batching.chunk_vision makes K a multiple of their size), the feature index
-    replicated. jaxvrl.fit lays its abstract batches out with it."""
-
-    def one(key, x):
-        if key == "vision":
-            return {
-                k: NamedSharding(mesh, PartitionSpec()) if k == "feature_index" else one(k, v)
-                for k, v in x.items()
-            }
-        axis = STACKED_BATCH_AXIS.get(key, 1)
-        axes = [None] * len(x.shape)
-        axes[axis] = "batch"
-        spec = logical_to_spec(axes, rules, mesh)
-        size = int(np.prod([mesh.shape[a] for a in _axes(spec[axis])]))
-        if x.shape[axis] % size:
-            spec = PartitionSpec()
-        return NamedSharding(mesh, spec)
-
-    return {k: one(k, v) for k, v in stacked.items()}
-
-
-def place_stacked(stacked: dict[str, Any], mesh, rules, merge_unit: int = 4) -> dict[str, Any]:
-    """Stacked micro-batches [M, ...] onto the mesh (`stacked_shardings`). With several
-    processes `stacked` is this process's block of rows (and of vision chunks) of the global
-    batch: each array becomes a global array of every process's block, prompt indices
-    (`sample_to_prompt`) are offset to the global rows, and the vision feature index is
-    assembled from every process's (multihost.global_feature_index)."""
-    n = multihost.count()
-    if n == 1:
-        return jax.device_put(stacked, stacked_shardings(stacked, mesh, rules))
-
-    def scaled(shape, axis):
-        shape = list(shape)
-        shape[axis] *= n
-        return jax.ShapeDtypeStruct(tuple(shape), np.int32)
-
-    shapes: dict[str, Any] = {}
-    for key, x in stacked.items():
-        if key == "vision":
-            shapes[key] = {k: scaled(v.shape, 1) for k, v in x.items()}
-        else:
-            shapes[key] = scaled(np.shape(x), STACKED_BATCH_AXIS.get(key, 1))
-    shardings = stacked_shardings(shapes, mesh, rules)
-    out: dict[str, Any] = {}
-    for key, x in stacked.items():
-        if key == "vision":
-            chunks = {k: v for k, v in x.items() if k != "feature_index"}
-            out[key] = {
-                k: multihost.global_array(v, shardings[key][k], 1) for k, v in chunks.items()
-            }
-            real = (np.asarray(x["segment_ids"]) != 0).sum(axis=(1, 2)) // merge_unit
-            rows = x["patches"].shape[1] * x["patches"].shape[2] // merge_unit
-            index = multihost.global_feature_index(x["feature_index"], real, rows)
-            out[key]["feature_index"] = multihost.global_array(
-                index, shardings[key]["feature_index"], None
-            )
-            continue
-        x = np.asarray(x)
-        if key == "sample_to_prompt":
-            x = x + multihost.index() * np.shape(stacked["prompt_ids"])[1]
-        out[key] = multihost.global_array(x, shardings[key], STACKED_BATCH_AXIS.get(key, 1))
-    return out
-
-
-def batch_axis_size(mesh, rules) -> int:
-    """Devices the batch dimension is split over (the mesh axes `batch` maps to)."""
-    spec = logical_to_spec(["batch"], rules, mesh)
-    return int(np.prod([mesh.shape[a] for a in _axes(spec[0])]))
-
-
-def _axes(entry) -> tuple[str, ...]:
-    if entry is None:
-        return ()
-    return (entry,) if isinstance(entry, str) else tuple(entry)
-
-
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
-# ------------------------------------------------------------------------------------------------
-# Demo report.
-
-
-def _headline(result: dict[str, Any] | None, metric: str) -> float | None:
-    """`metric` of the first benchmark of one step's evaluation (the demo has one)."""
-    for bench in (result or {}).get("benchmarks", {}).values():
-        return bench.get("metrics", {}).get(metric)
-    return None
-
-
-def demo_report(results: dict[str, Any], workdir: str) -> dict[str, Any]:
-    """The demo's table: held-out accuracy before and after RL (jaxvrl/eval, benchmark
-    `video_r1`), the reward curve, the temporal bonus rate. Written to WORKDIR/demo_eval.json;
-    the full evaluation report is in WORKDIR/report/."""
-    rl_rows = [h for h in results.get("history", []) if h.get("stage") == "rl"]
-    rewards = [h["reward/total"] for h in rl_rows if h.get("reward/total") is not None]
-    bonus = [h["temporal/bonus_rate"] for h in rl_rows if h.get("temporal/bonus_rate") is not None]
-    tenth = max(1, len(rewards) // 10)
-    before, after = results.get("before_rl"), results.get("after_rl")
-    counts = [b.get("count") for b in (after or {}).get("benchmarks", {}).values()]
-    report = {
-        "accuracy_before": _headline(before, "accuracy"),
-        "accuracy_after": _headline(after, "accuracy"),
-        "unparseable_before": _headline(before, "unparseable"),
-        "unparseable_after": _headline(after, "unparseable"),
-        "eval_examples": counts[0] if counts else None,
-        "reward_first_tenth": float(np.mean(rewards[:tenth])) if rewards else None,
-        "reward_last_tenth": float(np.mean(rewards[-tenth:])) if rewards else None,
-        "temporal_bonus_rate": float(np.mean(bonus)) if bonus else None,
-        "rl_steps": len(rl_rows),
-        "nonfinite_skips": results.get("nonfinite_skips", 0),
-    }
-    with open(os.path.join(workdir, "demo_eval.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    r = {k: _fmt(v) for k, v in report.items()}
-    lines = [
-        "",
-        "held-out accuracy      before RL   after RL",
-        f"  accuracy             {r['accuracy_before']}      {r['accuracy_after']}",
-        f"  unparseable          {r['unparseable_before']}      {r['unparseable_after']}",
-        f"reward, first / last tenth of RL: {r['reward_first_tenth']} / {r['reward_last_tenth']}",
-        f"temporal bonus rate (T-GRPO): {r['temporal_bonus_rate']}",
-        f"written to {os.path.join(workdir, 'demo_eval.json')}",
-    ]
-    if results.get("report"):
-        lines.append(f"evaluation report: {results['report']['markdown']}")
-    print("\n".join(lines))
-    return report
-
-
-def _fmt(x) -> str:
-    return "   n/a" if not isinstance(x, int | float) else f"{x:6.3f}"
 
 
 def main(argv) -> None:
@@ -896,7 +732,7 @@ def main(argv) -> None:
         log.info("%s", distributed_summary(int(config.mesh.heartbeat_timeout)))
     results = Trainer(config, workdir).run()
     if config.get("demo", False) and jax.process_index() == 0:
-        demo_report(results, workdir)
+        demo_report.report(results, workdir)
 
 
 if __name__ == "__main__":

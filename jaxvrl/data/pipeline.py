@@ -319,7 +319,8 @@ def build_dataset(
     examples, errors = load_examples(config)
     for e in errors:
         log.warning("skipping %s", e)
-    initial = collections.Counter(skip_category(e) for e in errors)
+    # Records rejected on loading count once over the processes (process 0's).
+    initial = collections.Counter(skip_category(e) for e in errors if process_index == 0)
     if len(examples) < process_count:
         raise ValueError(f"{len(examples)} examples for {process_count} processes")
 

@@ -178,7 +178,6 @@ def generate(
     dataset = pipeline.build_dataset(eval_data_config(config, item))
     iterator = iter(dataset)
     responses: list[tuple[int, int, str, str]] = []  # (batch, row, key, response)
-    last = None
     for i in itertools.count():
         batch = next(iterator, None)
         # Several processes generate in step: each its block of every batch; a process whose
@@ -186,8 +185,8 @@ def generate(
         if not multihost.agree_any(batch is not None):
             break
         if batch is None:
-            batch = {**last, "example_mask": np.zeros_like(last["example_mask"])}
-        last = batch
+            sampler.sample(state, filler_prompts(), 1, params, seed=seed + i)
+            continue
         keep = np.asarray(batch["example_mask"], bool)
         rollout = sampler.sample(state, Prompts.from_batch(batch), 1, params, seed=seed + i)
         for row, (origin, text, k) in enumerate(
@@ -208,6 +207,17 @@ def generate(
     )
     merged = {key: text for *_, key, text in ordered[:max_examples]}
     return merged, {k: int(v) for k, v in skips.items()}
+
+
+def filler_prompts() -> Prompts:
+    """One prompt of one pad token: what a process whose share of a benchmark has run out
+    samples while the others still generate (the rollout program is collective)."""
+    return Prompts(
+        np.zeros((1, 1), np.int32),
+        np.ones((1, 1), bool),
+        np.zeros((3, 1, 1), np.int32),
+        np.zeros(1, np.int32),
+    )
 
 
 def evaluate_benchmark(
@@ -272,6 +282,8 @@ def evaluate_suite(
         try:
             out, rows = evaluate_benchmark(state, sampler, config, item, max_examples=max_examples)
         except (ValueError, OSError, DataError) as e:  # e.g. every record skipped
+            if multihost.count() > 1:
+                raise  # the others are still generating: carrying on would pair collectives wrongly
             log.error("evaluation of %s failed: %s", item.name, e)
             result["benchmarks"][item.name] = {"error": str(e), "files": item.paths}
             continue

@@ -119,6 +119,10 @@ def test_rematerialised_vision_blocks_give_the_same_gradient(generation, policy)
     jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(vision))(state))
     assert jaxpr.count("remat2[") == remat.cfg.depth  # one rematerialised call per block
 
-    # Recomputation repeats the same float32 operations: equal up to XLA's fusion choices.
+    # Recomputation repeats the same float32 operations: equal up to XLA's fusion choices. The
+    # tolerance is relative to each gradient's scale (1e-6 of its largest entry): an entry that
+    # is a small sum of large terms differs by ~1e-5 relatively on some CPUs (Intel Xeon: 7.6e-6
+    # on an entry of 0.66 in a gradient reaching 107), which is rounding, not a remat error.
     for a, b in zip(jax.tree.leaves(grad(plain)), jax.tree.leaves(grad(remat)), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+        scale = float(np.abs(np.asarray(b)).max())
+        np.testing.assert_allclose(a, b, atol=1e-6 * scale + 1e-7, rtol=1e-5)

@@ -381,10 +381,16 @@ class Sampler:
         return multihost.global_array(x, sharding, axis)
 
     def _prepare_prompts(
-        self, prompts: Prompts, rows: int, length: int, vision_sizes: tuple[int, int]
+        self,
+        prompts: Prompts,
+        rows: int,
+        length: int,
+        vision_sizes: tuple[int, int],
+        chunked: tuple[dict[str, np.ndarray], np.ndarray] | None = None,
     ) -> dict[str, Any]:
         """Inputs of `rows` prompt rows (this process's) padded to `length` tokens; vision in
-        chunks of `vision_sizes` = (patches per chunk, chunks) when the batch has vision."""
+        chunks of `vision_sizes` = (patches per chunk, chunks) when the batch has vision (reusing
+        `chunked`, this process's chunks from `_agreed_sizes`, where they have those sizes)."""
         p = prompts.num_prompts
         pad_id = self.model_config.pad_token_id or 0
 
@@ -411,7 +417,13 @@ class Sampler:
         }
         if vision_sizes[1]:
             chunk_patches, num_chunks = vision_sizes
-            chunks, index = self._vision_chunks(prompts.vision, chunk_patches, num_chunks)
+            if chunked is not None and chunked[0]["patches"].shape[:2] == (
+                num_chunks,
+                chunk_patches,
+            ):
+                chunks, index = chunked
+            else:
+                chunks, index = self._vision_chunks(prompts.vision, chunk_patches, num_chunks)
             out["chunks"] = {k: self._put(v, ("batch",)) for k, v in chunks.items()}
             index = multihost.global_feature_index(
                 index, _num_features(prompts.vision, self.model_config.vision), index.size
@@ -435,9 +447,12 @@ class Sampler:
             num_chunks,
         )
 
-    def _agreed_sizes(self, prompts: Prompts, counts: np.ndarray) -> dict[str, int]:
+    def _agreed_sizes(
+        self, prompts: Prompts, counts: np.ndarray
+    ) -> tuple[dict[str, int], tuple[dict[str, np.ndarray], np.ndarray] | None]:
         """Rows, group, prompt length and vision chunking every process uses for this call
-        (the largest each needs); with one process what this batch needs."""
+        (the largest each needs; with one process what this batch needs), and this process's
+        vision chunks as last computed (None without vision)."""
         p = prompts.num_prompts
         local = {
             "prompts": p,
@@ -446,18 +461,21 @@ class Sampler:
             "chunk_patches": 0,
             "num_chunks": 0,
         }
+        chunked = None
         if prompts.vision is not None:
-            chunks, _ = self._vision_chunks(prompts.vision, self.config.vision_chunk_patches)
+            chunked = self._vision_chunks(prompts.vision, self.config.vision_chunk_patches)
+            chunks = chunked[0]
             local["chunk_patches"] = int(chunks["patches"].shape[1])
             local["num_chunks"] = int(chunks["patches"].shape[0])
         agreed = multihost.agree_max(local)
         if multihost.count() > 1 and agreed["chunk_patches"]:
             # The chunk count at the agreed chunk size (a larger chunk may need another count).
-            chunks, _ = self._vision_chunks(prompts.vision, agreed["chunk_patches"])
-            agreed["num_chunks"] = multihost.agree_max(
-                {"num_chunks": int(chunks["patches"].shape[0])}
-            )["num_chunks"]
-        return agreed
+            local_k = 0
+            if prompts.vision is not None:
+                chunked = self._vision_chunks(prompts.vision, agreed["chunk_patches"])
+                local_k = int(chunked[0]["patches"].shape[0])
+            agreed["num_chunks"] = multihost.agree_max({"num_chunks": local_k})["num_chunks"]
+        return agreed, chunked
 
     # -- compilation -----------------------------------------------------------------------------
 
@@ -525,7 +543,7 @@ class Sampler:
         if counts.shape != (p,) or (counts < 0).any() or counts.sum() == 0:
             raise ValueError(f"need one non-negative sample count per prompt row, got {counts}")
         # With several processes each passes its own prompts; all use the largest sizes.
-        sizes = self._agreed_sizes(prompts, counts)
+        sizes, chunked = self._agreed_sizes(prompts, counts)
         n = multihost.count()
         everyone = sizes["prompts"] * n
         rows = bucket(everyone, self.config.prompt_row_buckets or (everyone,), self.batch_axis_size)
@@ -535,7 +553,7 @@ class Sampler:
         active = np.zeros((rows, group), bool)
         active[:p] = np.arange(group)[None] < counts[:, None]
         arrays = self._prepare_prompts(
-            prompts, rows, length, (sizes["chunk_patches"], sizes["num_chunks"])
+            prompts, rows, length, (sizes["chunk_patches"], sizes["num_chunks"]), chunked
         )
         stops = self.stop_tokens if params.stop_token_ids is None else params.stop_token_ids
         static = Static(

@@ -121,7 +121,9 @@ def run(argv) -> None:
     from jaxvrl import train
     from jaxvrl.checkpoint import Checkpointer
     from jaxvrl.data import synthetic
+    from jaxvrl.mesh import rules_from_config
     from jaxvrl.rollout import Sampler
+    from model.sharding import activation_layout
 
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -144,9 +146,10 @@ def run(argv) -> None:
     checkpointer.close()
     sampler = Sampler(model, mesh=mesh, tokenizer=tokenizer, config=train.rollout_config(config))
     max_examples = int(config.eval.num_examples) or None
-    result = runner.evaluate_suite(
-        state, sampler, config, suite, step or 0, f.workdir, max_examples=max_examples
-    )
+    with activation_layout(mesh, rules_from_config(config.mesh.rules)):
+        result = runner.evaluate_suite(
+            state, sampler, config, suite, step or 0, f.workdir, max_examples=max_examples
+        )
     print(runner.table(result))
     print(f"written to {runner.result_path(f.workdir, step or 0)}")
 

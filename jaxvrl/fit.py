@@ -154,6 +154,7 @@ def fit_report(
     """Compiles every program of `config`'s run for `target` (hardware.Target); the report."""
     from jaxvrl import train
     from jaxvrl.mesh import make_mesh, rules_from_config
+    from model.sharding import activation_layout
 
     model_config = model_shape(config)
     mesh = make_mesh(dict(config.mesh.shape), devices=target.devices)
@@ -174,7 +175,8 @@ def fit_report(
             except StopIteration:
                 break
             log.info("compiling %s", program.name)
-            result, compiled = compile_program(program, resident)
+            with activation_layout(mesh, rules):
+                result, compiled = compile_program(program, resident)
             results.append(result)
             if on_result is not None:
                 on_result(result)

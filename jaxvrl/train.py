@@ -46,7 +46,7 @@ from jaxvrl.rollout import RolloutConfig, Sampler, SamplingParams
 from model.config import ModelConfig
 from model.hf import load_pretrained, save_pretrained
 from model.qwen2_vl import Qwen2VL
-from model.sharding import logical_to_spec, shard_model
+from model.sharding import activation_layout, logical_to_spec, shard_model
 
 log = logging.getLogger("jaxvrl.train")  # not "__main__" under python -m
 
@@ -434,6 +434,12 @@ class Trainer:
     # -- stages ----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        """Every stage, then the export; the programs traced on the way lay their activations
+        out on the run's mesh (model.sharding.activation_layout)."""
+        with activation_layout(self.mesh, self.rules):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         config = self.config
         latest = self.checkpointer.latest_step()
         results: dict[str, Any] = {}

@@ -3,11 +3,20 @@
 Every parameter carries logical axis names in its `axes` metadata. One table of rules (config data)
 maps each logical name to a mesh axis (or a tuple of them, or None for replicated); changing the
 parallelism means changing that table, not the model.
+
+Activations are pinned the same way: under `activation_layout(mesh, rules)` the model's
+`constrain(x, axes)` calls become sharding constraints (batch over the batch axes, heads and MLP
+columns over `tensor`); outside one they do nothing. Without them the partitioner is free to
+keep an activation whole on every device and shard the weights' contraction dimension instead,
+all-reducing full-batch MLP activations: on an 8-GPU node that tripled the RL step's memory
+(bench/RESULTS.md, fit check).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 from flax import nnx
@@ -80,3 +89,34 @@ def batch_sharding(mesh: Mesh, rank: int, batch_axis: int = 0, rules: Rules = DE
     axes = [None] * rank
     axes[batch_axis] = "batch"
     return NamedSharding(mesh, logical_to_spec(axes, rules, mesh))
+
+
+# The rules `constrain` maps logical names with; the mesh is JAX's context mesh (jax.set_mesh),
+# which is part of the key under which jit caches a trace: a function traced outside a layout is
+# traced again inside one, and the other way round.
+_RULES: contextvars.ContextVar[tuple] = contextvars.ContextVar(
+    "activation_rules", default=DEFAULT_RULES
+)
+
+
+@contextlib.contextmanager
+def activation_layout(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
+    """Programs traced inside lay their activations out by `rules` on `mesh` (`constrain`);
+    `mesh` is JAX's context mesh meanwhile."""
+    token = _RULES.set(tuple(rules))
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        _RULES.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """x laid out by logical `axes` (one name or None per dimension) on the context mesh of an
+    `activation_layout`; unchanged without one. Dimensions the mesh axes do not divide stay whole
+    (4 prompts on 8 devices are replicated). A one-device mesh adds nothing to the program."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    spec = _fits(x.shape, logical_to_spec(axes, _RULES.get(), mesh), mesh)
+    return jax.lax.with_sharding_constraint(x, spec)

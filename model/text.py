@@ -14,6 +14,7 @@ from flax import nnx, struct
 from model.config import TextConfig
 from model.layers import Dense, RMSNorm, activation, attention
 from model.rope import apply_rotary
+from model.sharding import constrain
 
 
 @struct.dataclass
@@ -66,7 +67,8 @@ class Attention(nnx.Module):
         h, kv, hd = self.shape
         q = apply_rotary(self.q_proj(x).reshape(b, length, h, hd), cos, sin)
         k = apply_rotary(self.k_proj(x).reshape(b, length, kv, hd), cos, sin)
-        return q, k, self.v_proj(x).reshape(b, length, kv, hd)
+        v = self.v_proj(x).reshape(b, length, kv, hd)
+        return _heads(q, "heads"), _heads(k, "kv_heads"), _heads(v, "kv_heads")
 
     def output(self, out):
         """Attention output [b, len, heads, d] -> the residual update [b, len, hidden]."""
@@ -100,8 +102,8 @@ class Attention(nnx.Module):
         qp, kp, vp = self.project(xp, *rope_p)
         qc, kc, vc = self.project(xc, *rope_c)
         out_p = attention(qp, kp, vp, mask_p, hd**-0.5)
-        k = jnp.concatenate([kp[sample_to_prompt], kc], axis=1)
-        v = jnp.concatenate([vp[sample_to_prompt], vc], axis=1)
+        k = _heads(jnp.concatenate([kp[sample_to_prompt], kc], axis=1), "kv_heads")
+        v = _heads(jnp.concatenate([vp[sample_to_prompt], vc], axis=1), "kv_heads")
         out_c = attention(qc, k, v, mask_c, hd**-0.5)
         return self.output(out_p), self.output(out_c)
 
@@ -122,7 +124,8 @@ class MLP(nnx.Module):
         self.act = activation(cfg.hidden_act)
 
     def __call__(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        inner = self.act(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(constrain(inner, ("batch",) + (None,) * (x.ndim - 2) + ("mlp",)))
 
 
 class DecoderLayer(nnx.Module):
@@ -135,16 +138,19 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
+        x = _tokens(x)
         attn, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, index)
         return self.feed_forward(x + attn), kv_cache
 
     def feed_forward(self, x):
         """The MLP half of the layer with its residual."""
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = _tokens(x)
+        return _tokens(x + self.mlp(self.post_attention_layernorm(x)))
 
     def shared_prefix(self, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt):
         """The layer over prompts xp [P, Lp, hidden] and the completions xc [S, Lc, hidden]
         that continue them (Attention.shared_prefix). Returns both outputs."""
+        xp, xc = _tokens(xp), _tokens(xc)
         ap, ac = self.self_attn.shared_prefix(
             self.input_layernorm(xp),
             self.input_layernorm(xc),
@@ -155,6 +161,16 @@ class DecoderLayer(nnx.Module):
             sample_to_prompt,
         )
         return self.feed_forward(xp + ap), self.feed_forward(xc + ac)
+
+
+def _tokens(x: jnp.ndarray) -> jnp.ndarray:
+    """Hidden states [batch, seq, hidden]: split over the batch axes, whole per token."""
+    return constrain(x, ("batch", None, None))
+
+
+def _heads(x: jnp.ndarray, heads: str) -> jnp.ndarray:
+    """[batch, seq, heads, head_dim]: batch over the batch axes, heads over `tensor`."""
+    return constrain(x, ("batch", None, heads, None))
 
 
 def causal_mask(attention_mask: jnp.ndarray) -> jnp.ndarray:

@@ -77,3 +77,26 @@ def test_chunked_forward_needs_under_a_quarter_of_full_logit_memory():
     temp = chunked.lower(*shapes).compile().memory_analysis().temp_size_in_bytes
     full_logits = batch * seq * vocab * 4
     assert temp < 0.25 * full_logits
+
+
+def test_on_a_mesh_each_device_computes_only_its_share_of_a_chunks_logits():
+    """64 tokens split 8 ways, chunks of 32: every device's logits are [4, vocab] per chunk (a
+    chunk of consecutive tokens would leave whole [32, vocab] logits on every device), and the
+    values equal the single-device ones."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from model.sharding import activation_layout
+
+    h, w, t = _random(batch=8, seq=8, hidden=16, vocab=1000)
+    expected = chunked_token_logprobs(h, w, t, chunk_size=32)
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(1, 8, 1), ("data", "fsdp", "tensor"))
+    rows = NamedSharding(mesh, PartitionSpec("fsdp"))
+    fn = jax.jit(lambda h, w, t: chunked_token_logprobs(h, w, t, chunk_size=32))
+    with activation_layout(mesh):
+        h_s, t_s = jax.device_put(h, rows), jax.device_put(t, rows)
+        w_s = jax.device_put(w, NamedSharding(mesh, PartitionSpec()))
+        text = fn.lower(h_s, w_s, t_s).compile().as_text()
+        got = fn(h_s, w_s, t_s)
+    assert "f32[4,1000]" in text
+    assert "f32[32,1000]" not in text
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=ATOL, rtol=0)

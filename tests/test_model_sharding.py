@@ -1,4 +1,5 @@
-"""On 8 simulated CPU devices (data 2 x fsdp 2 x tensor 2) the port gives single-device logits."""
+"""On 8 simulated CPU devices (data 2 x fsdp 2 x tensor 2) the port gives single-device logits;
+under an activation layout the decoder's activations are split over the batch axes."""
 
 import jax
 import numpy as np
@@ -10,7 +11,14 @@ from model import parity
 from model.hf import load_pretrained
 from model.packing import pack_vision
 from model.rope import rope_index
-from model.sharding import DEFAULT_RULES, batch_sharding, logical_to_spec
+from model.sharding import (
+    DEFAULT_RULES,
+    activation_layout,
+    batch_sharding,
+    constrain,
+    logical_to_spec,
+    shard_model,
+)
 
 # Sharded matmuls reduce in a different order; float32 rounding stays far below this bound.
 TOLERANCE = 1e-5
@@ -74,3 +82,62 @@ def test_sharded_logits_equal_single_device_logits():
     np.testing.assert_allclose(
         np.asarray(got), expected, atol=TOLERANCE * np.abs(expected).max(), rtol=0
     )
+
+
+def test_constrain_pins_the_batch_axes_only_inside_a_layout():
+    mesh = _mesh()
+    fn = jax.jit(lambda x: constrain(x * 2, ("batch", None, "mlp")))
+    x = np.ones((8, 3, 4), np.float32)
+    outside = fn.lower(x).as_text()
+    with activation_layout(mesh):
+        inside = fn.lower(x).as_text()
+        # 8 rows over data x fsdp (4 ways), the last axis over tensor; 2 rows stay whole.
+        split = PartitionSpec(("data", "fsdp"), None, "tensor")
+        assert fn(x).sharding.is_equivalent_to(NamedSharding(mesh, split), 3)
+        whole_rows = NamedSharding(mesh, PartitionSpec(None, None, "tensor"))
+        assert fn(x[:2]).sharding.is_equivalent_to(whole_rows, 3)
+    # The same jitted function is traced anew inside the layout and again outside it.
+    assert "sharding_constraint" not in outside
+    assert "sharding_constraint" in inside
+    assert "sharding_constraint" not in fn.lower(x).as_text()
+    one = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    with activation_layout(one):
+        assert (
+            "sharding_constraint"
+            not in jax.jit(lambda x: constrain(x, ("batch",))).lower(x).as_text()
+        )
+
+
+def test_shared_prefix_layer_splits_completions_over_the_batch_axes():
+    """Prompts [4, ...] and their completions [8, ...] both come out split over data x fsdp
+    (4 ways), equal to the unsharded layer's output (float32: only reduction order differs)."""
+    model = tiny_port("qwen2_5_vl")
+    cfg = model.config.text
+    rng = np.random.default_rng(0)
+    xp = rng.normal(size=(4, 6, cfg.hidden_size)).astype(np.float32)
+    xc = rng.normal(size=(8, 3, cfg.hidden_size)).astype(np.float32)
+    s2p = np.repeat(np.arange(4, dtype=np.int32), 2)
+    pos_p = np.broadcast_to(np.arange(6), (3, 4, 6))
+    pos_c = np.broadcast_to(6 + np.arange(3), (3, 8, 3))
+    mask_p = np.broadcast_to(np.tril(np.ones((6, 6), bool)), (4, 6, 6))
+    mask_c = np.concatenate(
+        [np.ones((8, 3, 6), bool), np.broadcast_to(np.tril(np.ones((3, 3), bool)), (8, 3, 3))],
+        axis=2,
+    )
+
+    def run(m, xp, xc):
+        rope_p, rope_c = m._rope(pos_p), m._rope(pos_c)
+        return m.layers[0].shared_prefix(xp, xc, rope_p, rope_c, mask_p, mask_c, s2p)
+
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda state, xp, xc: run(nnx.merge(graphdef, state), xp, xc))
+    expected = fn(state, xp, xc)
+    mesh = _mesh()
+    sharded = nnx.merge(graphdef, state)
+    shard_model(sharded, mesh, DEFAULT_RULES)
+    with activation_layout(mesh):
+        got = fn(nnx.state(sharded), xp, xc)
+    batch = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None, None))
+    assert all(g.sharding.is_equivalent_to(batch, 3) for g in got)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=TOLERANCE, rtol=0)

@@ -557,6 +557,8 @@ def test_hostile_text_never_raises_stays_in_range_and_is_fast(
         start = time.perf_counter()
         got = rewards.get(name)(completions, [solution] * n, **fields)
         elapsed = time.perf_counter() - start
-        assert elapsed < 1.0, (name, elapsed)
+        # A backtracking pattern on these 10-100 KB texts takes minutes; linear parsing takes
+        # milliseconds. 5 s leaves room for a loaded machine (1.4 s seen beside two compiles).
+        assert elapsed < 5.0, (name, elapsed)
         assert len(got) == n
         assert all(isinstance(x, float) and math.isfinite(x) and low <= x <= high for x in got)

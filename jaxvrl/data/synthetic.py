@@ -61,6 +61,10 @@ CHAT_TEMPLATE = (
 )
 
 DIRECTIONS = ("left to right", "right to left", "top to bottom", "bottom to top")
+# Bumped when the records a spec produces change (2: the change task names the change first), so
+# a set built by older code is built again.
+FORMAT = 2
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 180, 60),
@@ -201,7 +205,11 @@ def _video_record(directory: str, name: str, spec: SyntheticSpec, rng) -> dict[s
             CHANGES[d], num_frames, spec.video_size, spec.square, COLOURS[colour], rng
         )
         question, options, source = CHANGE_QUESTION, CHANGES, "synthetic_change"
-        process = f"<think>The {colour} square: {CHANGES[d]}.</think>"
+        # The change first, then the colour: with the colour named first, the tiny model's
+        # answer keyed on the colour word it had just written (seeds 0 and 3 of the demo ended
+        # with every blue brightening / every green shrinking wrong, and RL never sampled the
+        # right word again); the change first has to come from the frames.
+        process = f"<think>{CHANGES[d].capitalize()}. The square is {colour}.</think>"
     elif spec.video_task == "motion":
         d = int(rng.integers(len(DIRECTIONS)))
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
@@ -387,6 +395,7 @@ def build_dataset(
     }
     manifest = os.path.join(directory, "synthetic.json")
     wanted = {
+        "format": FORMAT,
         "spec": dataclasses.asdict(spec),
         "generation": generation,
         "model": dict(model_kwargs or {}),

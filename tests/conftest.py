@@ -17,11 +17,13 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def small_demo_set(tmp_path_factory):
     """The demo's synthetic set shrunk to 8 training videos, 4 images and 4 held-out videos
     (the end-to-end trainer tests run the demo config on it)."""
+    from demo_fixtures import SMALL_SET
+
     from configs import demo
     from jaxvrl.data import synthetic
 
     directory = str(tmp_path_factory.mktemp("demo_set"))
     config = demo.get_config(directory)
-    config.data.synthetic.update(num_videos=8, num_images=4, num_eval_videos=4)
+    config.data.synthetic.update(**SMALL_SET)
     synthetic.ensure_from_config(config)
     return directory

@@ -19,6 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from demo_fixtures import shrunk_demo
 from flax import nnx
 from safetensors.numpy import load_file
 
@@ -47,20 +48,12 @@ def overrides(root: str, workdir: str, *extra: str) -> list[str]:
     """The demo shrunk to seconds: 2 SFT + 2 T-GRPO steps, a checkpoint after each, 4 held-out
     videos evaluated at the start of RL and at the end, 8 devices in a data 2 x fsdp 2 x
     tensor 2 mesh."""
-    return [
-        f"--config=configs/demo.py:{root}",
-        f"--workdir={workdir}",
-        "--config.data.synthetic.num_videos=8",
-        "--config.data.synthetic.num_images=4",
-        "--config.data.synthetic.num_eval_videos=4",
-        "--config.data.batch_size=4",
+    return shrunk_demo(
+        root,
+        workdir,
         "--config.sft.batch_size=4",
         "--config.sft.steps=2",
         "--config.rl.steps=2",
-        "--config.rl.num_generations=4",
-        "--config.rl.shuffled_generations=2",
-        "--config.rl.max_completion_tokens=8",
-        "--config.rl.beta=0.04",
         "--config.rl.dynamic_sampling.enabled=false",
         # The tiny model earns no reward yet: the entropy bonus (and then the KL term) gives the
         # RL steps a gradient to compare.
@@ -69,13 +62,12 @@ def overrides(root: str, workdir: str, *extra: str) -> list[str]:
         "--config.checkpoint.keep=10",
         "--config.checkpoint.async_save=false",
         "--config.eval.num_examples=4",
-        "--config.metrics.progress=false",
         "--config.metrics.tensorboard=false",
         "--config.mesh.shape.data=2",
         "--config.mesh.shape.fsdp=2",
         "--config.mesh.shape.tensor=2",
         *extra,
-    ]
+    )
 
 
 def free_port() -> int:

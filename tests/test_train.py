@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from demo_fixtures import shrunk_demo
 from flax import nnx
 from model_fixtures import tiny_port
 from safetensors.numpy import load_file
@@ -30,25 +31,16 @@ def short_overrides(root: str, workdir: str) -> list[str]:
     """The demo shortened to seconds: a small set, 3 SFT and 4 RL steps, checkpoints every 2, two
     held-out videos evaluated before the first step, every 4 steps, at the start of RL and at
     the end (steps 0, 3, 4, 7)."""
-    return [
-        f"--config=configs/demo.py:{root}",
-        f"--workdir={workdir}",
-        "--config.data.synthetic.num_videos=8",
-        "--config.data.synthetic.num_images=4",
-        "--config.data.synthetic.num_eval_videos=4",
-        "--config.data.batch_size=4",
+    return shrunk_demo(
+        root,
+        workdir,
         "--config.sft.steps=3",
         "--config.rl.steps=4",
-        "--config.rl.num_generations=4",
-        "--config.rl.shuffled_generations=2",
-        "--config.rl.max_completion_tokens=8",
-        "--config.rl.beta=0.04",
         "--config.checkpoint.every=2",
         "--config.eval.every=4",
         "--config.eval.num_examples=2",
-        "--config.metrics.progress=false",
         f"--config.export.hf_dir={workdir}/hf",
-    ]
+    )
 
 
 def command(root: str, workdir: str) -> list[str]:

@@ -1,0 +1,24 @@
+"""The CPU demo shrunk to seconds, shared by the end-to-end trainer tests (test_train.py,
+test_multihost.py): the small synthetic set conftest's `small_demo_set` builds, and the overrides
+of a short run on it (each test adds its own steps, checkpoints and mesh)."""
+
+# The demo's synthetic set cut down: 8 training videos, 4 images, 4 held-out videos.
+SMALL_SET = {"num_videos": 8, "num_images": 4, "num_eval_videos": 4}
+
+
+def shrunk_demo(root: str, workdir: str, *extra: str) -> list[str]:
+    """`python -m jaxvrl.train` flags: configs/demo.py on the small set in `root`, batches of 4
+    prompts, G = 4 plus 2 shuffled-frame samples of up to 8 tokens, a KL term, no progress bar;
+    then `extra`."""
+    return [
+        f"--config=configs/demo.py:{root}",
+        f"--workdir={workdir}",
+        *(f"--config.data.synthetic.{key}={value}" for key, value in SMALL_SET.items()),
+        "--config.data.batch_size=4",
+        "--config.rl.num_generations=4",
+        "--config.rl.shuffled_generations=2",
+        "--config.rl.max_completion_tokens=8",
+        "--config.rl.beta=0.04",
+        "--config.metrics.progress=false",
+        *extra,
+    ]

@@ -15,8 +15,8 @@ the <think>/<answer> format, to answer with an option letter and part of the tas
 all training videos, 16 prompts per step. The task: does the square grow, shrink, brighten or
 darken? Without the frame order only the pair (size or brightness) can be told, so shuffled frames
 cap accuracy at about 0.5 (chance 0.25). 128 held-out videos are evaluated before and after RL
-(measured 0.54 -> 0.94 on an Intel VM but 0.53 -> 0.63 on an AMD one: the outcome moves with
-float rounding, README "The CPU demo" and issue 17).
+(seeds 0-3 on an Intel VM: 0.77 -> 0.98, 0.77 -> 0.88, 0.75 -> 0.90, 0.70 -> 0.99; the outcome
+moves with the seed and with float rounding: README "The CPU demo" and issue 17).
 """
 
 from __future__ import annotations

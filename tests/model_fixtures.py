@@ -5,6 +5,10 @@ from __future__ import annotations
 import functools
 import tempfile
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
 from model.hf import load_pretrained
 from model.tiny import make_tiny_checkpoint
 
@@ -18,6 +22,14 @@ def tiny_checkpoint(generation: str, tie: bool = False) -> tuple[str, object]:
 
 
 @functools.cache
-def tiny_port(generation: str, tie: bool = False):
+def _loaded_port(generation: str, tie: bool) -> tuple[nnx.GraphDef, nnx.State]:
     directory, _ = tiny_checkpoint(generation, tie)
-    return load_pretrained(directory)
+    return nnx.split(load_pretrained(directory))
+
+
+def tiny_port(generation: str, tie: bool = False):
+    """The port of `tiny_checkpoint`, a fresh copy on every call: tests shard, update and donate
+    their models, and nnx.merge of a split model shares its Variables, so a shared instance would
+    carry one test's changes into the next."""
+    graphdef, state = _loaded_port(generation, tie)
+    return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))

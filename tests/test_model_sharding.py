@@ -133,7 +133,7 @@ def test_shared_prefix_layer_splits_completions_over_the_batch_axes():
     fn = jax.jit(lambda state, xp, xc: run(nnx.merge(graphdef, state), xp, xc))
     expected = fn(state, xp, xc)
     mesh = _mesh()
-    sharded = nnx.merge(graphdef, state)
+    sharded = tiny_port("qwen2_5_vl")  # a fresh copy: shard_model changes it in place
     shard_model(sharded, mesh, DEFAULT_RULES)
     with activation_layout(mesh):
         got = fn(nnx.state(sharded), xp, xc)

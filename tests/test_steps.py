@@ -96,7 +96,7 @@ def _concatenated_logprobs(model, batch):
 def test_shared_prompt_pass_has_the_gradient_of_the_concatenated_forward(remat):
     """The prompt run once for its completions gives the log-probs and the parameter gradient of
     running every prompt + completion (float32, 1e-5: only summation order differs)."""
-    model = nnx.merge(*nnx.split(tiny_port("qwen2_vl")))  # a copy: the fixture is shared
+    model = tiny_port("qwen2_vl")  # a fresh copy
     model.remat = remat
     _, batch = _rl_batch(model)
     weights = jnp.asarray(batch["completion_mask"], jnp.float32) * batch["advantages"][:, None]
@@ -136,7 +136,7 @@ def _step(model, settings, stacked, learning_rate=1e-2, **opt):
 
 @pytest.mark.parametrize("remat", [False, True])
 def test_two_micro_batches_give_exactly_the_one_batch_update(remat):
-    model = nnx.merge(*nnx.split(tiny_port("qwen2_vl")))  # a copy: the fixture is shared
+    model = tiny_port("qwen2_vl")  # a fresh copy
     model.remat = remat  # rematerialised layers inside the scan over micro-batches
     cfg = model.config
     inp, batch = _rl_batch(model)
@@ -230,7 +230,7 @@ def test_train_step_on_eight_devices_equals_one_device():
     expected_params, _, expected = _step(model, settings, batch, learning_rate=1e-4)
 
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
-    sharded = nnx.merge(*nnx.split(model))  # a copy to shard
+    sharded = tiny_port("qwen2_5_vl")  # a fresh copy to shard
     shard_model(sharded, mesh, DEFAULT_RULES)
     put = {k: jax.device_put(v, NamedSharding(mesh, PartitionSpec())) for k, v in batch.items()}
     put["completion_ids"] = jax.device_put(
@@ -244,10 +244,7 @@ def test_train_step_on_eight_devices_equals_one_device():
 
 
 def test_optimizer_state_has_the_parameters_shardings_and_step_two_reuses_step_one():
-    graphdef, state = nnx.split(tiny_port("qwen2_vl"))
-    # Copies of the shared fixture's arrays: the step donates its inputs, and device_put may
-    # reuse a buffer for the shard on the same device.
-    model = nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+    model = tiny_port("qwen2_vl")  # a fresh copy: the step donates its inputs
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4, 1), ("data", "fsdp", "tensor"))
     shard_model(model, mesh, DEFAULT_RULES)
     graphdef, params = nnx.split(model)

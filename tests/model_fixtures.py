@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 
 import jax
@@ -17,6 +19,7 @@ from model.tiny import make_tiny_checkpoint
 def tiny_checkpoint(generation: str, tie: bool = False) -> tuple[str, object]:
     """(directory, torch model) of a tiny random checkpoint, built once per test process."""
     directory = tempfile.mkdtemp(prefix=f"jaxvrl_{generation}_{'tied' if tie else 'untied'}_")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     torch_model = make_tiny_checkpoint(directory, generation, tie_word_embeddings=tie, seed=1)
     return directory, torch_model
 

@@ -91,9 +91,14 @@ def test_constrain_pins_the_batch_axes_only_inside_a_layout():
     outside = fn.lower(x).as_text()
     with activation_layout(mesh):
         inside = fn.lower(x).as_text()
-        # 8 rows over data x fsdp (4 ways), the last axis over tensor; 2 rows stay whole.
+        # 8 rows over data x fsdp (4 ways), the last axis over tensor.
         split = PartitionSpec(("data", "fsdp"), None, "tensor")
         assert fn(x).sharding.is_equivalent_to(NamedSharding(mesh, split), 3)
+        # 2 rows do not divide 4 ways: rows and the unnamed axis are left to the partitioner
+        # (Shardy's open dimension "{?}"), the last axis is still pinned over tensor.
+        two_rows = fn.lower(x[:2]).as_text()
+        assert '[{?}, {?}, {"tensor"}]' in two_rows
+        assert "{?}" not in inside
         whole_rows = NamedSharding(mesh, PartitionSpec(None, None, "tensor"))
         assert fn(x[:2]).sharding.is_equivalent_to(whole_rows, 3)
     # The same jitted function is traced anew inside the layout and again outside it.

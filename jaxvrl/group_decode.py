@@ -36,7 +36,7 @@ from model.config import VisionConfig
 from model.layers import MASK_VALUE
 from model.packing import pack_vision
 from model.rope import apply_rotary, mrope_cos_sin
-from model.sharding import Rules, logical_to_spec
+from model.sharding import Rules, fit_spec, logical_to_spec
 from model.text import causal_mask
 
 # ------------------------------------------------------------------------------------------------
@@ -297,11 +297,7 @@ def axis_size(mesh: Mesh, entry: str | tuple[str, ...] | None) -> int:
 
 def logical_sharding(mesh: Mesh, rules: Rules, axes: Sequence[str | None], shape: Sequence[int]):
     """NamedSharding from logical axes, dropping mesh axes that do not divide a dimension."""
-    spec = tuple(logical_to_spec(axes, rules, mesh)) + (None,) * (len(shape) - len(axes))
-    out = []
-    for dim, entry in zip(shape, spec, strict=True):
-        out.append(entry if dim % axis_size(mesh, entry) == 0 else None)
-    return NamedSharding(mesh, PartitionSpec(*out))
+    return NamedSharding(mesh, fit_spec(shape, logical_to_spec(axes, rules, mesh), mesh))
 
 
 def _at_most(x: jnp.ndarray, dtype) -> jnp.ndarray:

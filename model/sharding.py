@@ -52,7 +52,7 @@ def logical_to_spec(axes: Iterable[str | None], rules: Rules, mesh: Mesh) -> Par
     return PartitionSpec(*spec)
 
 
-def _fits(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
+def fit_spec(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
     """Drops sharding on dimensions that the mesh axes do not divide (e.g. 2 kv heads on 4)."""
     out = []
     for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
@@ -71,7 +71,7 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) 
         axes = var.get_metadata().get("axes")
         shape = var.get_value().shape
         spec = logical_to_spec(axes, rules, mesh) if axes else PartitionSpec()
-        return var.replace(NamedSharding(mesh, _fits(shape, spec, mesh)))
+        return var.replace(NamedSharding(mesh, fit_spec(shape, spec, mesh)))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
@@ -123,9 +123,7 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     if mesh.empty or mesh.size == 1:
         return x
     spec = logical_to_spec(axes, _RULES.get(), mesh)
-    entries = tuple(spec) + (None,) * (x.ndim - len(spec))
-    fitted = tuple(_fits(x.shape, spec, mesh)) + (None,) * (x.ndim - len(spec))
-    if any(e is not None and f is None for e, f in zip(entries, fitted, strict=True)):
-        free = PartitionSpec.UNCONSTRAINED
-        fitted = tuple(free if f is None else f for f in fitted)
+    fitted = tuple(fit_spec(x.shape, spec, mesh))
+    if fitted != tuple(spec) + (None,) * (x.ndim - len(spec)):  # a name's axes did not divide
+        fitted = tuple(PartitionSpec.UNCONSTRAINED if f is None else f for f in fitted)
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*fitted))

@@ -9,11 +9,14 @@ Every reward is called like a TRL reward function::
 (a scalar is broadcast). A reward never raises: any parsing failure scores 0.0. Work is bounded on
 hostile text: texts are cut at `MAX_TEXT_CHARS`, word sequences at `MAX_WORDS`, parsed numbers at
 `MAX_NUMBERS`, and every regular expression runs in linear time (no ambiguous quantifiers).
+
+This module holds the registry, the format and accuracy rules, the length bonus, the VideoChat-R1
+and SEED-Bench-R1 rewards and the task dispatch; answers are parsed (and spans, intervals and
+boxes compared) in jaxvrl/answer_parsing.py, WER and ROUGE computed in jaxvrl/text_metrics.py.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import itertools
 import json
@@ -25,14 +28,29 @@ from typing import Any
 
 import numpy as np
 
-MAX_TEXT_CHARS = 32_768
-MAX_WORDS = 2_048
-MAX_NUMBERS = 4_096
+from jaxvrl.answer_parsing import (
+    MAX_NUMBERS,
+    MAX_TEXT_CHARS,
+    Box,
+    Interval,
+    box_iou,
+    extract_answer,
+    first_tag,
+    glue_iou,
+    interval_iou,
+    is_real,
+    parse_box_list,
+    parse_boxes,
+    parse_glue,
+    parse_numbers,
+    parse_span,
+    parse_timestamp_answer,
+    to_float,
+)
+from jaxvrl.text_metrics import rouge_f1s, word_error_rate
 
 RewardFn = Callable[..., list[float]]
 ScoreFn = Callable[..., float]
-Interval = tuple[float, float]
-Box = tuple[float, float, float, float]
 
 _REGISTRY: dict[str, RewardFn] = {}
 
@@ -124,13 +142,6 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
 
 
-def extract_answer(text: str) -> str | None:
-    """Video-R1's answer: `<answer>\\s*(.*?)\\s*</answer>` (DOTALL) content; None if absent."""
-    start = text.find("<answer>")
-    end = text.find("</answer>", start + len("<answer>")) if start >= 0 else -1
-    return text[start + len("<answer>") : end].strip() if end >= 0 else None
-
-
 def _solution_text(solution: Any) -> str:
     """The solution's answer: the same extraction, falling back to the whole (trusted) text."""
     text = _as_text(solution)
@@ -159,27 +170,6 @@ def _score_each(
             value = 0.0
         out.append(min(high, max(low, value)) if math.isfinite(value) else 0.0)
     return out
-
-
-# A number as a model writes it: optional sign, digits with an optional decimal part (or a bare
-# ".5"), optional exponent ("2.6e-02"). Possessive quantifiers and the look-behind (no start
-# inside a digit run) keep every search linear in the text's length.
-NUMBER_PATTERN = r"(?<![\d.])[-+]?(?:\d++(?:\.\d*+)?|\.\d++)(?:[eE][-+]?\d++)?"
-_NUMBER = re.compile(NUMBER_PATTERN)
-
-
-def _numbers(text: str) -> list[float]:
-    """Signed decimal numbers (scientific notation too) in `text`, at most MAX_NUMBERS."""
-    return [float(m.group()) for m in itertools.islice(_NUMBER.finditer(text), MAX_NUMBERS)]
-
-
-def _to_float(text: str) -> float | None:
-    """Video-R1's normalize_number: drop commas, parse a float; None if unparsable or not finite."""
-    try:
-        value = float(text.replace(",", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 # ----------------------------------------------------------------------------- format
@@ -223,91 +213,6 @@ def format_reward(text: str, solution: Any, **record: Any) -> float:
 # ----------------------------------------------------------------------------- accuracy
 
 
-def _word_ids(words_a: list[str], words_b: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    vocab: dict[str, int] = {}
-    a = np.array([vocab.setdefault(w, len(vocab)) for w in words_a], np.int64)
-    b = np.array([vocab.setdefault(w, len(vocab)) for w in words_b], np.int64)
-    return a, b
-
-
-def _edit_distance(a: np.ndarray, b: np.ndarray) -> int:
-    """Levenshtein distance of two id sequences, one numpy row per element of `a`."""
-    if len(a) == 0 or len(b) == 0:
-        return max(len(a), len(b))
-    cols = np.arange(len(b) + 1)
-    prev = cols.copy()
-    for i, token in enumerate(a, start=1):
-        row = np.empty_like(prev)
-        row[0] = i
-        row[1:] = np.minimum(prev[:-1] + (b != token), prev[1:] + 1)
-        # Insertions chain left to right: row[j] = min_k (row[k] + j - k), a running minimum.
-        prev = np.minimum.accumulate(row - cols) + cols
-    return int(prev[-1])
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Video-R1's WER: word-level edit distance / max(1, number of reference words)."""
-    ref, hyp = reference.split()[:MAX_WORDS], hypothesis.split()[:MAX_WORDS]
-    return _edit_distance(*_word_ids(ref, hyp)) / max(1, len(ref))
-
-
-_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-@functools.cache
-def _porter():
-    # rouge_score's own stemmer (nltk's PorterStemmer, default mode), as Video-R1's
-    # `RougeScorer(..., use_stemmer=True)` uses it (Video-R1 src/r1-v/src/open_r1/grpo.py:103).
-    from nltk.stem import porter
-
-    return porter.PorterStemmer()
-
-
-@functools.lru_cache(maxsize=65_536)
-def _stem(word: str) -> str:
-    return _porter().stem(word) if len(word) > 3 else word  # rouge_score stems words > 3 chars
-
-
-def _rouge_tokens(text: str, stem: bool = True) -> list[str]:
-    """rouge_score's tokens: lower-cased alphanumeric runs, words over 3 characters stemmed."""
-    words = _ROUGE_TOKEN.findall(text.lower())[:MAX_WORDS]
-    return [t for t in map(_stem, words) if _ROUGE_TOKEN.fullmatch(t)] if stem else words
-
-
-def _f1(overlap: int, n_pred: int, n_ref: int) -> float:
-    if overlap == 0 or n_pred == 0 or n_ref == 0:
-        return 0.0
-    precision, recall = overlap / n_pred, overlap / n_ref
-    return 2 * precision * recall / (precision + recall)
-
-
-def _ngram_f1(ref: list[str], pred: list[str], n: int) -> float:
-    ref_grams = Counter(zip(*(ref[k:] for k in range(n)), strict=False))
-    pred_grams = Counter(zip(*(pred[k:] for k in range(n)), strict=False))
-    overlap = sum((ref_grams & pred_grams).values())
-    return _f1(overlap, sum(pred_grams.values()), sum(ref_grams.values()))
-
-
-def _lcs_length(a: np.ndarray, b: np.ndarray) -> int:
-    """Longest common subsequence length, one numpy row per element of `a`."""
-    if len(a) == 0 or len(b) == 0:
-        return 0
-    prev = np.zeros(len(b) + 1, np.int64)
-    for token in a:
-        row = np.zeros_like(prev)
-        row[1:] = np.maximum(prev[:-1] + (b == token), prev[1:])
-        prev = np.maximum.accumulate(row)
-    return int(prev[-1])
-
-
-def rouge_f1s(reference: str, prediction: str, stem: bool = True) -> tuple[float, float, float]:
-    """ROUGE-1, ROUGE-2 and ROUGE-L F1 (Lin 2004) as rouge_score computes them: lower-cased
-    alphanumeric words, Porter-stemmed when `stem` (Video-R1's `use_stemmer=True`)."""
-    ref, pred = _rouge_tokens(reference, stem), _rouge_tokens(prediction, stem)
-    lcs = _lcs_length(*_word_ids(ref, pred))
-    return _ngram_f1(ref, pred, 1), _ngram_f1(ref, pred, 2), _f1(lcs, len(pred), len(ref))
-
-
 def multiple_choice_accuracy(answer: str, truth: str) -> float:
     """Video-R1 multiple choice: 1.0 when the answer equals the solution's answer."""
     return float(answer.strip() == truth.strip())
@@ -317,7 +222,7 @@ def numerical_accuracy(answer: str, truth: str) -> float:
     """Video-R1 numerical: 0 if only one side has '.' or ','; else equal after round(x, 2)."""
     if (("." in answer) or ("," in answer)) != (("." in truth) or ("," in truth)):
         return 0.0
-    pred, gt = _to_float(answer), _to_float(truth)
+    pred, gt = to_float(answer), to_float(truth)
     if pred is None or gt is None:
         return 0.0
     return float(round(pred, 2) == round(gt, 2))
@@ -335,7 +240,7 @@ def free_form_accuracy(answer: str, truth: str) -> float:
 
 def regression_accuracy(answer: str, truth: str) -> float:
     """Video-R1 regression: 1 - min(1, (|pred - gt| + 1e-9) / (|gt| + 1e-9))."""
-    pred, gt = _to_float(answer), _to_float(truth)
+    pred, gt = to_float(answer), to_float(truth)
     if pred is None or gt is None:
         return 0.0
     return 1.0 - min(1.0, (abs(pred - gt) + 1e-9) / (abs(gt) + 1e-9))
@@ -415,68 +320,6 @@ def length_bonus_reward(
 # trainer/grpo_tasks_trainer.py:545, 577).
 
 
-def answer_blocks(text: str) -> list[str]:
-    """Contents of every `<answer>...</answer>` block (non-greedy, in order), at most
-    MAX_NUMBERS of them: `re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)`."""
-    out: list[str] = []
-    start = text.find("<answer>")
-    while start >= 0 and len(out) < MAX_NUMBERS:
-        end = text.find("</answer>", start + len("<answer>"))
-        if end < 0:
-            break
-        out.append(text[start + len("<answer>") : end])
-        start = text.find("<answer>", end + len("</answer>"))
-    return out
-
-
-def _first_tag(text: str, tag: str) -> str | None:
-    """Content of the first `<tag>(.*?)</tag>` (DOTALL), unstripped; None if absent."""
-    start = text.find(f"<{tag}>")
-    end = text.find(f"</{tag}>", start + len(tag) + 2) if start >= 0 else -1
-    return text[start + len(tag) + 2 : end] if end >= 0 else None
-
-
-# VideoChat-R1's `(\d+\.?\d*) (to|and) (\d+\.?\d*)` with re.IGNORECASE (grpo_tasks.py:294), made
-# to read what a model writes: signed numbers, scientific notation and any run of whitespace
-# around the connective. Linear: possessive quantifiers, and no match starts inside a number.
-_SPAN = re.compile(rf"({NUMBER_PATTERN})\s++(?:to|and)\s++({NUMBER_PATTERN})", re.IGNORECASE)
-
-
-def parse_span(answer: str) -> Interval | None:
-    """The last 'S to E' / 'S and E' (any case) in `answer`, in seconds (grpo_tasks.py:297)."""
-    last = None
-    for last in _SPAN.finditer(answer):  # noqa: B007 - only the last match counts.
-        pass
-    if last is None:
-        return None
-    return float(last.group(1)), float(last.group(2))
-
-
-def parse_timestamp_answer(text: str) -> Interval | None:
-    """VideoChat-R1's temporal-grounding answer: the last span of the LAST `<answer>` block
-    (grpo_tasks.py:285-300); None without a block or a span."""
-    blocks = answer_blocks(text)
-    return parse_span(blocks[-1]) if blocks else None
-
-
-def _valid(interval: Sequence[float]) -> bool:
-    return len(interval) == 2 and all(map(math.isfinite, interval)) and interval[0] <= interval[1]
-
-
-def interval_iou(pred: Interval, truth: Interval) -> float:
-    """VideoChat-R1 temporal IoU of two [start, end] spans (grpo_tasks.py:322-325).
-
-    An empty union (two equal point spans) scores 0.0: the released code leaves `iou` unbound
-    there and crashes the step (a plain bug, fixed). A reversed span scores 0.0 as in the
-    released code (its intersection is then always empty).
-    """
-    if not (_valid(pred) and _valid(truth)):
-        return 0.0
-    inter = max(0.0, min(pred[1], truth[1]) - max(pred[0], truth[0]))
-    union = max(pred[1], truth[1]) - min(pred[0], truth[0])
-    return inter / union if union > 0 else 0.0
-
-
 def _extra(record: Mapping[str, Any]) -> Mapping[str, Any]:
     """The record's ground-truth fields (`extra`: a mapping, or its JSON text)."""
     extra = record.get("extra")
@@ -500,7 +343,7 @@ def _solution_span(solution: Any, record: Mapping[str, Any]) -> Interval | None:
     span = parse_span(text)
     if span is not None:
         return span
-    numbers = _numbers(text)
+    numbers = parse_numbers(text)
     return (numbers[0], numbers[1]) if len(numbers) == 2 else None
 
 
@@ -511,66 +354,6 @@ def temporal_iou_reward(text: str, solution: Any, **record: Any) -> float:
     return 0.0 if pred is None or truth is None else interval_iou(pred, truth)
 
 
-def merge_intervals(intervals: Sequence[Interval]) -> list[Interval]:
-    """VideoChat-R1: sort by start and merge overlapping (or touching) intervals
-    (grpo_tasks.py:117-134)."""
-    merged: list[list[float]] = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(s, e) for s, e in merged]
-
-
-def glue_iou(pred: Sequence[Interval], truth: Sequence[Interval]) -> float:
-    """VideoChat-R1 grounded-QA IoU: total intersection / total union of merged intervals; an
-    empty union scores 1.0 as in the released code (grpo_tasks.py:136-169)."""
-    a, b = merge_intervals(pred), merge_intervals(truth)
-    inter, i, j = 0.0, 0, 0
-    while i < len(a) and j < len(b):  # Both lists are sorted and disjoint: one sweep suffices.
-        inter += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    union = sum(e - s for s, e in a) + sum(e - s for s, e in b) - inter
-    return inter / union if union > 0 else 1.0
-
-
-def _literal(text: str) -> Any:
-    """A Python literal (`ast.literal_eval`, as the released code reads glue and boxes) or None
-    when the text is not one (bounded: MAX_TEXT_CHARS; deep nesting fails cleanly)."""
-    if len(text) > MAX_TEXT_CHARS:
-        return None
-    try:
-        return ast.literal_eval(text.strip())
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def parse_glue(content: str) -> list[Interval] | None:
-    """A `<glue>` content as intervals: a list of (start, end) pairs with start <= end
-    (grpo_tasks.py:91-111 `is_valid_two_d_list_format`). The released code's regex also
-    rejects signs, exponents, spaces after '[' and [s, e] lists; we read any literal list of
-    pairs of real numbers (issue 14: parse what a model writes). `[]` is valid, as there."""
-    value = _literal(content)
-    if not isinstance(value, list) or len(value) > MAX_NUMBERS:
-        return None
-    out: list[Interval] = []
-    for item in value:
-        if not (isinstance(item, tuple | list) and len(item) == 2 and all(map(_real, item))):
-            return None
-        if item[0] > item[1]:
-            return None
-        out.append((float(item[0]), float(item[1])))
-    return out
-
-
 def _truth_glue(solution: Any, record: Mapping[str, Any]) -> list[Interval] | None:
     """The record's glue intervals (NExT-GQA `glue`); else a solution given as pairs or with a
     `<glue>` block."""
@@ -578,10 +361,10 @@ def _truth_glue(solution: Any, record: Mapping[str, Any]) -> list[Interval] | No
     if not _is_array(glue):
         glue = solution if _is_array(solution) else None
     if glue is None:
-        content = _first_tag(_as_text(solution), "glue")
+        content = first_tag(_as_text(solution), "glue")
         return parse_glue(content) if content is not None else None
     pairs = [tuple(pair) for pair in list(glue)[:MAX_NUMBERS] if _is_array(pair)]
-    if len(pairs) != len(glue) or not all(len(p) == 2 and all(map(_real, p)) for p in pairs):
+    if len(pairs) != len(glue) or not all(len(p) == 2 and all(map(is_real, p)) for p in pairs):
         return None
     return [(float(s), float(e)) for s, e in pairs]
 
@@ -590,51 +373,10 @@ def _truth_glue(solution: Any, record: Mapping[str, Any]) -> list[Interval] | No
 def glue_iou_reward(text: str, solution: Any, **record: Any) -> float:
     """VideoChat-R1 gqa_iou: merged-interval IoU of the first `<glue>` block's intervals with
     the record's glue (grpo_tasks.py:175-189); no block or an invalid one scores 0.0."""
-    content = _first_tag(text, "glue")
+    content = first_tag(text, "glue")
     pred = parse_glue(content) if content is not None else None
     truth = _truth_glue(solution, record)
     return 0.0 if pred is None or truth is None else glue_iou(pred, truth)
-
-
-def parse_box_list(content: str, num_boxes: int = 8) -> list[Box] | None:
-    """A tracking answer: a literal list of exactly `num_boxes` lists of 4 real numbers
-    (grpo_tasks.py:359-377 `is_valid_list_of_lists`, which also drops newlines first). The
-    released code accepts any 4 elements; we also need them to be numbers (else its IoU raises
-    and scores 0 while its format reward scores 1)."""
-    value = _literal(content.replace("\n", ""))
-    if not isinstance(value, list) or len(value) != num_boxes:
-        return None
-    if not all(isinstance(b, list) and len(b) == 4 and all(map(_real, b)) for b in value):
-        return None
-    return [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in value]
-
-
-_BRACKETED = re.compile(r"[\[(]([^\[\]()]*)[\])]")
-
-
-def parse_boxes(text: str) -> list[Box]:
-    """Innermost bracketed groups of `text` as boxes; a group without exactly 4 numbers gives []
-    (a lenient reader for solutions written as text)."""
-    boxes: list[Box] = []
-    for match in _BRACKETED.finditer(text):
-        numbers = _numbers(match.group(1))
-        if len(numbers) != 4 or len(boxes) >= MAX_NUMBERS:
-            return []
-        boxes.append((numbers[0], numbers[1], numbers[2], numbers[3]))
-    return boxes
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """IoU of two [x0, y0, x1, y1] boxes (grpo_tasks.py:382-421; 0.0 for an empty union). The
-    released code does not clamp areas; an inverted box has an empty intersection either way,
-    so both score 0."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
-    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _solution_boxes(solution: Any, record: Mapping[str, Any]) -> list[Box]:
@@ -651,7 +393,7 @@ def _solution_boxes(solution: Any, record: Mapping[str, Any]) -> list[Box]:
 def tracking_iou_reward(text: str, solution: Any, num_boxes: int = 8, **record: Any) -> float:
     """VideoChat-R1 tracking_iou: mean box IoU of the first answer block, which must be a list
     of 8 boxes, with the record's 8 boxes (grpo_tasks.py:445-465)."""
-    content = _first_tag(text, "answer")
+    content = first_tag(text, "answer")
     pred = parse_box_list(content, num_boxes) if content is not None else None
     truth = _solution_boxes(solution, record)
     if pred is None or len(truth) != num_boxes:
@@ -677,7 +419,7 @@ def glue_format_reward(text: str, solution: Any, **record: Any) -> float:
     (grpo_tasks.py:251-278)."""
     if not _stripped_format(text, ("think", "answer", "glue")):
         return 0.0
-    content = _first_tag(text, "glue")
+    content = first_tag(text, "glue")
     return float(content is not None and parse_glue(content) is not None)
 
 
@@ -687,7 +429,7 @@ def tracking_format_reward(text: str, solution: Any, **record: Any) -> float:
     (grpo_tasks.py:480-508)."""
     if not _stripped_format(text, ("think", "answer")):
         return 0.0
-    content = _first_tag(text, "answer")
+    content = first_tag(text, "answer")
     return float(content is not None and parse_box_list(content) is not None)
 
 
@@ -730,7 +472,7 @@ def _truth_letter(solution: Any, record: Mapping[str, Any]) -> str | None:
 def option_letter_reward(text: str, solution: Any, **record: Any) -> float:
     """VideoChat-R1 gqa_reward: 1.0 when the first answer block's option letter equals the
     record's (grpo_tasks.py:232-246; index 0 = "A")."""
-    content = _first_tag(text, "answer")
+    content = first_tag(text, "answer")
     pred = option_letter(content) if content else None
     return float(pred is not None and pred == _truth_letter(solution, record))
 
@@ -741,10 +483,10 @@ def first_letter_reward(text: str, solution: Any, **record: Any) -> float:
     equals the first character of the solution's answer (SEED-Bench-R1
     src/open_r1_egoplan/grpo.py:85-99). Its math_verify step before that is left out (on option
     letters it can only agree with this rule or match a letter the rule does not)."""
-    content = _first_tag(text, "answer")
+    content = first_tag(text, "answer")
     answer = content.strip() if content is not None else ""
     solution_text = _as_text(solution)
-    truth = _first_tag(solution_text, "answer")
+    truth = first_tag(solution_text, "answer")
     truth = (truth if truth is not None else solution_text).strip()
     return float(bool(answer) and bool(truth) and answer[0] == truth[0])
 

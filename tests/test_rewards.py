@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from jaxvrl import rewards
+from jaxvrl import answer_parsing, rewards, text_metrics
 
 
 def ans(text: str) -> str:
@@ -25,13 +25,6 @@ def accuracy(pred: str, truth: str, problem_type: str) -> float:
 
 TAG_ALPHABET = ["<answer>", "</answer>", "<think>", "</think>", "a", " ", "\n", "\x1c", "\u00a0"]
 tag_soup = st.lists(st.sampled_from(TAG_ALPHABET), max_size=12).map("".join)
-
-
-@settings(max_examples=300, deadline=None)
-@given(tag_soup)
-def test_answer_extraction_agrees_with_video_r1_regex(text):
-    match = re.search(r"<answer>\s*(.*?)\s*</answer>", text, re.DOTALL)
-    assert rewards.extract_answer(text) == (match.group(1).strip() if match else None)
 
 
 @settings(max_examples=300, deadline=None)
@@ -86,23 +79,10 @@ def test_numerical_equal_after_rounding_to_two_decimals():
     assert accuracy("forty", "40", "numerical") == 0.0
 
 
-def test_word_error_rate_counts_word_edits_over_reference_words():
-    assert rewards.word_error_rate("the cat sat on the mat", "the cat sat on mat") == 1 / 6
-    assert rewards.word_error_rate("a b c", "a x c d") == 2 / 3  # one substitution, one insertion
-    assert rewards.word_error_rate("", "a b") == 2.0  # max(1, 0 reference words)
-
-
 def test_ocr_is_one_minus_word_error_rate_clipped():
     assert accuracy("the cat sat on mat", "the cat sat on the mat", "OCR") == pytest.approx(5 / 6)
     assert accuracy("hello world", "hello world", "OCR") == 1.0
     assert accuracy("a b c d e", "a b", "OCR") == 0.0  # WER 1.5 clips to 0
-
-
-def test_rouge_f1s_known_values():
-    r1, r2, rl = rewards.rouge_f1s("the cat sat", "The cat ran!")
-    assert (r1, r2, rl) == pytest.approx((2 / 3, 1 / 2, 2 / 3))
-    # LCS of "a b c d" and "a c b d" is 3 long: F1 = 3/4.
-    assert rewards.rouge_f1s("a b c d", "a c b d")[2] == pytest.approx(3 / 4)
 
 
 def test_free_form_is_mean_of_rouge_1_2_l():
@@ -117,7 +97,7 @@ def test_free_form_stems_words_like_rouge_score():
     # "dogs"->"dog", "running"/"runs"->"run": unigrams 2 of 3 / 2 of 4 -> F1 4/7, no bigram,
     # LCS "dog run" -> 4/7; mean 8/21 (0 without stemming: no word is shared).
     assert accuracy("a dog runs", "the dogs are running", "free-form") == pytest.approx(8 / 21)
-    assert rewards.rouge_f1s("the dogs are running", "a dog runs", stem=False) == (0, 0, 0)
+    assert text_metrics.rouge_f1s("the dogs are running", "a dog runs", stem=False) == (0, 0, 0)
 
 
 def test_free_form_equals_rouge_score_library():
@@ -201,33 +181,10 @@ def test_length_bonus_without_lengths_or_groups_is_zero():
 # ----------------------------------------------------------------------------- VideoChat-R1
 
 
-SPAN_TOKENS = ["12", "0.5", "3", "7.", "to", "and", "TO", "And", "x", "-"]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(SPAN_TOKENS), max_size=10).map(" ".join))
-def test_span_parser_agrees_with_videochat_r1_regex_on_unsigned_single_spaced_text(text):
-    # VideoChat-R1 src/open_r1/grpo_tasks.py:294 (re.IGNORECASE, the last match counts). A "-"
-    # token stands apart (" - 3"), so no number here carries a sign.
-    matches = re.findall(r"(\d+\.?\d*) (to|and) (\d+\.?\d*)", text, re.IGNORECASE)
-    expected = (float(matches[-1][0]), float(matches[-1][2])) if matches else None
-    assert rewards.parse_span(text) == expected
-
-
-def test_span_parser_reads_signs_exponents_any_case_and_whitespace():
-    # The released regex reads "-0.02" as 0.02 and "2.6e-02" as "2.6" then fails.
-    assert rewards.parse_span("-0.02 to 1.5") == (-0.02, 1.5)
-    assert rewards.parse_span("2.6e-02 to 1E1") == (0.026, 10.0)
-    assert rewards.parse_span("8.2 To 17.0") == (8.2, 17.0)
-    assert rewards.parse_span("from 3 AND 4.25") == (3.0, 4.25)
-    assert rewards.parse_span("+1.5  to\n.5") == (1.5, 0.5)  # any whitespace; ".5" is 0.5
-    assert rewards.parse_span("5 into 6") is None
-
-
 def test_temporal_iou_reads_the_last_answer_block():
     # grpo_tasks.py:285-291 takes the LAST <answer> block (Video-R1 and the other tasks: first).
     text = "<think>a</think><answer>0 to 10</answer><answer>10 to 20</answer>"
-    assert rewards.parse_timestamp_answer(text) == (10.0, 20.0)
+    assert answer_parsing.parse_timestamp_answer(text) == (10.0, 20.0)
     tiou = rewards.get("temporal_iou")
     assert tiou([text], [[10, 20]]) == [1.0]
 
@@ -262,12 +219,6 @@ def test_temporal_iou_with_nothing_to_parse_scores_zero():
     assert rewards.get("temporal_iou")([ans("I cannot tell")], [[3.0, 4.0]]) == [0.0]
 
 
-def test_glue_intervals_are_merged_before_iou():
-    # Unmerged, the overlapping pieces [0, 2] and [1, 3] would count [1, 2] twice.
-    assert rewards.merge_intervals([(1, 3), (0, 2), (5, 6)]) == [(0, 3), (5, 6)]
-    assert rewards.glue_iou([(0, 2), (1, 3)], [(1, 4)]) == pytest.approx(2 / 4)
-
-
 def test_glue_iou_scores_the_glue_block_against_the_records_glue():
     glue = rewards.get("glue_iou")
     text = "<think>t</think><answer>C</answer><glue>[(0, 2), (1, 3)]</glue>"
@@ -279,20 +230,9 @@ def test_glue_iou_scores_the_glue_block_against_the_records_glue():
     assert glue([one], ["C"], extra=[{"glue": [[0, 2], [4, 6]]}]) == pytest.approx([2 / 6])
 
 
-def test_glue_parsing_reads_signed_scientific_and_list_pairs_and_rejects_the_rest():
-    assert rewards.parse_glue("[(5.2, 10.4)]") == [(5.2, 10.4)]
-    assert rewards.parse_glue("[ [1e1, 2.5E1], (-0.5, 0) ]") == [(10.0, 25.0), (-0.5, 0.0)]
-    assert rewards.parse_glue("[]") == []  # valid in the released regex too
-    assert rewards.parse_glue("[(5, 2)]") is None  # start > end (grpo_tasks.py:107)
-    assert rewards.parse_glue("[(1, 2, 3)]") is None
-    assert rewards.parse_glue("(1, 2)") is None  # not a list
-    assert rewards.parse_glue("[('a', 2)]") is None
-    assert rewards.parse_glue("__import__('os')") is None
-
-
 def test_glue_iou_empty_union_scores_one_and_unparsable_scores_zero():
     # grpo_tasks.py:166-167: an empty union scores 1.0 (kept: both sides agree on "nothing").
-    assert rewards.glue_iou([(3, 3)], [(3, 3)]) == 1.0
+    assert answer_parsing.glue_iou([(3, 3)], [(3, 3)]) == 1.0
     glue = rewards.get("glue_iou")
     truth = {"glue": [[1, 4]]}
     assert glue([ans("(C)")], ["C"], extra=[truth]) == [0.0]  # no <glue> block

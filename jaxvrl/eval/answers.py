@@ -1,6 +1,6 @@
 """Reading answers out of model responses, one rule per benchmark family, as the papers' own
-evaluation scripts read them (not the training rewards of jaxvrl/rewards.py, whose parsing may
-differ). Every reader returns None when the response holds nothing it can read: the caller
+evaluation scripts read them (not as the training rewards do in jaxvrl/answer_parsing.py, which
+may differ). Every reader returns None when the response holds nothing it can read: the caller
 scores that 0 and counts it as unparseable.
 """
 

@@ -31,11 +31,14 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jaxvrl.fit_peak import PeakBuffer, dump_options, peak_buffers, short_op
 from jaxvrl.fit_programs import Program, largest_example, per_device_bytes, stage_programs
 
 GIB = 1 << 30
@@ -62,6 +65,8 @@ class Result:
     needed: int | None = None  # from a refusal: what the compiler needed and had
     available: int | None = None
     runs_per_step: int = 1
+    # The largest buffers alive at the program's peak (of the assignment a refusal tried).
+    peak_buffers: list[PeakBuffer] = dataclasses.field(default_factory=list)
 
     @property
     def program_bytes(self) -> int:
@@ -116,17 +121,21 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
         program.name, 0.0, flops, None, resident_outside=resident_beside(program, resident, None),
         runs_per_step=program.runs_per_step,
     )  # fmt: skip
+    dump = tempfile.mkdtemp(prefix="jaxvrl_fit_")
     try:
-        compiled = traced.lower().compile()
+        compiled = traced.lower().compile(compiler_options=dump_options(dump))
     except Exception as e:  # the TPU compiler's out-of-memory refusal
         message = str(e)
         if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
+            shutil.rmtree(dump, ignore_errors=True)
             raise
         result.compile_seconds = time.perf_counter() - start
         result.refused = message.splitlines()[0][:400]
         result.needed, result.available = _refusal(message)
+        result.peak_buffers = _read_peak(dump)
         return result, None
     result.compile_seconds = time.perf_counter() - start
+    result.peak_buffers = _read_peak(dump)
     memory = compiled.memory_analysis()
     if memory is not None:
         result.arguments = int(memory.argument_size_in_bytes)
@@ -143,6 +152,18 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
     if cost and "flops" in cost:
         result.xla_flops_per_chip = float(cost["flops"])
     return result, compiled
+
+
+def _read_peak(dump: str) -> list[PeakBuffer]:
+    """The dump's peak buffers; the dump is removed. A dump XLA did not write (or wrote in a form
+    we cannot read) leaves the list empty rather than failing the fit check."""
+    try:
+        return peak_buffers(dump)
+    except (OSError, ValueError) as e:
+        log.warning("could not read the buffer assignment in %s: %s", dump, e)
+        return []
+    finally:
+        shutil.rmtree(dump, ignore_errors=True)
 
 
 def fit_report(
@@ -224,6 +245,7 @@ def _result_dict(r: Result, chip) -> dict[str, Any]:
         "xla_flops_per_chip": r.xla_flops_per_chip,
         "runs_per_step": r.runs_per_step,
         "compile_seconds": round(r.compile_seconds, 2),
+        "peak_buffers": [b.as_dict() for b in r.peak_buffers],
     }
     if r.refused is not None:
         out["refused"] = r.refused
@@ -287,6 +309,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"{p['resident_outside_gib']:8.2f}{p['peak_gib']:9.2f}{p['flops'] / 1e12:10.4g}"
             f"{p['compile_seconds']:8.1f}s  {verdict}"
         )
+    for p in report["programs"]:
+        if p["fits"] and p["peak_gib"] < report["peak_gib"]:
+            continue  # the largest buffers of what does not fit and of the peak program
+        lines.append("")
+        lines.append(f"largest buffers at the peak of {p['name']} (GiB per chip):")
+        for b in p.get("peak_buffers", [])[:6]:
+            count = f"{b['count']} x " if b["count"] > 1 else ""
+            lines.append(f"  {b['gib']:8.2f}  {count}{b['shape'] or '?'}  {short_op(b['op'], 4)}")
     lines.append("")
     for stage, flops in report["step_flops"].items():
         lines.append(f"{stage} step: {flops / 1e12:.4g} TFLOP (all chips, every program it runs)")

@@ -83,6 +83,9 @@ def test_cpu_target_reports_every_program_of_both_stages_as_json(tiny_model):
             + p["resident_outside_gib"]
         )
         assert p["peak_gib"] == pytest.approx(parts, rel=1e-9)
+        # What lives at the program's peak, from the CPU compiler's buffer assignment.
+        sizes = [b["gib"] for b in p["peak_buffers"]]
+        assert sizes and all(s > 0 for s in sizes) and sizes == sorted(sizes, reverse=True)
     step = {p["name"]: p for p in report["programs"]}
     assert step["rl/train_step"]["flops"] > step["rl/reference_logprobs"]["flops"] > 0
     # The RL step: rollout of each micro-batch, reference log-probs, one update.
@@ -202,3 +205,9 @@ def test_tpu_compiler_refusal_is_reported_as_not_fitting(tiny_model):
     step = report["programs"][-1]
     assert step["name"] == "sft/train_step" and "refused" in step
     assert step["needed_gib"] > step["available_gib"] > 15
+    # Why: the largest buffer of the assignment the compiler tried is the attention scores over
+    # the 131,072 keys, the op that made it named.
+    largest = step["peak_buffers"][0]
+    assert largest["gib"] > 16 and "131072]" in largest["shape"], step["peak_buffers"]
+    assert "dot_general" in largest["op"]
+    assert "largest buffers at the peak of sft/train_step" in done.stdout

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import demo  # noqa: E402
-from jaxvrl import train  # noqa: E402
+from jaxvrl import run_plan, train  # noqa: E402
 from jaxvrl.data import pipeline, synthetic  # noqa: E402
 from jaxvrl.eval import runner  # noqa: E402
 from jaxvrl.rollout import Prompts, Sampler, SamplingParams, default_stop_tokens  # noqa: E402
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     hf_dir = tempfile.mkdtemp(prefix="jaxvrl_bench_eval_")
     save_pretrained(model, hf_dir, tokenizer_dir=config.model.path)
     torch_model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    sampler = Sampler(model, mesh=mesh, tokenizer=tokenizer, config=train.rollout_config(config))
+    sampler = Sampler(model, mesh=mesh, tokenizer=tokenizer, config=run_plan.rollout_config(config))
     suite = runner.load_suite(config)
     print(
         f"model: the demo's tiny Qwen2-VL (hidden {cfg.text.hidden_size}, "

@@ -118,7 +118,7 @@ def run(argv) -> None:
     from absl import flags
     from flax import nnx
 
-    from jaxvrl import train
+    from jaxvrl import run_plan, train
     from jaxvrl.checkpoint import Checkpointer
     from jaxvrl.data import synthetic
     from jaxvrl.mesh import rules_from_config
@@ -144,7 +144,7 @@ def run(argv) -> None:
         )
         state = checkpointer.restore_params(step, abstract)
     checkpointer.close()
-    sampler = Sampler(model, mesh=mesh, tokenizer=tokenizer, config=train.rollout_config(config))
+    sampler = Sampler(model, mesh=mesh, tokenizer=tokenizer, config=run_plan.rollout_config(config))
     max_examples = int(config.eval.num_examples) or None
     with activation_layout(mesh, rules_from_config(config.mesh.rules)):
         result = runner.evaluate_suite(

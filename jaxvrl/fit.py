@@ -3,13 +3,14 @@ from abstract shapes (no weights read, none allocated) for a TPU slice, a GPU no
 
     python -m jaxvrl.fit --config=configs/video_r1.py --topology=v5p:2x2x1 [--config.x=...] [--json]
 
-Programs, per stage (jaxvrl/train.py's own functions, with the inputs the run would feed them):
-optimizer init; the SFT step; the rollout (vision, prefill and decode with its KV cache, T-GRPO's
-shuffled companions included); reference and old log-probs; the RL train step (its micro-batches
-in a scan). Inputs have the largest shapes the config produces: the longest video the data
-settings allow (max_frames at the per-frame pixel budget) for every prompt of a batch, prompts of
-`--text_tokens` text tokens besides the vision tokens, SFT targets of `--target_tokens`, and
-completions of rl.max_completion_tokens, all rounded up to the config's buckets.
+Programs, per stage (the trainer's own functions, from jaxvrl/run_plan.py, steps.py and rollout.py,
+with the inputs the run would feed them): optimizer init; the SFT step; the rollout (vision, prefill
+and decode with its KV cache, T-GRPO's shuffled companions included); reference and old log-probs;
+the RL train step (its micro-batches in a scan). Inputs have the largest shapes the config produces:
+the longest video the data settings allow (max_frames at the per-frame pixel budget) for every
+prompt of a batch, prompts of `--text_tokens` text tokens besides the vision tokens, SFT targets of
+`--target_tokens`, and completions of rl.max_completion_tokens, all rounded up to the config's
+buckets.
 
 Memory per chip: a program's arguments + outputs - donated (aliased) + temporaries, plus what
 stays resident outside it (the train state, reference parameters); the peak is the largest over
@@ -173,7 +174,7 @@ def fit_report(
     on_result: Callable[[Result], None] | None = None,
 ) -> dict[str, Any]:
     """Compiles every program of `config`'s run for `target` (hardware.Target); the report."""
-    from jaxvrl import train
+    from jaxvrl import run_plan
     from jaxvrl.mesh import make_mesh, rules_from_config
     from model.sharding import activation_layout
 
@@ -183,7 +184,7 @@ def fit_report(
     largest = largest_example(config.data, model_config.vision, **(largest_options or {}))
     results: list[Result] = []
     resident_bytes: dict[str, int] = {}
-    for stage in train.plan_stages(config):
+    for stage in run_plan.plan_stages(config):
         gen = stage_programs(config, stage, model_config, mesh, rules, largest)
         _, resident = next(gen)
         resident_bytes.update(

@@ -1,5 +1,5 @@
 """The programs a run of a config compiles, built from shapes for jaxvrl.fit: the trainer's own
-functions (jaxvrl/train.py, steps.py, rollout.py) fed abstract inputs (ShapeDtypeStructs with
+functions (jaxvrl/run_plan.py, steps.py, rollout.py) fed abstract inputs (ShapeDtypeStructs with
 the run's shardings) of the largest shapes the config produces. No weight is read or allocated.
 
     largest = largest_example(config.data, model_config.vision)
@@ -189,14 +189,14 @@ def _abstract_model(config, model_config):
     """The policy model built from shapes only (nnx.eval_shape: nothing allocated)."""
     from flax import nnx
 
-    from jaxvrl import train
+    from jaxvrl import run_plan
     from model.qwen2_vl import Qwen2VL
 
     cfg = model_config.replace(
         param_dtype=str(config.model.param_dtype), dtype=str(config.model.dtype)
     )
     return nnx.eval_shape(
-        lambda: Qwen2VL(cfg, rngs=nnx.Rngs(int(config.seed)), **train.model_options(config))
+        lambda: Qwen2VL(cfg, rngs=nnx.Rngs(int(config.seed)), **run_plan.model_options(config))
     )
 
 
@@ -204,13 +204,13 @@ def _abstract_sampler(model, mesh, config):
     """The trainer's Sampler, placing its inputs as ShapeDtypeStructs instead of on devices."""
     import jax
 
-    from jaxvrl import rollout, train
+    from jaxvrl import rollout, run_plan
 
     class AbstractSampler(rollout.Sampler):
         def _place(self, x, sharding, axis=None):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
-    return AbstractSampler(model, mesh=mesh, config=train.rollout_config(config))
+    return AbstractSampler(model, mesh=mesh, config=run_plan.rollout_config(config))
 
 
 def _fake_rollout(pipeline: dict[str, Any], samples: int, length: int):
@@ -245,14 +245,14 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
     import numpy as np
     from flax import nnx
 
-    from jaxvrl import batching, rl_batch, steps, train
+    from jaxvrl import batching, rl_batch, run_plan, steps
     from model.sharding import state_shardings
 
     model = _abstract_model(config, model_config)
     graphdef, state = nnx.split(model)
     params = _abstract(state, state_shardings(state, mesh, rules))
-    tx, _ = train.optimizer_for(config, stage, params)
-    settings = train.loss_settings(config, stage)
+    tx, _ = run_plan.optimizer_for(config, stage, params)
+    settings = run_plan.loss_settings(config, stage)
     opt_shardings = steps.optimizer_state_shardings(tx, params)
     opt_state = _abstract(jax.eval_shape(tx.init, _shape_only(params)), opt_shardings)
     with_ref = stage.name == "rl" and settings.beta > 0
@@ -276,7 +276,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         makes=("opt_state",),
         runs_per_step=0,
     )
-    stage_cfg = train.stage_config(config, stage.name)
+    stage_cfg = run_plan.stage_config(config, stage.name)
     micro = int(config.train.micro_batches)
     if stage.name == "sft":
         batch = pipeline_batch(stage_cfg, model_config, largest, sft=True)
@@ -287,7 +287,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         prompts, counts, _ = rl_batch.rollout_prompts(batch, rl_settings, model_config.vision)
         sampler = _abstract_sampler(model, mesh, config)
         static, args, _ = sampler.prepare(
-            params, prompts, counts, train.sampling_params(config), seed=0
+            params, prompts, counts, run_plan.sampling_params(config), seed=0
         )
         yield Program(
             "rl/rollout",

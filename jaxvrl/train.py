@@ -4,7 +4,8 @@
         [--config.rl.num_generations=8 --config.data.max_frames=32 ...]
 
 Top to bottom: flags and config -> mesh -> model (pretrained or random) -> per stage: data,
-optimizer, step functions, resume -> the loop. One RL step reads:
+optimizer, step functions, resume -> the loop. What the config asks for (the stages, their
+optimizer, loss and rollout settings) is read in jaxvrl/run_plan.py. One RL step reads:
 
     batch -> rollout (with shuffled-frame companions) -> rewards -> advantages
           -> sharded train step -> metrics -> checkpoint
@@ -14,11 +15,9 @@ An unknown override key stops the run before any work (the config is locked).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -27,11 +26,20 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
-from jaxvrl import batching, cli, dapo, demo_report, hardware, multihost, rl_batch, steps
+from jaxvrl import (
+    batching,
+    cli,
+    dapo,
+    demo_report,
+    hardware,
+    multihost,
+    rl_batch,
+    run_plan,
+    steps,
+)
 from jaxvrl.checkpoint import Checkpointer, data_state_for_process
-from jaxvrl.data import pipeline, prompts, records, synthetic
+from jaxvrl.data import pipeline, prompts, synthetic
 from jaxvrl.eval import report as eval_report
 from jaxvrl.eval import runner as eval_runner
 from jaxvrl.flops import matmul_flops
@@ -42,17 +50,17 @@ from jaxvrl.mesh import (
     rules_from_config,
 )
 from jaxvrl.metrics import MetricsWriter
-from jaxvrl.rollout import RolloutConfig, Sampler, SamplingParams
+from jaxvrl.rollout import Sampler
 from model.config import ModelConfig
 from model.hf import load_pretrained, save_pretrained
 from model.qwen2_vl import Qwen2VL
-from model.sharding import activation_layout, logical_to_spec, shard_model
+from model.sharding import activation_layout, shard_model
 
 log = logging.getLogger("jaxvrl.train")  # not "__main__" under python -m
 
 
 # ------------------------------------------------------------------------------------------------
-# Model, sampler and config helpers.
+# The model.
 
 
 def has_weights(directory: str) -> bool:
@@ -60,17 +68,6 @@ def has_weights(directory: str) -> bool:
         os.path.isfile(os.path.join(directory, name))
         for name in ("model.safetensors", "model.safetensors.index.json")
     )
-
-
-def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments of the policy model's constructor from the config (beyond its shape
-    and dtypes); load_model_for and jaxvrl.fit both build the model with them."""
-    m = config.model
-    return {
-        "remat": bool(m.remat),
-        "vision_remat": bool(m.vision_remat),
-        "remat_policy": str(m.remat_policy),
-    }
 
 
 def load_model_for(
@@ -96,236 +93,20 @@ def load_model_for(
             dtype=m.dtype,
             mesh=mesh,
             rules=rules,
-            **model_options(config),
+            **run_plan.model_options(config),
         )
     elif m.init == "random":
         model_config = ModelConfig.from_pretrained(m.path).replace(
             param_dtype=m.param_dtype, dtype=m.dtype
         )
-        model = Qwen2VL(model_config, rngs=nnx.Rngs(int(config.seed)), **model_options(config))
+        model = Qwen2VL(
+            model_config, rngs=nnx.Rngs(int(config.seed)), **run_plan.model_options(config)
+        )
         shard_model(model, mesh, rules)
     else:
         raise ValueError(f"model.init must be 'pretrained' or 'random', got {m.init!r}")
     tokenizer = prompts.load_tokenizer(m.tokenizer_path or m.path)
     return model, tokenizer, mesh
-
-
-def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
-    r = config.rollout
-    return RolloutConfig(
-        prompt_buckets=tuple(int(b) for b in r.prompt_buckets),
-        patch_buckets=tuple(int(b) for b in r.patch_buckets),
-        prompt_row_buckets=tuple(int(b) for b in r.prompt_row_buckets),
-        vision_chunk_patches=int(r.vision_chunk_patches),
-        rules=rules_from_config(config.mesh.rules),
-    )
-
-
-def sampling_params(config: ml_collections.ConfigDict) -> SamplingParams:
-    rl = config.rl
-    return SamplingParams(
-        max_new_tokens=int(rl.max_completion_tokens),
-        temperature=float(rl.temperature),
-        top_p=float(rl.top_p),
-        top_k=int(rl.top_k),
-    )
-
-
-def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
-    """The config a stage's data pipeline reads: SFT appends the target to each prompt."""
-    out = ml_collections.ConfigDict(config.to_dict())
-    if stage == "sft":
-        out.data.sft_target = True
-        out.data.shuffle_unit = "none"
-        if config.sft.train_files:
-            out.data.train_files = config.sft.train_files
-        if config.sft.batch_size:
-            out.data.batch_size = int(config.sft.batch_size)
-        if config.sft.system_prompt:
-            out.data.system_prompt = str(config.sft.system_prompt)
-        out.data.seed = int(config.data.seed) + 1
-    elif config.rl.algorithm != "tgrpo":
-        out.data.shuffle_unit = "none"
-    return out
-
-
-def evaluation_steps(config: ml_collections.ConfigDict, stages: list[Stage]) -> set[int]:
-    """The global steps after which the benchmarks are evaluated: the start of RL and the end,
-    and with `eval.every` also step 0 (before the first update) and every `every` steps."""
-    total = stages[-1].last
-    out = {total} | {s.first for s in stages if s.name == "rl"}
-    every = int(config.eval.every)
-    if every > 0:
-        out |= set(range(0, total + 1, every))
-    return out
-
-
-def check_input_files(config: ml_collections.ConfigDict) -> None:
-    """Stops before any work when a record file the run's stages will read does not exist."""
-    wanted = []
-    if int(config.sft.steps) > 0:
-        wanted.append(("sft.train_files", config.sft.train_files or config.data.train_files))
-    if int(config.rl.steps) > 0:
-        wanted.append(("data.train_files", config.data.train_files))
-    for key, files in wanted:
-        if not records.split_files(files):
-            raise cli.ConfigError(f"{key} is empty: no record file to read")
-        for spec in records.split_files(files):
-            path = records.split_format(spec)[1]
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{key}: record file {path} does not exist")
-    # eval.files: "benchmark=path+path" entries or bare paths (jaxvrl/eval/runner.py).
-    for entry in records.split_files(config.eval.get("files", "")):
-        name, sep, paths = entry.partition("=")
-        for path in paths.split("+") if sep else [records.split_format(entry)[1]]:
-            if path.strip() and not os.path.isfile(path.strip()):
-                raise FileNotFoundError(f"eval.files: record file {path.strip()} does not exist")
-
-
-def check_batch_split(config: ml_collections.ConfigDict, mesh, rules) -> None:
-    """With several processes each stage's batch must split into equal blocks, one per process,
-    each spread over that process's share of the batch devices."""
-    n = multihost.count()
-    if n == 1:
-        return
-    devices = batching.batch_axis_size(mesh, rules)
-    per_process = devices // n
-    if devices % n:
-        raise cli.ConfigError(
-            f"the mesh's batch axes span {devices} devices, not a multiple "
-            f"of the {n} processes: set mesh.shape so that data x fsdp covers every process"
-        )
-    for stage in ("sft", "rl"):
-        if int(config[stage].steps) <= 0:
-            continue
-        size = int(stage_config(config, stage).data.batch_size)
-        if size % n or (size // n) % per_process:
-            raise cli.ConfigError(
-                f"{stage}: batch size {size} does not split into {n} processes x "
-                f"{per_process} batch devices each"
-            )
-        spec = logical_to_spec(["batch"], rules, mesh)
-        multihost.check_row_blocks(NamedSharding(mesh, spec), size // n)
-
-
-@dataclasses.dataclass
-class Stage:
-    name: str  # "sft" or "rl"
-    first: int  # global step before the stage's first update
-    last: int  # global step after its last update
-
-
-def plan_stages(config: ml_collections.ConfigDict) -> list[Stage]:
-    out, step = [], 0
-    for name in ("sft", "rl"):
-        n = int(config[name].steps)
-        if n > 0:
-            out.append(Stage(name, step, step + n))
-            step += n
-    if not out:
-        raise ValueError("nothing to train: set sft.steps and/or rl.steps")
-    return out
-
-
-def micro_batches_for(config: ml_collections.ConfigDict, stage: str) -> int:
-    """Pipeline batches per update of a stage: `train.micro_batches` for RL, `sft.micro_batches`
-    (0 = the same) for SFT. Prompts per optimizer step = that x the stage's batch size."""
-    if stage == "sft" and int(config.sft.micro_batches):
-        return int(config.sft.micro_batches)
-    return int(config.train.micro_batches)
-
-
-def prompts_per_step(config: ml_collections.ConfigDict, stage: str) -> int:
-    """Prompts (SFT: sequences) behind one optimizer step of a stage, across all hosts."""
-    return int(stage_config(config, stage).data.batch_size) * micro_batches_for(config, stage)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimSettings:
-    """A stage's optimizer and learning-rate schedule (steps.make_optimizer's arguments)."""
-
-    learning_rate: float
-    schedule: str
-    horizon: int  # the schedule's length in updates (may differ from the stage's)
-    warmup_steps: int
-    end_lr_fraction: float
-    b1: float
-    b2: float
-    eps: float
-    weight_decay: float
-    grad_clip: float
-
-
-def optim_settings(config: ml_collections.ConfigDict, stage: Stage) -> OptimSettings:
-    """`optim.*` for the RL stage; for SFT each `sft.*` override that is set (learning_rate 0,
-    schedule "", negative warm-up / decay / clip = optim's). The horizon is `schedule_steps`
-    (optim's for RL, sft's for SFT) or, when 0, the stage's length; warm-up is `warmup_steps`
-    or else ceil(warmup_ratio * horizon), as transformers' Trainer computes it."""
-    o, sft = config.optim, config.sft
-    is_sft = stage.name == "sft"
-
-    def pick(name: str, unset: Any) -> Any:
-        value = sft[name] if is_sft else unset
-        return o[name] if value == unset else value
-
-    horizon = int(sft.schedule_steps if is_sft else o.schedule_steps) or (stage.last - stage.first)
-    warmup = int(pick("warmup_steps", -1))
-    ratio = float(pick("warmup_ratio", -1.0))
-    return OptimSettings(
-        learning_rate=float(pick("learning_rate", 0.0)),
-        schedule=str(pick("schedule", "")),
-        horizon=horizon,
-        warmup_steps=warmup or math.ceil(ratio * horizon),
-        end_lr_fraction=float(o.end_lr_fraction),
-        b1=float(o.b1),
-        b2=float(o.b2),
-        eps=float(o.eps),
-        weight_decay=float(pick("weight_decay", -1.0)),
-        grad_clip=float(pick("grad_clip", -1.0)),
-    )
-
-
-def optimizer_for(config: ml_collections.ConfigDict, stage: Stage, params):
-    s = optim_settings(config, stage)
-    frozen_vision = config.model.freeze_vision or (stage.name == "rl" and config.rl.freeze_vision)
-    freeze = (lambda path: path[:1] == ("visual",)) if frozen_vision else None
-    return steps.make_optimizer(
-        learning_rate=s.learning_rate,
-        total_steps=s.horizon,
-        warmup_steps=s.warmup_steps,
-        schedule=s.schedule,
-        end_lr_fraction=s.end_lr_fraction,
-        b1=s.b1,
-        b2=s.b2,
-        eps=s.eps,
-        weight_decay=s.weight_decay,
-        grad_clip=s.grad_clip or None,
-        freeze=freeze,
-        params=params,
-    )
-
-
-def loss_settings(config: ml_collections.ConfigDict, stage: Stage) -> steps.LossSettings:
-    rl = config.rl
-    if stage.name == "sft":
-        return steps.LossSettings(
-            kind="sft",
-            chunk_size=int(config.train.logprob_chunk),
-            train_on_prompt=bool(config.sft.train_on_prompt),
-        )
-    return steps.LossSettings(
-        kind="grpo",
-        policy_loss=str(rl.policy_loss),
-        aggregation=str(rl.aggregation),
-        beta=float(rl.beta),
-        kl_clamp=float(rl.kl_clamp),
-        entropy_coef=float(rl.entropy_coef),
-        eps_low=float(rl.eps_low),
-        eps_high=float(rl.eps_high),
-        norm_constant=float(rl.max_completion_tokens),
-        temperature=float(rl.temperature),
-        chunk_size=int(config.train.logprob_chunk),
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,23 +127,25 @@ class Trainer:
             synthetic.ensure_from_config(config)
         multihost.barrier("synthetic data")
         synthetic.ensure_from_config(config)
-        check_input_files(config)
-        check_batch_split(config, self.mesh, self.rules)
+        run_plan.check_input_files(config)
+        run_plan.check_batch_split(config, self.mesh, self.rules)
         model, self.tokenizer, _ = load_model_for(config, workdir, self.mesh, self.rules)
         self.model_config: ModelConfig = model.config
         self.graphdef, self.params = nnx.split(model)
         self.sampler = Sampler(
             model,
             mesh=self.mesh,
-            config=rollout_config(config),
+            config=run_plan.rollout_config(config),
             tokenizer=self.tokenizer,
             checkpoint_dir=config.model.path,
         )
-        self.stages = plan_stages(config)
+        self.stages = run_plan.plan_stages(config)
         self.total_steps = self.stages[-1].last
         # Benchmark files are read (and their format checked) before any work.
         self.eval_suite = eval_runner.load_suite(config) if config.eval.files else []
-        self.eval_steps = evaluation_steps(config, self.stages) if self.eval_suite else set()
+        self.eval_steps = (
+            run_plan.evaluation_steps(config, self.stages) if self.eval_suite else set()
+        )
         self.checkpointer = Checkpointer(
             workdir,
             save_every=int(config.checkpoint.every),
@@ -510,12 +293,12 @@ class Trainer:
             log.info("%s", eval_runner.table(result))
         return eval_runner.flat_metrics(result) if result else {}
 
-    def _run_stage(self, stage: Stage, latest: int | None, writer: MetricsWriter) -> None:
+    def _run_stage(self, stage: run_plan.Stage, latest: int | None, writer: MetricsWriter) -> None:
         config = self.config
         log.info("stage %s: steps %d to %d", stage.name, stage.first + 1, stage.last)
-        tx, schedule = optimizer_for(config, stage, self.params)
-        settings = loss_settings(config, stage)
-        dataset = pipeline.build_dataset(stage_config(config, stage.name))
+        tx, schedule = run_plan.optimizer_for(config, stage, self.params)
+        settings = run_plan.loss_settings(config, stage)
+        dataset = pipeline.build_dataset(run_plan.stage_config(config, stage.name))
         iterator = iter(dataset)
         with_ref = stage.name == "rl" and settings.beta > 0
         opt_state = steps.init_optimizer_state(tx, self.params)
@@ -537,7 +320,7 @@ class Trainer:
             iterator.set_state(
                 data_state_for_process(
                     data_state,
-                    int(stage_config(config, stage.name).data.batch_size),
+                    int(run_plan.stage_config(config, stage.name).data.batch_size),
                     multihost.count(),
                     multihost.index(),
                 )
@@ -549,7 +332,7 @@ class Trainer:
             functools.partial(steps.stacked_reference_logprobs, self.graphdef, settings=settings)
         )
         rng = jax.random.key(int(config.seed))
-        micro = micro_batches_for(config, stage.name)
+        micro = run_plan.micro_batches_for(config, stage.name)
         while step < stage.last:
             t0 = time.perf_counter()
             raw = [next(iterator) for _ in range(micro)]
@@ -653,7 +436,7 @@ class Trainer:
         rewards all agree are dropped and further batches from `iterator` are rolled out to
         refill the step (module jaxvrl/dapo.py)."""
         settings = rl_batch.RLSettings.from_config(self.config.rl)
-        params = sampling_params(self.config)
+        params = run_plan.sampling_params(self.config)
         ds = self.config.rl.dynamic_sampling
         candidates, rows = [], []
 

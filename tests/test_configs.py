@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from configs import demo
-from jaxvrl import rl_batch, train
+from jaxvrl import rl_batch, run_plan, train
 from jaxvrl.data import pipeline, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,7 @@ def test_recipe_builds_mesh_model_sampler_and_every_stage_pipeline(name, media, 
     stages = [s.name for s in trainer.stages]
     assert "rl" in stages
     for stage in trainer.stages:
-        stage_config = train.stage_config(config, stage.name)
+        stage_config = run_plan.stage_config(config, stage.name)
         batch = next(iter(pipeline.build_dataset(stage_config)))
         assert batch["input_ids"].shape[0] == stage_config.data.batch_size
         if stage.name == "sft":
@@ -142,20 +142,20 @@ def test_prompts_per_optimizer_step_equal_the_released_scripts(name, media):
     config = recipe(name, root, files)
     if name == "seed_bench_r1":
         config.sft.steps = 47  # the SFT baseline (off by default)
-    for stage in [s.name for s in train.plan_stages(config)]:
+    for stage in [s.name for s in run_plan.plan_stages(config)]:
         expected = RELEASED_PROMPTS_PER_STEP[name][stage]
         # The trainer's path: the stage's pipeline, read micro_batches_for(...) times per update.
-        it = iter(pipeline.build_dataset(train.stage_config(config, stage)))
+        it = iter(pipeline.build_dataset(run_plan.stage_config(config, stage)))
         rows = sum(
             int(np.sum(next(it)["example_mask"]))
-            for _ in range(train.micro_batches_for(config, stage))
+            for _ in range(run_plan.micro_batches_for(config, stage))
         )
         it.close()
-        assert rows == expected == train.prompts_per_step(config, stage), (name, stage)
+        assert rows == expected == run_plan.prompts_per_step(config, stage), (name, stage)
 
 
 def schedule(config, stage: str, steps: int):
-    return train.optimizer_for(config, train.Stage(stage, 0, steps), None)[1]
+    return run_plan.optimizer_for(config, run_plan.Stage(stage, 0, steps), None)[1]
 
 
 def test_learning_rates_at_steps_0_600_1200_are_the_released_schedules():
@@ -199,7 +199,7 @@ def test_each_recipe_clamps_the_kl_estimator_as_released():
 
     for module, clamp in ((video_r1, 10.0), (videochat_r1, 0.0), (seed_bench_r1, 11.0)):
         config = module.get_config()
-        settings = train.loss_settings(config, train.Stage("rl", 0, 1))
+        settings = run_plan.loss_settings(config, run_plan.Stage("rl", 0, 1))
         assert settings.kl_clamp == clamp, module.__name__
 
 
@@ -223,5 +223,5 @@ def test_video_r1_sft_has_its_own_system_message_and_rl_the_templates_default():
     from configs import video_r1
 
     config = video_r1.get_config()
-    assert train.stage_config(config, "sft").data.system_prompt == "You are a helpful assistant"
-    assert train.stage_config(config, "rl").data.system_prompt == ""
+    assert run_plan.stage_config(config, "sft").data.system_prompt == "You are a helpful assistant"
+    assert run_plan.stage_config(config, "rl").data.system_prompt == ""

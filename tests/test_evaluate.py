@@ -11,7 +11,7 @@ from flax import nnx
 from PIL import Image
 
 from configs import demo
-from jaxvrl import evaluate, train
+from jaxvrl import evaluate, run_plan, train
 from jaxvrl.data import synthetic
 from jaxvrl.eval import report, runner
 from jaxvrl.rollout import Sampler
@@ -120,7 +120,7 @@ def evaluated(tmp_path_factory):
     config.data.token_buckets = (256, 384)
     config.data.patch_buckets = (512, 1024)
     model, tokenizer, mesh = train.load_model_for(config)
-    sampler = Sampler(model, mesh=mesh, tokenizer=tokenizer, config=train.rollout_config(config))
+    sampler = Sampler(model, mesh=mesh, tokenizer=tokenizer, config=run_plan.rollout_config(config))
     suite = runner.load_suite(config)
     workdir = str(tmp_path_factory.mktemp("run"))
     _, state = nnx.split(model)

@@ -9,18 +9,11 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import optax
 import pytest
 from demo_fixtures import shrunk_demo
-from flax import nnx
-from model_fixtures import tiny_port
 from safetensors.numpy import load_file
 
-from configs import demo
-from jaxvrl import train
-from jaxvrl.data import pipeline
 from jaxvrl.metrics import read_metrics
 from model import parity
 
@@ -175,52 +168,3 @@ def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
     c = load_file(os.path.join(workdir, "hf", "model.safetensors"))
     for key in a:
         np.testing.assert_array_equal(a[key], c[key], err_msg=key)
-
-
-@pytest.mark.parametrize("model_wide", [False, True])
-def test_rl_freeze_vision_keeps_the_tower_in_rl_only(model_wide):
-    """`rl.freeze_vision` freezes the vision tower in the RL stage and leaves the SFT stage
-    training it; `model.freeze_vision` freezes it in both."""
-    params = nnx.state(tiny_port("qwen2_vl"), nnx.Param)
-    config = demo.get_config("/nonexistent")
-    config.model.freeze_vision = model_wide
-    config.rl.freeze_vision = True
-    config.optim.warmup_steps = 0  # the first update moves what is trained
-    grads = jax.tree.map(jax.numpy.ones_like, params)
-    for name, vision_moves in (("sft", not model_wide), ("rl", False)):
-        tx, _ = train.optimizer_for(config, train.Stage(name, 0, 10), params)
-        updates, _ = tx.update(grads, tx.init(params), params)
-        new = optax.apply_updates(params, updates)
-        vision = new["visual"]["patch_embed"]["kernel"][...]
-        moved = np.abs(vision - params["visual"]["patch_embed"]["kernel"][...]).max() > 0
-        assert moved == vision_moves, name
-        text = new["layers"][0]["mlp"]["up_proj"]["kernel"][...]
-        assert np.abs(text - params["layers"][0]["mlp"]["up_proj"]["kernel"][...]).max() > 0
-
-
-def test_sft_batch_size_sets_the_sft_stage_batches_only(root):
-    """`sft.batch_size` is the SFT stage's prompts per step; RL keeps `data.batch_size`."""
-    config = demo.get_config(root)
-    config.data.batch_size = 4
-    config.sft.batch_size = 2
-    for stage, size in (("sft", 2), ("rl", 4)):
-        batch = next(iter(pipeline.build_dataset(train.stage_config(config, stage))))
-        assert np.asarray(batch["example_mask"]).shape == (size,), stage
-        assert np.asarray(batch["example_mask"]).all(), stage
-
-
-@pytest.mark.parametrize("every,steps", [(0, {3, 7}), (4, {0, 3, 4, 7}), (2, {0, 2, 3, 4, 6, 7})])
-def test_evaluation_steps_are_the_start_of_rl_the_end_and_every_n(every, steps):
-    config = demo.get_config("/nonexistent")
-    config.eval.every = every
-    stages = [train.Stage("sft", 0, 3), train.Stage("rl", 3, 7)]
-    assert train.evaluation_steps(config, stages) == steps
-
-
-def test_rollout_config_carries_the_config_fields(tmp_path):
-    config = demo.get_config(str(tmp_path))
-    config.rollout.update(prompt_buckets=(64, 96), vision_chunk_patches=512)
-    r = train.rollout_config(config)
-    assert r.prompt_buckets == (64, 96)
-    assert r.vision_chunk_patches == 512
-    assert r.patch_buckets == tuple(config.rollout.patch_buckets)

@@ -12,10 +12,14 @@ prompt of a batch, prompts of `--text_tokens` text tokens besides the vision tok
 `--target_tokens`, and completions of rl.max_completion_tokens, all rounded up to the config's
 buckets.
 
-Memory per chip: a program's arguments + outputs - donated (aliased) + temporaries, plus what
-stays resident outside it (the train state, reference parameters); the peak is the largest over
-programs. A TPU compile refuses a program that does not fit its HBM (the verdict trusted over
-any sum); GPU and CPU compiles do not refuse, so their sums are compared with the chip.
+Memory per chip: what the compiler's buffer assignment takes in device memory, arguments
+included (the total of its memory-usage report; where a compiler writes none, the memory
+analysis' arguments + outputs - donated (aliased) + temporaries, which equal it on CPU and GPU,
+while on TPU the memory analysis counts more than the assignment holds in HBM), plus what stays
+resident outside the program (the train state, reference parameters); the peak is the largest
+over programs. A TPU compile refuses a program that does not fit its HBM (the verdict trusted
+over any sum; the figure it quotes is that assignment's total); GPU and CPU compiles do not
+refuse, so their totals are compared with the chip.
 
 FLOPs: matmul FLOPs of the traced program with every loop's trip count (jaxvrl/flops.py; the
 rollout's decode loop counted at max_completion_tokens); XLA's own cost analysis, which counts
@@ -39,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxvrl.fit_peak import PeakBuffer, dump_options, peak_buffers, short_op
+from jaxvrl.fit_peak import PeakBuffer, assigned_bytes, dump_options, peak_buffers, short_op
 from jaxvrl.fit_programs import Program, largest_example, per_device_bytes, stage_programs
 
 GIB = 1 << 30
@@ -68,15 +72,20 @@ class Result:
     runs_per_step: int = 1
     # The largest buffers alive at the program's peak (of the assignment a refusal tried).
     peak_buffers: list[PeakBuffer] = dataclasses.field(default_factory=list)
+    # The device memory of the compiler's own buffer assignment, arguments included (TPU).
+    assigned: int | None = None
 
     @property
     def program_bytes(self) -> int:
+        """The compiler's buffer assignment in device memory, else the memory analysis' sum."""
+        if self.assigned is not None:
+            return self.assigned
+        if self.refused is not None and self.needed is not None:
+            return self.needed
         return self.arguments + self.outputs - self.aliased + self.temporaries
 
     @property
     def peak(self) -> int:
-        if self.refused is not None and self.needed is not None:
-            return self.needed + self.resident_outside
         return self.program_bytes + self.resident_outside
 
 
@@ -133,10 +142,10 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
         result.compile_seconds = time.perf_counter() - start
         result.refused = message.splitlines()[0][:400]
         result.needed, result.available = _refusal(message)
-        result.peak_buffers = _read_peak(dump)
+        _read_dump(result, dump)
         return result, None
     result.compile_seconds = time.perf_counter() - start
-    result.peak_buffers = _read_peak(dump)
+    _read_dump(result, dump)
     memory = compiled.memory_analysis()
     if memory is not None:
         result.arguments = int(memory.argument_size_in_bytes)
@@ -155,14 +164,14 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
     return result, compiled
 
 
-def _read_peak(dump: str) -> list[PeakBuffer]:
-    """The dump's peak buffers; the dump is removed. A dump XLA did not write (or wrote in a form
-    we cannot read) leaves the list empty rather than failing the fit check."""
+def _read_dump(result: Result, dump: str) -> None:
+    """The dump's peak buffers and assigned bytes into `result`; the dump is removed. A dump XLA
+    did not write (or wrote in a form we cannot read) leaves them empty rather than failing."""
     try:
-        return peak_buffers(dump)
+        result.peak_buffers = peak_buffers(dump)
+        result.assigned = assigned_bytes(dump)
     except (OSError, ValueError) as e:
         log.warning("could not read the buffer assignment in %s: %s", dump, e)
-        return []
     finally:
         shutil.rmtree(dump, ignore_errors=True)
 
@@ -246,6 +255,7 @@ def _result_dict(r: Result, chip) -> dict[str, Any]:
         "xla_flops_per_chip": r.xla_flops_per_chip,
         "runs_per_step": r.runs_per_step,
         "compile_seconds": round(r.compile_seconds, 2),
+        "assigned_gib": None if r.assigned is None else r.assigned / GIB,
         "peak_buffers": [b.as_dict() for b in r.peak_buffers],
     }
     if r.refused is not None:
@@ -295,8 +305,10 @@ def format_report(report: dict[str, Any]) -> str:
         "resident per chip: "
         + ", ".join(f"{k} {v:.2f} GiB" for k, v in report["resident_gib"].items()),
         "",
-        f"{'program':<24}{'args':>8}{'out':>8}{'alias':>8}{'temp':>9}{'other':>8}{'peak':>9}"
-        f"{'TFLOP':>10}{'compile':>9}  verdict   (GiB per chip; TFLOP all chips, one run)",
+        f"{'program':<24}{'args':>8}{'out':>8}{'alias':>8}{'temp':>9}{'assigned':>10}"
+        f"{'other':>8}{'peak':>9}{'TFLOP':>10}{'compile':>9}  verdict",
+        "(GiB per chip: the memory analysis' arguments, outputs, donated and temporaries; the "
+        "buffer assignment's total; resident beside it; peak. TFLOP: all chips, one run)",
     ]
     for p in report["programs"]:
         verdict = "fits" if p["fits"] else "NO"
@@ -307,7 +319,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{p['name']:<24}{p['arguments_gib']:8.2f}{p['outputs_gib']:8.2f}"
             f"{p['aliased_gib']:8.2f}{p['temporaries_gib']:9.2f}"
-            f"{p['resident_outside_gib']:8.2f}{p['peak_gib']:9.2f}{p['flops'] / 1e12:10.4g}"
+            f"{p['peak_gib'] - p['resident_outside_gib']:10.2f}{p['resident_outside_gib']:8.2f}"
+            f"{p['peak_gib']:9.2f}{p['flops'] / 1e12:10.4g}"
             f"{p['compile_seconds']:8.1f}s  {verdict}"
         )
     for p in report["programs"]:

@@ -117,6 +117,22 @@ def peak_buffers(directory: str, top: int = 8) -> list[PeakBuffer]:
     return [PeakBuffer(sum(sizes), len(sizes), shape, op) for (op, shape), sizes in ranked]
 
 
+_SPACE = re.compile(r"^Memory Space: default \(color=0\)\s*\nTotal bytes: (\d+)", re.MULTILINE)
+
+
+def assigned_bytes(directory: str) -> int | None:
+    """The device memory the compiler's buffer assignment takes (its memory-usage report's
+    default memory space, arguments included: the figure a TPU refusal quotes), for the module
+    with the largest report; None where the compiler writes no such report (CPU, GPU)."""
+    totals = []
+    for path in glob.glob(os.path.join(directory, "*-memory-usage-report.txt")):
+        with open(path, errors="replace") as f:
+            m = _SPACE.search(f.read(1 << 16))
+        if m:
+            totals.append(int(m.group(1)))
+    return max(totals, default=None)
+
+
 def short_op(op: str, parts: int = 3) -> str:
     """The last `parts` components of an op_name path (`jit(train_step)/while/body/.../
     bkqd,bksd->bkqs/dot_general` -> `.../rematted_computation/bkqd,bksd->bkqs/dot_general`)."""

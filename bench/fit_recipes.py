@@ -1,5 +1,6 @@
 """The fit check (python -m jaxvrl.fit) of the three 7B recipes on TPU slices and GPU nodes: per
-program the peak memory per chip, the FLOPs of a step and the compile time, as one Markdown table.
+program the peak memory per chip, the FLOPs of a step and the compile time, as one Markdown table;
+where a program does not fit, how much over and the largest buffers alive at its peak.
 
     python bench/fit_recipes.py [--topologies v5p:2x2x1,h100x8,v6e:2x4]
         [--recipes video_r1,videochat_r1,seed_bench_r1,seed_bench_r1_sft]
@@ -23,6 +24,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from jaxvrl.fit_peak import short_op  # noqa: E402 - after the repository is on the path
 
 RECIPES = {
     "video_r1": ["--config=configs/video_r1.py"],
@@ -66,6 +70,13 @@ def recipe_name(report: dict) -> str:
     return report.get("recipe") or report["config"].split("/")[-1].removesuffix(".py")
 
 
+def buffer_text(b: dict) -> str:
+    """`2 x bf16[4,2048,3584] 0.11 GiB (.../mlp/dot_general)`: one line of jaxvrl.fit's
+    peak_buffers."""
+    count = f"{b['count']} x " if b["count"] > 1 else ""
+    return f"{count}`{b['shape'] or '?'}` {b['gib']:.2f} GiB (`{short_op(b['op'], 3)}`)"
+
+
 def table(reports: list[dict]) -> str:
     rows = [
         "| recipe | topology | program | peak GiB / chip | of which resident outside | "
@@ -78,7 +89,14 @@ def table(reports: list[dict]) -> str:
             if "refused" in p:
                 verdict = "refused by the compiler"
                 if p.get("needed_gib") is not None:
-                    verdict += f" ({p['needed_gib']:.2f} of {p['available_gib']:.2f} GiB)"
+                    over = p["needed_gib"] - p["available_gib"]
+                    verdict += (
+                        f" ({p['needed_gib']:.2f} of {p['available_gib']:.2f} GiB, {over:.2f} over)"
+                    )
+            if not p["fits"] and p.get("peak_buffers"):
+                verdict += "; largest at the peak: " + "; ".join(
+                    buffer_text(b) for b in p["peak_buffers"][:3]
+                )
             rows.append(
                 f"| {recipe_name(r)} | {r['topology']} | {p['name']} | {p['peak_gib']:.2f} | "
                 f"{p['resident_outside_gib']:.2f} | "

@@ -72,7 +72,7 @@ class Result:
     runs_per_step: int = 1
     # The largest buffers alive at the program's peak (of the assignment a refusal tried).
     peak_buffers: list[PeakBuffer] = dataclasses.field(default_factory=list)
-    # The device memory of the compiler's own buffer assignment, arguments included (TPU).
+    # The device memory of the compiler's own buffer assignment, arguments included.
     assigned: int | None = None
 
     @property

@@ -21,6 +21,7 @@ import dataclasses
 import glob
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 _PEAK_HEADER = re.compile(r"^\s*Live ranges at \d+ \(peak\):\s*$")
@@ -66,29 +67,25 @@ def _peak_live(path: str) -> list[tuple[str, int]]:
     return out
 
 
-def _shapes(path: str, wanted: set[str]) -> dict[str, str]:
+def _first_matches(
+    path: str, pattern: re.Pattern[str], wanted: set[str], value: Callable[[re.Match[str]], str]
+) -> dict[str, str]:
+    """{name: value(match)} for the first line of `path` where `pattern` matches with group 1 a
+    wanted name; {} without the file."""
     out: dict[str, str] = {}
     if not os.path.isfile(path):
         return out
     with open(path, errors="replace") as f:
         for line in f:
-            m = _VALUE.search(line)
+            m = pattern.search(line)
             if m and m.group(1) in wanted and m.group(1) not in out:
-                shape = _ARRAY_SHAPE.match(m.group(2))
-                out[m.group(1)] = shape.group(1) if shape else ""
+                out[m.group(1)] = value(m)
     return out
 
 
-def _op_names(path: str, wanted: set[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if not os.path.isfile(path):
-        return out
-    with open(path, errors="replace") as f:
-        for line in f:
-            m = _INSTRUCTION.match(line)
-            if m and m.group(1) in wanted:
-                out[m.group(1)] = m.group(2).replace("\\'", "'")
-    return out
+def _array_shape(m: re.Match[str]) -> str:
+    shape = _ARRAY_SHAPE.match(m.group(2))
+    return shape.group(1) if shape else ""
 
 
 def peak_buffers(directory: str, top: int = 8) -> list[PeakBuffer]:
@@ -103,9 +100,12 @@ def peak_buffers(directory: str, top: int = 8) -> list[PeakBuffer]:
     if not best:
         return []
     prefix = best_path.removesuffix("-live-range.txt")
-    shapes = _shapes(prefix + "-buffer-assignment.txt", {n.removesuffix("{}") for n, _ in best})
+    values = {name.removesuffix("{}") for name, _ in best}
+    shapes = _first_matches(prefix + "-buffer-assignment.txt", _VALUE, values, _array_shape)
     instructions = {name.split("{")[0] for name, _ in best}
-    ops = _op_names(prefix + ".txt", instructions)
+    ops = _first_matches(  # an instruction's name is unique in its module
+        prefix + ".txt", _INSTRUCTION, instructions, lambda m: m.group(2).replace("\\'", "'")
+    )
     groups: dict[tuple[str, str], list[int]] = {}
     for name, size in best:
         instruction = name.split("{")[0]
@@ -123,7 +123,7 @@ _SPACE = re.compile(r"^Memory Space: default \(color=0\)\s*\nTotal bytes: (\d+)"
 def assigned_bytes(directory: str) -> int | None:
     """The device memory the compiler's buffer assignment takes (its memory-usage report's
     default memory space, arguments included: the figure a TPU refusal quotes), for the module
-    with the largest report; None where the compiler writes no such report (CPU, GPU)."""
+    with the largest report (TPU, GPU and CPU compilers write one); None without it."""
     totals = []
     for path in glob.glob(os.path.join(directory, "*-memory-usage-report.txt")):
         with open(path, errors="replace") as f:

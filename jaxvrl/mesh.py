@@ -9,14 +9,21 @@ creates a backend) takes its coordinates from, in this order:
   1. `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`:
      plain multi-node GPU runs, `launch/local.sh`, `launch/slurm.sbatch` and the tests. With all
      three set, JAX's cluster detection is off, so every process sees all its host's devices
-     (`JAX_LOCAL_DEVICE_IDS` still restricts them).
-  2. JAX's own cluster detection: a SLURM job step (`srun`; note that JAX then gives each task
-     only the GPU numbered by its `SLURM_LOCALID`, which suits one task per GPU), a Cloud TPU VM
-     pod slice (the TPU metadata), Open MPI, Kubernetes.
+     (`JAX_LOCAL_DEVICE_IDS` still restricts them: launch/slurm.sbatch sets it to the task's
+     `SLURM_LOCALID` when it runs one task per GPU).
+  2. A task of an `srun` job step: JAX's SLURM detection (the coordinator on the step's first
+     node, each task only the GPU numbered by its `SLURM_LOCALID`, which suits one task per GPU),
+     with the step's own task count. Only a real step counts (`SLURM_STEP_ID` of a step srun
+     started, `SLURM_STEP_NUM_TASKS`): the batch script and an salloc shell also carry
+     `SLURM_NTASKS`, but there the tasks have not been started, and this one process is alone.
+  3. JAX's other cluster detection: a Cloud TPU VM pod slice (the TPU metadata), Open MPI,
+     Kubernetes.
 
 On the CPU the cross-process collectives go through gloo (`jax_cpu_collectives_implementation`).
 `mesh.heartbeat_timeout` bounds how long the others wait for a process that died or hangs: after
-that many seconds without a heartbeat the coordination service ends every process. A process
+that many seconds without a heartbeat the coordination service ends every process.
+`mesh.initialization_timeout` bounds how long every process waits at start-up for the others to
+connect to the coordinator. A process
 whose main program raises exits at once (after its traceback, and a line naming the lost process
 where the error is one: `lost_process_message`, which also shows what JAX prints), so the others
 see the loss in their next collective.
@@ -57,15 +64,49 @@ def _count(environ: Mapping[str, str], name: str) -> int:
         return 1
 
 
+# The variables srun gives every task of a job step, and that JAX's SLURM detection reads
+# (jax/_src/clusters/slurm_cluster.py: SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS,
+# SLURM_PROCID, SLURM_LOCALID). The batch script and an salloc shell have SLURM_NTASKS (the job's
+# tasks) but no SLURM_STEP_ID or SLURM_STEP_NUM_TASKS.
+SLURM_STEP_VARIABLES = (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+)
+# Step ids above this one are Slurm's own steps (batch script, extern, interactive: slurm.h).
+SLURM_MAX_NORMAL_STEP_ID = 0xFFFFFFF0
+
+
+def slurm_step_tasks(environ: Mapping[str, str] | None = None) -> int:
+    """The number of tasks of the srun job step this process is one of; 0 outside a step (no
+    SLURM job, the batch script, an salloc shell, Slurm's own steps)."""
+    environ = os.environ if environ is None else environ
+    if not all(environ.get(name, "").strip() for name in SLURM_STEP_VARIABLES):
+        return 0
+    try:
+        step_id = int(environ["SLURM_STEP_ID"])
+        tasks = int(environ["SLURM_STEP_NUM_TASKS"])
+        int(environ["SLURM_PROCID"])
+    except ValueError:
+        return 0
+    if not 0 <= step_id <= SLURM_MAX_NORMAL_STEP_ID:
+        return 0
+    return max(tasks, 0)
+
+
 def launched_on_a_cluster(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the environment says we are one of several processes (JAX coordinator variables,
-    a multi-task SLURM job, or a multi-host TPU slice)."""
+    a task of an srun job step of several tasks, or a multi-host TPU slice)."""
     environ = os.environ if environ is None else environ
     if environ.get(COORDINATOR_VARIABLE):
         return True
     if _count(environ, NUM_PROCESSES_VARIABLE) > 1:
         return True
-    if _count(environ, "SLURM_NTASKS") > 1:
+    if slurm_step_tasks(environ) > 1:
         return True
     hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
     return len([h for h in hosts.split(",") if h.strip()]) > 1
@@ -73,8 +114,9 @@ def launched_on_a_cluster(environ: Mapping[str, str] | None = None) -> bool:
 
 def distributed_arguments(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The arguments of `jax.distributed.initialize` that the explicit variables give (module
-    docstring, 1); {} when none is set (JAX's cluster detection then finds them). Raises
-    ValueError, naming the variable, for a value that cannot be right."""
+    docstring, 1); in an srun job step without them, JAX's SLURM detection with the step's task
+    count and this task's rank (2); {} otherwise (JAX's cluster detection then finds them).
+    Raises ValueError, naming the variable, for a value that cannot be right."""
     environ = os.environ if environ is None else environ
     args: dict[str, Any] = {}
     address = environ.get(COORDINATOR_VARIABLE, "").strip()
@@ -111,6 +153,14 @@ def distributed_arguments(environ: Mapping[str, str] | None = None) -> dict[str,
         # All given: no cluster detection, which under SLURM would restrict each process to the
         # one GPU numbered SLURM_LOCALID (one process per host drives all its devices).
         args["cluster_detection_method"] = "deactivate"
+    elif not args and (tasks := slurm_step_tasks(environ)):
+        # JAX counts SLURM_NTASKS, which `srun --preserve-env` leaves at the job's count; the
+        # step's own count is SLURM_STEP_NUM_TASKS.
+        args = {
+            "num_processes": tasks,
+            "process_id": int(environ["SLURM_PROCID"]),
+            "cluster_detection_method": "slurm",
+        }
     return args
 
 
@@ -248,13 +298,16 @@ def distributed_summary(heartbeat_timeout_seconds: int | None = None) -> str:
 
 
 def initialize_distributed(
-    enabled: bool | None = None, heartbeat_timeout_seconds: int = 30
+    enabled: bool | None = None,
+    heartbeat_timeout_seconds: int = 100,
+    initialization_timeout_seconds: int = 300,
 ) -> bool:
     """Starts multi-host JAX (one process per host, module docstring); `None` decides from the
     environment. Must run before any JAX call that creates a backend (jax.devices() among them).
     `heartbeat_timeout_seconds` (config `mesh.heartbeat_timeout`): how long a process may go
-    silent before the coordination service ends every process. Returns whether JAX runs
-    distributed."""
+    silent before the coordination service ends every process. `initialization_timeout_seconds`
+    (config `mesh.initialization_timeout`): how long each process waits at start-up for all of
+    them to connect. Returns whether JAX runs distributed."""
     if enabled is None:
         enabled = launched_on_a_cluster()
     if not enabled:
@@ -268,15 +321,33 @@ def initialize_distributed(
     if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "gloo"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(heartbeat_timeout_seconds=int(heartbeat_timeout_seconds), **args)
+        jax.distributed.initialize(
+            heartbeat_timeout_seconds=int(heartbeat_timeout_seconds),
+            initialization_timeout=int(initialization_timeout_seconds),
+            **args,
+        )
     except (RuntimeError, ValueError) as e:
         where = args.get("coordinator_address", "from JAX's cluster detection")
-        raise RuntimeError(f"multi-host start-up (coordinator {where}) failed: {e}") from e
+        raise RuntimeError(
+            f"multi-host start-up (coordinator {where}, waiting up to "
+            f"{int(initialization_timeout_seconds)} s for every process: "
+            f"mesh.initialization_timeout) failed: {e}"
+        ) from e
     global _coordinator
     _coordinator = args.get("coordinator_address") or _detected_coordinator()
     _install_exit_hook()
     log.info("%s", distributed_summary(heartbeat_timeout_seconds))
     return True
+
+
+def initialize_from_config(mesh: Mapping[str, Any]) -> bool:
+    """`initialize_distributed` with the settings of a config's `mesh` section (distributed,
+    heartbeat_timeout, initialization_timeout)."""
+    return initialize_distributed(
+        mesh.get("distributed"),
+        int(mesh.get("heartbeat_timeout", 100)),
+        int(mesh.get("initialization_timeout", 300)),
+    )
 
 
 def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:

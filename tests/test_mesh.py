@@ -16,13 +16,45 @@ from pathlib import Path
 import pytest
 
 from configs import base
-from jaxvrl.mesh import distributed_arguments, launched_on_a_cluster, lost_process_message
+from jaxvrl import mesh
+from jaxvrl.mesh import (
+    distributed_arguments,
+    launched_on_a_cluster,
+    lost_process_message,
+    slurm_step_tasks,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------
 # When to start, and with what.
+
+# What srun gives task 2 of a 4-task job step (Slurm's env_array_for_step and slurmstepd).
+SRUN_TASK = {
+    "SLURM_JOB_ID": "7",
+    "SLURM_JOB_NODELIST": "node-[1-2]",
+    "SLURM_NTASKS": "4",
+    "SLURM_STEP_ID": "0",
+    "SLURM_STEP_NODELIST": "node-[1-2]",
+    "SLURM_STEP_NUM_NODES": "2",
+    "SLURM_STEP_NUM_TASKS": "4",
+    "SLURM_PROCID": "2",
+    "SLURM_LOCALID": "0",
+}
+# The batch script of a 4-task job (sbatch): the job's task count, no step (and srun not yet run).
+SBATCH_BODY = {
+    "SLURM_JOB_ID": "7",
+    "SLURM_JOB_NODELIST": "node-[1-2]",
+    "SLURM_NTASKS": "4",
+    "SLURM_NTASKS_PER_NODE": "2",
+    "SLURM_TASKS_PER_NODE": "2(x2)",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+}
+# An salloc shell of a 4-task allocation.
+SALLOC_SHELL = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node-[1-2]", "SLURM_NTASKS": "4"}
 
 
 @pytest.mark.parametrize(
@@ -33,8 +65,15 @@ REPO = Path(__file__).resolve().parents[1]
         ({"JAX_COORDINATOR_ADDRESS": ""}, False),
         ({"JAX_NUM_PROCESSES": "2"}, True),
         ({"JAX_NUM_PROCESSES": "1"}, False),
-        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, True),
-        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, False),
+        (SRUN_TASK, True),
+        ({**SRUN_TASK, "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}, False),
+        (SBATCH_BODY, False),  # the job's tasks, not processes that run
+        (SALLOC_SHELL, False),
+        # Slurm's own steps (batch 0xfffffffb, interactive 0xfffffffa) are no srun step.
+        ({**SRUN_TASK, "SLURM_STEP_ID": str(0xFFFFFFFB)}, False),
+        ({**SRUN_TASK, "SLURM_STEP_ID": str(0xFFFFFFFA)}, False),
+        ({**SRUN_TASK, "SLURM_STEP_ID": ""}, False),
+        ({**SRUN_TASK, "SLURM_STEP_NUM_TASKS": "not a number"}, False),
         ({"SLURM_NTASKS": "not a number"}, False),
         ({"TPU_WORKER_HOSTNAMES": "t1k-0,t1k-1,t1k-2,t1k-3"}, True),
         ({"TPU_WORKER_HOSTNAMES": "localhost"}, False),
@@ -65,7 +104,37 @@ def test_all_three_variables_give_every_argument_and_turn_cluster_detection_off(
 
 def test_no_variables_leave_everything_to_jax_cluster_detection():
     assert distributed_arguments({}) == {}
-    assert distributed_arguments({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) == {}
+    assert distributed_arguments(SBATCH_BODY) == {}
+    assert distributed_arguments(SALLOC_SHELL) == {}
+
+
+def test_an_srun_task_counts_the_tasks_of_its_step():
+    """JAX's SLURM detection (the coordinator, the task's GPU) with the step's own task count:
+    `srun --preserve-env` leaves SLURM_NTASKS at the job's."""
+    assert slurm_step_tasks(SRUN_TASK) == 4
+    assert slurm_step_tasks(SBATCH_BODY) == slurm_step_tasks(SALLOC_SHELL) == 0
+    expected = {"num_processes": 4, "process_id": 2, "cluster_detection_method": "slurm"}
+    assert distributed_arguments(SRUN_TASK) == expected
+    assert distributed_arguments({**SRUN_TASK, "SLURM_NTASKS": "16"}) == expected
+    # Every JAX variable given (launch/slurm.sbatch): those, and no detection.
+    explicit = {"JAX_COORDINATOR_ADDRESS": "node-1:1", "JAX_NUM_PROCESSES": "4"}
+    explicit["JAX_PROCESS_ID"] = "2"
+    assert distributed_arguments({**SRUN_TASK, **explicit})["cluster_detection_method"] == (
+        "deactivate"
+    )
+
+
+def test_the_slurm_step_variables_are_the_ones_jax_detection_reads():
+    from jax._src.clusters import slurm_cluster
+
+    jax_reads = {
+        value
+        for value in vars(slurm_cluster).values()
+        if isinstance(value, str) and value.startswith("SLURM_")
+    }
+    assert "SLURM_STEP_NODELIST" in jax_reads  # a step's, absent from the batch script
+    # All that its is_env_present asks for (the node count it reads only for its own use).
+    assert jax_reads - {"SLURM_STEP_NUM_NODES"} <= set(mesh.SLURM_STEP_VARIABLES)
 
 
 def test_a_coordinator_alone_lets_cluster_detection_fill_in_the_rest():
@@ -93,10 +162,43 @@ def test_a_wrong_variable_is_named(environ, named):
         distributed_arguments(environ)
 
 
-def test_config_has_the_heartbeat_timeout():
+def test_config_has_jax_default_timeouts():
     config = base.get_config()
-    assert config.mesh.heartbeat_timeout == 30
+    assert config.mesh.heartbeat_timeout == 100
+    assert config.mesh.initialization_timeout == 300
     assert config.mesh.distributed is None
+
+
+def test_the_config_timeouts_reach_jax_distributed_initialize(monkeypatch):
+    import jax
+
+    seen = {}
+
+    def initialize(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("Barrier timed out")  # as if a process never came
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # leave gloo off here
+    config = base.get_config()
+    config.mesh.distributed = True
+    config.mesh.heartbeat_timeout = 240
+    config.mesh.initialization_timeout = 900
+    env = {"JAX_COORDINATOR_ADDRESS": "node-1:1234", "JAX_NUM_PROCESSES": "2"}
+    env["JAX_PROCESS_ID"] = "1"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match="up to 900 s for every process") as error:
+        mesh.initialize_from_config(config.mesh)
+    assert "mesh.initialization_timeout" in str(error.value)
+    assert seen == {
+        "heartbeat_timeout_seconds": 240,
+        "initialization_timeout": 900,
+        "coordinator_address": "node-1:1234",
+        "num_processes": 2,
+        "process_id": 1,
+        "cluster_detection_method": "deactivate",
+    }
 
 
 # What jax 0.10.2 printed in the runs below (process 1 gone, process 0 still running).
@@ -151,8 +253,10 @@ def _run_local(tmp_path, fail: str = "") -> tuple[subprocess.CompletedProcess, f
         FAIL=fail,
     )
     start = time.monotonic()
+    # From another directory: WORKDIR is the caller's, configs/demo.py the repository's.
     result = subprocess.run(
-        [str(REPO / "launch/local.sh"), "3", "configs/demo.py", str(tmp_path / "run"), "--x=1"],
+        [str(REPO / "launch/local.sh"), "3", "configs/demo.py", "run", "--x=1"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -165,7 +269,7 @@ def test_local_launcher_starts_every_process_with_its_coordinates(tmp_path):
     result, _ = _run_local(tmp_path)
     assert result.returncode == 0, result.stderr
     args = (
-        "args: -m jaxvrl.train --config=configs/demo.py "
+        f"args: -m jaxvrl.train --config={REPO / 'configs/demo.py'} "
         f"--workdir={tmp_path / 'run'} --config.mesh.distributed=true --x=1"
     )
     expected = "devices=2 platforms=cpu coordinator=127.0.0.1:4321 " + args

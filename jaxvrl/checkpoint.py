@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxvrl import run_paths
+
 log = logging.getLogger(__name__)
 
 
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--step", type=int, default=None)
     exp.add_argument("--base", default=None, help="directory whose tokenizer files to copy")
     args = parser.parse_args(argv)
+    run_paths.require_local({"--workdir": args.workdir, "--out": args.out})
     step = export_step(args.workdir, args.out, args.base, args.step)
     print(f"exported step {step} of {args.workdir} to {args.out}")
     return 0

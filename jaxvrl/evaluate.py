@@ -28,6 +28,7 @@ import json
 import sys
 from typing import Any
 
+from jaxvrl import run_paths
 from jaxvrl.eval import benchmarks, report, runner
 
 SUBCOMMANDS = ("score", "list", "report")
@@ -98,6 +99,7 @@ def cli(argv: list[str]) -> int:
             print(f"{name:<24}{b.record_format:<16}{b.scoring}")
         return 0
     if args.command == "report":
+        run_paths.require_local({"--workdir": args.workdir})
         out = report.write_report(args.workdir)
         print(f"wrote {out['markdown']} and {len(out['images'])} plots")
         return 0
@@ -129,6 +131,7 @@ def run(argv) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     f = flags.FLAGS
     config = f.config
+    run_paths.require_local_run(f.workdir, config)
     if not config.eval.files:
         raise ValueError("set --config.eval.files (benchmark=path,...) to evaluate")
     only = [b.strip() for b in (f.benchmarks or "").split(",") if b.strip()]

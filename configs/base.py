@@ -88,7 +88,7 @@ def data_config() -> ml_collections.ConfigDict:
     d.padding_side = "right"
     d.num_epochs = 0  # 0 = repeat forever
     d.shuffle = True
-    d.seed = 0
+    d.seed = ml_collections.config_dict.placeholder(int)  # None: the run's `seed`
     d.num_workers = 2  # decoding processes; 0 decodes in the training process
     d.worker_buffer_size = 2  # decoded examples each worker keeps ready
     d.read_threads = 1  # decoding threads inside each process
@@ -193,6 +193,9 @@ def eval_config() -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     """The shared base config. Recipes fill `model.path`, the data files and their RL settings."""
     config = ml_collections.ConfigDict()
+    # Seeds every random stream of a run: the random init, the data order (unless `data.seed` is
+    # set), the frame shuffles and the sampling of every rollout and evaluation. The stream key is
+    # saved with each checkpoint, so a resumed run continues the streams it had.
     config.seed = 0
     config.demo = False  # print the demo's before/after table at the end
     config.model = ml_collections.ConfigDict(
@@ -222,11 +225,16 @@ def get_config() -> ml_collections.ConfigDict:
             # Logical axis -> mesh axis rules; [] = model/sharding.py DEFAULT_RULES.
             "rules": [],
             # Multi-host start-up (jaxvrl/mesh.py): True / False, or None = from the environment
-            # (JAX_COORDINATOR_ADDRESS, a multi-task SLURM job, a multi-host TPU slice).
+            # (JAX_COORDINATOR_ADDRESS, an srun job step of several tasks, a multi-host TPU
+            # slice).
             "distributed": ml_collections.FieldReference(None, field_type=bool),
             # Seconds without a heartbeat after which a process counts as lost and every other
-            # process of the run ends (JAX's default is 100).
-            "heartbeat_timeout": 30,
+            # process of the run ends (JAX's default; a host busy decoding video must not be
+            # taken for a dead one: raise it on busy 8-GPU nodes).
+            "heartbeat_timeout": 100,
+            # Seconds each process waits at start-up for every process to reach the coordinator
+            # (jax.distributed.initialize's initialization_timeout; JAX's default).
+            "initialization_timeout": 300,
         }
     )
     config.data = data_config()
@@ -288,11 +296,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = eval_config()
     config.metrics = ml_collections.ConfigDict(
         {
-            "tensorboard": True,
+            # Where the scalars of metrics.jsonl and the config also go: "tensorboard"
+            # (WORKDIR/tensorboard), "wandb" (WORKDIR/wandb; offline without credentials or a
+            # server), "mlflow" (MLFLOW_TRACKING_URI, else WORKDIR/mlflow.db). W&B and MLflow:
+            # pip install -r requirements-trackers.txt. E.g. --config.metrics.trackers=wandb
+            # --config.metrics.trackers=mlflow.
+            "trackers": ("tensorboard",),
+            # The W&B project and the MLflow experiment (the run is named after WORKDIR).
+            "project": "jaxvrl",
             "progress": True,
             # Terminal log level: "warning" shows warnings and the trainer's own lines (stages,
             # evaluations); "info" every library's INFO. WORKDIR/train.log keeps INFO always.
             "console_log_level": "warning",
+            # Every N steps, the RL step's completions (text, reward, accuracy of each sample) go
+            # to WORKDIR/completions/<step>.jsonl (0 = never).
+            "completions_every": 10,
         }
     )
     config.export = ml_collections.ConfigDict({"hf_dir": ""})  # export the final model here

@@ -97,16 +97,10 @@ class MetricsWriter:
         project: str = "jaxvrl",
         progress: bool = True,
         resume_step: int = 0,
-        tensorboard: bool | None = None,
     ):
         """`run_params`: the config, logged flattened as the trackers' run parameters. `project`:
-        the W&B project and the MLflow experiment. `tensorboard`: the former switch (False drops
-        "tensorboard" from `trackers`). After a resume (`resume_step` > 0) the trackers continue
-        the runs they had."""
-        if tensorboard is not None:
-            trackers = [t for t in trackers if t != "tensorboard"]
-            if tensorboard:
-                trackers.append("tensorboard")
+        the W&B project and the MLflow experiment. After a resume (`resume_step` > 0) the
+        trackers continue the runs they had."""
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._trackers: list[Any] = []

@@ -223,7 +223,16 @@ def score_rollout(
         "ordered": ordered.reshape(-1),
         "group_std": group_std,
         "metrics": metrics,
-        "texts": [texts[i] for i in ordered_idx[: min(4, len(ordered_idx))]],
+        "completions": [
+            {
+                "uid": meta["uid"][int(r)],
+                "sample": k % g,
+                "text": texts[i],
+                "reward": float(total.reshape(-1)[k]),
+                "accuracy": float(accuracy[k]),
+            }
+            for k, (i, r) in enumerate(zip(ordered_idx, rows, strict=True))
+        ],
     }
 
 

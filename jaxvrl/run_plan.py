@@ -44,9 +44,16 @@ def plan_stages(config: ml_collections.ConfigDict) -> list[Stage]:
     return out
 
 
+def data_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of the data order and the pipeline's random choices: `data.seed`, or the run's
+    `seed` when that is unset (the default), so one number seeds every stream of a run."""
+    return int(config.seed if config.data.seed is None else config.data.seed)
+
+
 def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
     """The config a stage's data pipeline reads: SFT appends the target to each prompt."""
     out = ml_collections.ConfigDict(config.to_dict())
+    out.data.seed = data_seed(config)
     if stage == "sft":
         out.data.sft_target = True
         out.data.shuffle_unit = "none"
@@ -56,7 +63,7 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
             out.data.batch_size = int(config.sft.batch_size)
         if config.sft.system_prompt:
             out.data.system_prompt = str(config.sft.system_prompt)
-        out.data.seed = int(config.data.seed) + 1
+        out.data.seed = data_seed(config) + 1
     elif config.rl.algorithm != "tgrpo":
         out.data.shuffle_unit = "none"
     return out

@@ -15,6 +15,11 @@ An unknown override key stops the run before any work (the config is locked).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX loads: its C++ libraries' lines go to the run's log
+    from jaxvrl import native_logs
+
+    native_logs.hold()
+
 import functools
 import json
 import logging
@@ -35,6 +40,7 @@ from jaxvrl import (
     hardware,
     multihost,
     rl_batch,
+    run_paths,
     run_plan,
     steps,
 )
@@ -45,11 +51,11 @@ from jaxvrl.eval import runner as eval_runner
 from jaxvrl.flops import matmul_flops
 from jaxvrl.mesh import (
     distributed_summary,
-    initialize_distributed,
+    initialize_from_config,
     make_mesh,
     rules_from_config,
 )
-from jaxvrl.metrics import MetricsWriter
+from jaxvrl.metrics import MetricsWriter, check_trackers
 from jaxvrl.rollout import Sampler
 from model.config import ModelConfig
 from model.hf import load_pretrained, save_pretrained
@@ -120,7 +126,7 @@ class Trainer:
         self.config = config
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
-        initialize_distributed(config.mesh.distributed, int(config.mesh.heartbeat_timeout))
+        initialize_from_config(config.mesh)
         self.mesh = make_mesh(dict(config.mesh.shape))
         self.rules = rules_from_config(config.mesh.rules)
         if multihost.index() == 0:  # one writer; the others wait, then find it there
@@ -128,6 +134,7 @@ class Trainer:
         multihost.barrier("synthetic data")
         synthetic.ensure_from_config(config)
         run_plan.check_input_files(config)
+        check_trackers(config)
         run_plan.check_batch_split(config, self.mesh, self.rules)
         model, self.tokenizer, _ = load_model_for(config, workdir, self.mesh, self.rules)
         self.model_config: ModelConfig = model.config
@@ -152,6 +159,8 @@ class Trainer:
             keep=int(config.checkpoint.keep),
             async_save=bool(config.checkpoint.async_save),
         )
+        # The run's stream key (saved with every checkpoint; a resumed run continues with it).
+        self.rng = jax.random.key(int(config.seed))
         self.train_programs: set = set()
         self.step_flops: dict[Any, float] = {}
         self.nonfinite_skips = 0
@@ -208,6 +217,27 @@ class Trainer:
         value = hardware.model_flops_utilisation(flops, seconds, jax.devices())
         return {} if value is None else {"perf/mfu": value}
 
+    def rollout_seed(self, step: int, rollout: int) -> int:
+        """The seed of a step's `rollout`-th sampler call (micro-batches, then refill rounds):
+        drawn from the run's stream key, so `config.seed` moves every sample and a resumed run
+        samples what the uninterrupted one would have."""
+        words = [int(w) for w in np.asarray(jax.random.key_data(self.rng)).reshape(-1)]
+        return int(np.random.SeedSequence([*words, step, rollout]).generate_state(1)[0] >> 1)
+
+    def _write_completions(self, step: int, completions: list[dict[str, Any]]) -> None:
+        """This process's completions of the step (train step `step + 1`), every
+        `metrics.completions_every` steps: WORKDIR/completions/<step>.jsonl (process k > 0:
+        <step>.<k>.jsonl)."""
+        every = int(self.config.metrics.completions_every)
+        if not every or (step + 1) % every:
+            return
+        directory = os.path.join(self.workdir, "completions")
+        os.makedirs(directory, exist_ok=True)
+        index = multihost.index()
+        name = f"{step + 1}.jsonl" if index == 0 else f"{step + 1}.{index}.jsonl"
+        with open(os.path.join(directory, name), "w") as f:
+            f.writelines(json.dumps(c) + "\n" for c in completions)
+
     def _count_program(self, name: str, tree: Any) -> None:
         signature = (name, tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree)))
         if signature not in self.train_programs:
@@ -229,7 +259,9 @@ class Trainer:
         writer = MetricsWriter(
             self.workdir,
             total_steps=self.total_steps,
-            tensorboard=bool(config.metrics.tensorboard),
+            trackers=tuple(config.metrics.trackers),
+            run_params=config,
+            project=str(config.metrics.project),
             progress=bool(config.metrics.progress),
             resume_step=latest or 0,
         )
@@ -314,7 +346,7 @@ class Trainer:
                     **({"ref_params": ref_params} if with_ref else {}),
                 }
             )
-            state, _, data_state, step = self.checkpointer.restore(latest, abstract)
+            state, self.rng, data_state, step = self.checkpointer.restore(latest, abstract)
             self.params, opt_state = state["params"], state["opt_state"]
             ref_params = state.get("ref_params")
             iterator.set_state(
@@ -331,7 +363,6 @@ class Trainer:
         ref_fn = jax.jit(
             functools.partial(steps.stacked_reference_logprobs, self.graphdef, settings=settings)
         )
-        rng = jax.random.key(int(config.seed))
         micro = run_plan.micro_batches_for(config, stage.name)
         while step < stage.last:
             t0 = time.perf_counter()
@@ -425,7 +456,9 @@ class Trainer:
                 "opt_state": opt_state,
                 **({"ref_params": ref_params} if with_ref else {}),
             }
-            self.checkpointer.save(step, saved_state, rng, data_state, force=step == stage.last)
+            self.checkpointer.save(
+                step, saved_state, self.rng, data_state, force=step == stage.last
+            )
         self.checkpointer.wait()
 
     def _rollouts(
@@ -438,7 +471,7 @@ class Trainer:
         settings = rl_batch.RLSettings.from_config(self.config.rl)
         params = run_plan.sampling_params(self.config)
         ds = self.config.rl.dynamic_sampling
-        candidates, rows = [], []
+        candidates, rows, completions = [], [], []
 
         def roll_out(batch: dict[str, Any], seed: int) -> dapo.Candidate:
             prompts_, counts, companions = rl_batch.rollout_prompts(
@@ -449,6 +482,8 @@ class Trainer:
             train = rl_batch.training_batch(
                 batch, rollout, scored, mask_truncated=settings.mask_truncated
             )
+            # Tagged with the sampler call (micro-batches first, then DAPO refill rounds).
+            completions.extend({"rollout": len(rows), **c} for c in scored["completions"])
             drop = scored["group_std"] < 0  # filler rows
             if ds.enabled:
                 drop = drop | (scored["group_std"] <= float(ds.min_std))
@@ -456,15 +491,14 @@ class Trainer:
             return dapo.Candidate(raw=batch, train=train, drop=drop)
 
         for i, batch in enumerate(raw):
-            candidates.append(roll_out(batch, seed=step * len(raw) + i))
+            candidates.append(roll_out(batch, seed=self.rollout_seed(step, i)))
         if ds.enabled:
 
             def roll_out_more(round_: int) -> dapo.Candidate | None:
                 batch = next(iterator, None)
                 if multihost.agree_any(batch is None):  # the data ran out on some process
                     return None
-                # Negative seeds: streams apart from every step's first-round seeds.
-                return roll_out(batch, seed=-1 - (step * int(ds.max_extra_rounds) + round_))
+                return roll_out(batch, seed=self.rollout_seed(step, len(raw) + round_))
 
             # Each process refills its own rows; a round runs while any process needs one.
             extra_rounds = dapo.refill(
@@ -484,6 +518,7 @@ class Trainer:
             ]
         else:
             batches = [c.train for c in candidates]
+        self._write_completions(step, completions)
         metrics = {}
         for key in rows[0]:
             values = [r[key] for r in rows if r.get(key) is not None]
@@ -514,9 +549,11 @@ def main(argv) -> None:
     del argv
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir
+    run_paths.require_local_run(workdir, config)  # before any directory is made
+    console_level = cli.setup_console(str(config.metrics.console_log_level))
     # Before any JAX call (the log file's name asks for the process index).
-    initialize_distributed(config.mesh.distributed, int(config.mesh.heartbeat_timeout))
-    cli.setup_logging(workdir, str(config.metrics.get("console_log_level", "warning")))
+    initialize_from_config(config.mesh)
+    cli.open_log_file(workdir, console_level)
     if jax.process_count() > 1:
         log.info("%s", distributed_summary(int(config.mesh.heartbeat_timeout)))
     results = Trainer(config, workdir).run()

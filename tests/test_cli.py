@@ -79,3 +79,20 @@ def test_a_missing_record_file_stops_the_run_before_any_training(tmp_path):
         "error: sft.train_files: record file /nonexistent/cold_start.json does not exist"
     ]
     assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_the_terminal_shows_our_warnings_and_every_error_but_not_library_warnings():
+    import logging
+
+    from jaxvrl.cli import _ConsoleFilter
+
+    def shown(name: str, level: int, console: int = logging.WARNING) -> bool:
+        return _ConsoleFilter(console).filter(logging.LogRecord(name, level, "", 0, "", (), None))
+
+    assert shown("jaxvrl.data.pipeline", logging.WARNING)
+    assert shown("jaxvrl.train", logging.INFO)  # stage lines
+    assert not shown("jaxvrl.rollout", logging.INFO)
+    assert not shown("orbax.checkpoint", logging.WARNING)
+    assert not shown("py.warnings", logging.WARNING)
+    assert shown("jax._src.xla_bridge", logging.ERROR)
+    assert shown("orbax.checkpoint", logging.INFO, console=logging.INFO)  # asked for everything

@@ -62,7 +62,7 @@ def overrides(root: str, workdir: str, *extra: str) -> list[str]:
         "--config.checkpoint.keep=10",
         "--config.checkpoint.async_save=false",
         "--config.eval.num_examples=4",
-        "--config.metrics.tensorboard=false",
+        "--config.metrics.trackers=()",
         "--config.mesh.shape.data=2",
         "--config.mesh.shape.fsdp=2",
         "--config.mesh.shape.tensor=2",
@@ -190,7 +190,7 @@ def test_a_single_process_checkpoint_resumes_on_two_processes(root, single, tmp_
 @pytest.mark.slow
 def test_a_lost_process_ends_the_other_and_a_restart_resumes(root, two, tmp_path):
     workdir = str(tmp_path / "killed")
-    procs = start(root, workdir, 2)
+    procs = start(root, workdir, 2, "--config.mesh.heartbeat_timeout=30")  # the default: 100 s
     try:
         deadline = time.time() + TIMEOUT
         checkpoints = os.path.join(workdir, "checkpoints")

@@ -1,9 +1,12 @@
 """The trainer end to end on the synthetic set: a shortened demo (SFT then T-GRPO, evaluated
 during training), a run killed with SIGKILL and restarted ends bit-identical to an uninterrupted
-one, and the exported model loads in transformers with the port's logits."""
+one (and samples the same completions), `seed` moves every sample, an error inside the data
+pipeline ends a run with one line, and the exported model loads in transformers with the port's
+logits."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +35,7 @@ def short_overrides(root: str, workdir: str) -> list[str]:
         "--config.checkpoint.every=2",
         "--config.eval.every=4",
         "--config.eval.num_examples=2",
+        "--config.metrics.completions_every=1",
         f"--config.export.hf_dir={workdir}/hf",
     )
 
@@ -52,11 +56,11 @@ def uninterrupted(root, tmp_path_factory):
         command(root, workdir), cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return workdir, result.stdout
+    return workdir, result.stdout, result.stderr
 
 
 def test_short_demo_trains_both_stages_and_reports(uninterrupted):
-    workdir, stdout = uninterrupted
+    workdir, stdout, stderr = uninterrupted
     rows = read_metrics(workdir)
     assert [r["step"] for r in rows] == list(range(0, 8))
     assert [r.get("stage") for r in rows] == [None] + ["sft"] * 3 + ["rl"] * 4
@@ -83,10 +87,17 @@ def test_short_demo_trains_both_stages_and_reports(uninterrupted):
     assert 0.0 <= report["accuracy_before"] <= 1.0 and 0.0 <= report["accuracy_after"] <= 1.0
     assert "held-out accuracy" in stdout
     assert os.path.isdir(os.path.join(workdir, "tensorboard"))
+    # The terminal holds none of the C++ libraries' log lines; they are in train.log.
+    assert not NATIVE_LOG_LINE.search(stderr), stderr[-3000:]
+    assert "absl::InitializeLog" not in stderr
+
+
+# A line of absl's C++ logging (XLA, libtpu, the CUDA stubs): "I0000 00:00:... file.cc:31] ...".
+NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [\w./-]+\.(cc|h):\d+\]", re.MULTILINE)
 
 
 def test_export_of_the_trained_model_loads_in_transformers_with_the_port_logits(uninterrupted):
-    workdir, _ = uninterrupted
+    workdir, _, _ = uninterrupted
     rows = parity.compare(os.path.join(workdir, "hf"), tolerance=1e-4)
     assert all(r["ok"] for r in rows), rows
 
@@ -108,7 +119,7 @@ def _wait_for_step(path: str, step: int, proc: subprocess.Popen, timeout: float 
 def test_sigkill_and_restart_ends_bit_identical_to_an_uninterrupted_run(
     root, uninterrupted, tmp_path
 ):
-    workdir_a, _ = uninterrupted
+    workdir_a, _, _ = uninterrupted
     workdir = str(tmp_path / "run_b")
     proc = subprocess.Popen(
         command(root, workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -130,12 +141,48 @@ def test_sigkill_and_restart_ends_bit_identical_to_an_uninterrupted_run(
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     steps = [row["step"] for row in read_metrics(workdir)]
     assert steps == list(range(0, 8))
+    assert completions(workdir) == completions(workdir_a)  # before and after the resume
+
+
+def completions(workdir: str) -> dict[int, list[dict]]:
+    """The completions each RL step sampled (WORKDIR/completions/<step>.jsonl)."""
+    directory = os.path.join(workdir, "completions")
+    out = {}
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name)) as f:
+            out[int(name.split(".")[0])] = [json.loads(line) for line in f]
+    return out
+
+
+def test_each_rl_step_writes_the_completions_it_sampled(uninterrupted):
+    workdir_a, _, _ = uninterrupted
+    a = completions(workdir_a)
+    assert sorted(a) == [4, 5, 6, 7]
+    for rows in a.values():  # 4 prompts x G = 4 per sampler call (a DAPO refill adds one)
+        calls = sorted({r["rollout"] for r in rows})
+        assert calls in ([0], [0, 1]) and len(rows) == 16 * len(calls)
+        assert {r["sample"] for r in rows} == {0, 1, 2, 3}
+    assert len({r["text"] for rows in a.values() for r in rows}) > 16  # sampled, not greedy
+
+
+def test_another_seed_samples_other_completions(root, uninterrupted, tmp_path):
+    """(The same seed samples the same ones: the SIGKILL test compares a resumed run's.)"""
+    workdir_a, _, _ = uninterrupted
+    workdir = str(tmp_path / "seed_1")
+    cmd = [*command(root, workdir), "--config.rl.steps=1", "--config.seed=1",
+           "--config.eval.files=", "--config.export.hf_dir="]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    seed_0 = [r["text"] for r in completions(workdir_a)[4] if r["rollout"] == 0]
+    seed_1 = [r["text"] for r in completions(workdir)[4] if r["rollout"] == 0]
+    assert len(seed_0) == len(seed_1) == 16
+    assert sum(x != y for x, y in zip(seed_0, seed_1, strict=True)) > len(seed_0) // 2
 
 
 def test_checkpoint_export_cli_writes_the_final_parameters(uninterrupted, tmp_path):
     from jaxvrl import checkpoint
 
-    workdir, _ = uninterrupted
+    workdir, _, _ = uninterrupted
     out = str(tmp_path / "exported")
     assert checkpoint.main(["export", f"--workdir={workdir}", f"--out={out}"]) == 0
     a = load_file(os.path.join(workdir, "hf", "model.safetensors"))
@@ -152,7 +199,7 @@ def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
     """A run stopped right after the SFT stage (its last checkpoint, no RL one yet) restarts with
     the SFT parameters: the before-RL evaluation and the final parameters equal the
     uninterrupted run's."""
-    workdir_a, _ = uninterrupted
+    workdir_a, _, _ = uninterrupted
     workdir = str(tmp_path / "run_c")
     sft_only = [*command(root, workdir), "--config.rl.steps=0"]
     for cmd in (sft_only, command(root, workdir)):
@@ -168,3 +215,34 @@ def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
     c = load_file(os.path.join(workdir, "hf", "model.safetensors"))
     for key in a:
         np.testing.assert_array_equal(a[key], c[key], err_msg=key)
+
+
+# Loaded by the run's interpreter (PYTHONPATH): every frame read raises an error that is not one
+# of the bad inputs the pipeline counts and skips.
+CRASHING_DECODER = """
+from jaxvrl.data import media
+
+def read_media(*args, **kwargs):
+    raise RuntimeError("decoder crashed")
+
+media.read_media = read_media
+"""
+
+
+def test_an_error_inside_the_data_pipeline_ends_the_run_with_one_line(root, tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(CRASHING_DECODER)
+    workdir = str(tmp_path / "run")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}"}
+    result = subprocess.run(
+        command(root, workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: reading record ")
+    assert "/eval.json:0: " in lines[0]  # the first record read: held-out, before step 1
+    assert lines[0].endswith(f"RuntimeError: decoder crashed (traceback in {workdir}/train.log)")
+    with open(os.path.join(workdir, "train.log")) as f:
+        log = f.read()
+    assert "Traceback (most recent call last)" in log and "decoder crashed" in log

@@ -26,6 +26,11 @@ class DataError(Exception):
     every example is skipped."""
 
 
+class PipelineError(RuntimeError):
+    """An error raised while reading a record that is not one of the bad inputs the pipeline
+    counts and skips (a decoder crash, a bug): it ends the run, naming the record."""
+
+
 def bucket(size: int, buckets: Sequence[int]) -> int:
     """The smallest bucket >= size; past the largest, the next multiple of the largest (a new
     shape, so jit compiles once more; the per-example limits make this rare)."""

@@ -53,7 +53,7 @@ from jaxvrl.data import prompts as prompts_lib
 from jaxvrl.data import records as records_lib
 from jaxvrl.data import synthetic
 from jaxvrl.data import vision_inputs as vi
-from jaxvrl.data.batching import Batcher, BucketBatchDataset, DataError
+from jaxvrl.data.batching import Batcher, BucketBatchDataset, DataError, PipelineError
 from model.config import ModelConfig, VisionConfig
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class ExampleProcessor:
         self.shuffle_unit = str(data.get("shuffle_unit", "none"))
         if self.shuffle_unit not in SHUFFLE_UNITS:
             raise ValueError(f"data.shuffle_unit must be one of {SHUFFLE_UNITS}")
-        self.seed = int(data.get("seed", 0))
+        self.seed = int(data.get("seed") or 0)
         self.strict = bool(data.get("strict", False))
         self.max_tokens = _sorted_ints(data["token_buckets"], "token_buckets")[-1]
         self.max_patches = _sorted_ints(data["patch_buckets"], "patch_buckets")[-1]
@@ -149,6 +149,8 @@ class ExampleProcessor:
             category, message = "unknown_problem_type", f"{example.origin}: {e.args[0]}"
         except _TooLong as e:
             category, message = "too_long", f"{example.origin}: {e}"
+        except Exception as e:  # noqa: BLE001 - not a bad record: end the run, naming it
+            raise PipelineError(f"reading record {example.origin}: {type(e).__name__}: {e}") from e
         if self.strict:
             raise DataError(message)
         return _skip(category, message)
@@ -328,7 +330,7 @@ def build_dataset(
     # position i is processed with index i; this process reads its block of each global batch.
     ds = grain.MapDataset.source(examples)
     if data.shuffle:
-        ds = ds.shuffle(seed=int(data.seed))
+        ds = ds.shuffle(seed=int(data.seed or 0))
     ds = ds.repeat(None if int(data.num_epochs) == 0 else int(data.num_epochs))
     ds = ds.map_with_index(processor)
     ds = BlockShard(ds, int(data.batch_size), process_index, process_count)

@@ -99,7 +99,7 @@ class RecordOptions:
             raise ValueError(
                 f"unknown data.record_options {sorted(unknown)}; known: {sorted(names)}"
             )
-        return cls(seed=int(data.get("seed", 0)), **opts)
+        return cls(seed=int(data.get("seed") or 0), **opts)
 
 
 def problem_type_key(problem_type: str) -> str:

@@ -230,7 +230,9 @@ def evaluate_benchmark(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(result, prediction rows) of one benchmark: metrics, counts, skips, throughput."""
     t0 = time.perf_counter()
-    by_key, pipeline_skips = generate(state, sampler, config, item, max_examples=max_examples)
+    by_key, pipeline_skips = generate(
+        state, sampler, config, item, max_examples=max_examples, seed=int(config.seed)
+    )
     seconds = time.perf_counter() - t0
     bench = item.benchmark
     rows, scored = [], []

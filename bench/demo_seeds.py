@@ -3,9 +3,10 @@ the gain, and the minutes each run took, as a Markdown table (for bench/RESULTS.
 
     python bench/demo_seeds.py --seeds=0,1,2,3,4 --out=/tmp/demo_seeds [-- --config.rl.steps=200]
 
-Each run is the README's command with `--config.data.seed=N` (data order, the SFT stage's data
-stream and, through the prompts, the sampling streams) in its own fresh work directory. Runs are
-sequential: the minutes are only meaningful on an otherwise idle machine.
+Each run is the README's command with `--config.seed=N` (every random stream of the run: the
+random init, the data order, the SFT stage's data stream, the frame shuffles and the sampling) in
+its own fresh work directory. Runs are sequential: the minutes are only meaningful on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def run_seed(seed: int, out: str, extra: list[str]) -> dict:
         "jaxvrl.train",
         "--config=configs/demo.py",
         f"--workdir={workdir}",
-        f"--config.data.seed={seed}",
+        f"--config.seed={seed}",
         "--config.metrics.progress=false",
         *extra,
     ]

@@ -52,7 +52,9 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
         "{question}\nThink inside <think> </think>, then answer inside <answer> </answer>."
     )
     data.batch_size = 16  # RL prompts per step (the SFT stage takes 4: sft.batch_size)
-    data.token_buckets = (192, 256, 384)
+    # Every RL prompt is 201 tokens: a bucket of 208 instead of 256 cuts the padding the rollout
+    # and the update compute on (RL step 1.78 -> 1.57 s on the AMD VM beside other work).
+    data.token_buckets = (192, 208, 256, 384)
     data.patch_buckets = (256, 512, 1024)
     data.num_workers = 0
     data.shuffle_unit = "frame"
@@ -132,7 +134,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     rl.dynamic_sampling.enabled = True
     rl.dynamic_sampling.max_extra_rounds = 1
 
-    config.rollout.prompt_buckets = (192, 256, 384)
+    config.rollout.prompt_buckets = (192, 208, 256, 384)
     config.rollout.patch_buckets = (512, 1024, 2048, 4096)
     config.train.logprob_chunk = 512
     config.checkpoint.every = 20

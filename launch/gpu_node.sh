@@ -25,30 +25,8 @@ fi
 config=$1 workdir=$2
 shift 2
 repo=$(cd "$(dirname "$0")/.." && pwd)
-
-# Made absolute before the cd below; a URL (gs://...) is refused: the run writes with local file
-# operations.
-absolute_path() {
-  if [[ $1 =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]]; then
-    echo "error: $1 is a URL: jaxvrl reads and writes with local file operations; mount it" \
-      "(gcsfuse, a Filestore or NFS mount) and pass the mounted path (docs/launch.md)" >&2
-    return 2
-  elif [[ $1 == /* ]]; then
-    printf '%s\n' "$1"
-  else
-    printf '%s\n' "$PWD/${1#./}"
-  fi
-}
-absolute_config() { # CONFIG[:ARG] REPO
-  local path=$1 arg=
-  if [[ $path =~ ^(.*\.py)(:.*)$ ]]; then
-    path=${BASH_REMATCH[1]} arg=${BASH_REMATCH[2]}
-  fi
-  if [[ $path != /* && ! -e $path && -e $2/$path ]]; then
-    path=$2/${path#./}
-  fi
-  printf '%s%s\n' "$(absolute_path "$path")" "$arg"
-}
+# shellcheck source=launch/paths.sh
+source "$repo/launch/paths.sh"
 config=$(absolute_config "$config" "$repo") || exit 2
 workdir=$(absolute_path "$workdir") || exit 2
 

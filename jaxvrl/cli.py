@@ -6,7 +6,7 @@ goes to the run's log file), and library logging kept in the run's log file rath
     app.run(cli.guard(main), flags_parser=cli.parse_flags)
 
 The C++ libraries' log lines (XLA, libtpu, CUDA stubs, gloo), held off the terminal from the
-start by `jaxvrl.native_logs.hold()`, go to the log file once `setup_logging` opens it.
+start by `jaxvrl.native_logs.hold()`, go to the log file once `open_log_file` opens it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ CONSOLE_INFO_LOGGERS = ("jaxvrl.train", "jaxvrl.eval", "jaxvrl.evaluate")
 # file only, their errors to both.
 OUR_LOGGERS = ("jaxvrl", "model", "configs", "__main__")
 
-# The log file of this process once `setup_logging` has opened it (tracebacks are written there).
+# The log file of this process once `open_log_file` has opened it (tracebacks are written there).
 _log_path: str | None = None
 
 
@@ -300,8 +300,3 @@ def open_log_file(workdir: str | None, console_level: int = logging.WARNING) -> 
         native_logs.route(path)
     _log_path = path
     return path
-
-
-def setup_logging(workdir: str | None, console_level: str = "warning") -> str | None:
-    """`setup_console`, then `open_log_file`. Returns the log file's path."""
-    return open_log_file(workdir, setup_console(console_level))

@@ -266,6 +266,29 @@ def setup_console(console_level: str = "warning") -> int:
     return level
 
 
+class _ThroughRoot(logging.Filter):
+    """On a library logger with a terminal handler of its own: its records go through the root
+    logger's handlers (ours) instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logging.getLogger().handle(record)
+        return False
+
+
+def _adopt_transformers_logging() -> None:
+    """transformers logs to a terminal handler of its own (from its import on: "[transformers]
+    PyTorch was not found ..." without PyTorch); its records go through our handlers instead."""
+    logger = logging.getLogger("transformers")
+    through_root = _ThroughRoot()
+    logger.addFilter(through_root)  # what its import logs
+    try:
+        from transformers.utils import logging as transformers_logging
+    finally:
+        logger.removeFilter(through_root)
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+
+
 def open_log_file(workdir: str | None, console_level: int = logging.WARNING) -> str | None:
     """The log file WORKDIR/train.log (process 0: train.log, others: train.<process>.log): every
     logger at INFO, Python's warnings, the library lines held since start-up and, unless the
@@ -294,6 +317,7 @@ def open_log_file(workdir: str | None, console_level: int = logging.WARNING) -> 
         if record.levelno >= file_handler.level:
             file_handler.handle(record)
     logging.captureWarnings(True)  # library warnings: the "py.warnings" logger, the file only
+    _adopt_transformers_logging()
     if console_level <= logging.INFO:
         native_logs.release()  # every line on the terminal, as asked
     else:

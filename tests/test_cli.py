@@ -96,3 +96,14 @@ def test_the_terminal_shows_our_warnings_and_every_error_but_not_library_warning
     assert not shown("py.warnings", logging.WARNING)
     assert shown("jax._src.xla_bridge", logging.ERROR)
     assert shown("orbax.checkpoint", logging.INFO, console=logging.INFO)  # asked for everything
+
+
+def test_transformers_records_go_through_our_handlers_not_its_own(caplog, capsys):
+    import logging
+
+    from jaxvrl import cli
+
+    cli._adopt_transformers_logging()
+    logging.getLogger("transformers.tokenization_utils_base").warning("a library warning")
+    assert "a library warning" in caplog.text  # the root's handlers (the log file) have it
+    assert "a library warning" not in capsys.readouterr().err  # its own terminal handler not

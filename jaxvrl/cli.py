@@ -176,6 +176,12 @@ def _log_traceback(error: BaseException, on_terminal: bool) -> None:
         traceback.print_exception(error, file=sys.stderr)
 
 
+def _mesh():
+    from jaxvrl import mesh
+
+    return mesh
+
+
 def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """Wraps an absl main so that a run ends with one line on the terminal: a user's mistake
     found while running (a missing model directory, data file or checkpoint; bad data in strict
@@ -194,7 +200,11 @@ def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
             _log_traceback(e, on_terminal=status == RUN_ERROR)
             # A mistake in the command needs no traceback; any other error names where it is.
             where = f" (traceback in {_log_path})" if _log_path and status == RUN_ERROR else ""
-            print(f"error: {error_line(cause)}{where}", file=sys.stderr, flush=True)
+            multihost = "jax" in sys.modules  # a multi-host run has imported it (jaxvrl.mesh)
+            line = multihost and _mesh().lost_process_line(e) or error_line(cause)
+            print(f"error: {line}{where}", file=sys.stderr, flush=True)
+            if multihost:
+                _mesh().exit_now(status)
             sys.exit(status)
 
     return wrapped

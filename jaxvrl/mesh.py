@@ -252,19 +252,37 @@ def _install_exit_hook() -> None:
     def hook(kind, value, traceback) -> None:
         try:
             previous(kind, value, traceback)
-            who = f"process {jax.process_index()} of {jax.process_count()}"
-            line = lost_process_message(str(value))
-            if line and line.startswith("lost another process"):
-                line = lost_process_message(str(value), missing_processes())
+            line = lost_process_line(value)
             if line:
-                print(f"error: {who}: {line}", file=sys.stderr)
-            logging.shutdown()
+                print(f"error: {line}", file=sys.stderr)
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130 if issubclass(kind, KeyboardInterrupt) else 1)
+            exit_now(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     sys.excepthook = hook
+
+
+def lost_process_line(error: BaseException) -> str | None:
+    """In a multi-host run, "process i of n: lost process j ..." for an error that says another
+    process died (naming it, asked of the coordination service where the error does not); None
+    otherwise."""
+    if not jax.distributed.is_initialized():
+        return None
+    line = lost_process_message(str(error))
+    if line and line.startswith("lost another process"):
+        line = lost_process_message(str(error), missing_processes())
+    return f"process {jax.process_index()} of {jax.process_count()}: {line}" if line else None
+
+
+def exit_now(status: int) -> None:
+    """Ends a multi-host process at once (JAX's shutdown barrier would wait for processes a
+    failed run never brings there, until the heartbeat timeout); a single process exits as
+    usual."""
+    if not jax.distributed.is_initialized():
+        sys.exit(status)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _detected_coordinator() -> str:

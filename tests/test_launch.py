@@ -1,5 +1,5 @@
-"""Launching on real clusters (launch/*, jaxvrl/run_paths.py), with stand-ins for `gcloud`,
-`srun`, `scontrol`, `sudo`, `uv` and `python`: small bash scripts first on PATH that record the
+"""Launching on Cloud TPU slices and GPU nodes (launch/tpu_pod.sh, gpu_node.sh), with stand-ins for
+`gcloud`, `sudo`, `uv` and `python`: small bash scripts first on PATH that record the
 arguments and environment they receive, and for `gcloud ... ssh` run the command in a directory
 that plays the worker's home. No network, no cluster; a few seconds in all."""
 
@@ -9,117 +9,21 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from launch_fixtures import (
+    HOSTILE,
+    REPO,
+    base_env,
+    executable,
+    read_environ,
+    records,
+    skip_without_bash,
+)
 
-from jaxvrl import run_paths
-
-REPO = Path(__file__).resolve().parents[1]
-
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-
-# An override a shell would mangle: spaces, quotes of both kinds, braces, a dollar, a backslash.
-HOSTILE = """--config.data.prompt=Say "hi" {x} 'y' $HOME \\n"""
-
-
-def _executable(path: Path, body: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/usr/bin/env bash\n" + body)
-    path.chmod(0o755)
-    return path
-
-
-def _records(path: Path) -> list[str]:
-    """Arguments a stand-in wrote NUL-separated."""
-    return path.read_text().split("\0")[:-1]
-
-
-def _environ(path: Path) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in _records(path))
-
-
-def _base_env(bin_dir: Path, **extra: str) -> dict[str, str]:
-    keep = ("HOME", "LANG", "LC_ALL", "TMPDIR")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
-    env.update(extra)
-    return env
-
-
-# ------------------------------------------------------------------------------------------------
-# Run directories: a URL is refused before any work (jaxvrl/run_paths.py).
-
-
-def test_a_url_is_refused_in_one_line_that_says_what_to_do():
-    line = run_paths.refusal("--workdir", "gs://my-bucket/runs/r1")
-    assert line is not None and "\n" not in line
-    assert line.startswith("--workdir=gs://my-bucket/runs/r1 is a URL (gs://)")
-    assert "gcsfuse --implicit-dirs my-bucket /mnt/my-bucket" in line
-    assert "Filestore" in line and "(--workdir=/mnt/my-bucket/runs/r1)" in line
-    assert "mount it on every host" in run_paths.refusal("--out", "s3://b/x")
-    for path in ("/runs/r1", "runs/r1", "./gs/x", "C:/x", "", "mnt/gs:/x"):
-        assert run_paths.refusal("--workdir", path) is None, path
-
-
-def test_the_places_a_run_writes_include_the_export_and_a_synthetic_set():
-    from configs import demo
-
-    config = demo.get_config()
-    config.export.hf_dir = "gs://b/hf"
-    paths = run_paths.run_outputs("/runs/r1", config)
-    assert paths["--workdir"] == "/runs/r1"
-    assert paths["--config.export.hf_dir"] == "gs://b/hf"
-    assert paths["--config.data.synthetic.directory"] == str(config.data.synthetic.directory)
-
-
-def test_require_local_ends_the_command_with_status_2(capsys):
-    run_paths.require_local({"--workdir": "/runs/r1", "--out": ""})  # nothing to refuse
-    with pytest.raises(SystemExit) as exit_:
-        run_paths.require_local({"--workdir": "/runs/r1", "--out": "gs://b/hf"})
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --out=gs://b/hf is a URL") and err.count("\n") == 1
-
-
-def test_no_command_creates_a_local_gs_directory(tmp_path, monkeypatch, capsys):
-    """python -m jaxvrl.train and jaxvrl.evaluate (started in an empty directory), and the
-    checkpoint export and evaluation report, given a gs:// path, end with status 2 and one line,
-    and nothing named gs: appears anywhere."""
-    from jaxvrl import checkpoint, evaluate
-
-    config = f"--config={REPO / 'configs/demo.py'}"
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    procs = {}
-    for module in ("jaxvrl.train", "jaxvrl.evaluate"):
-        cwd = tmp_path / module
-        cwd.mkdir()
-        procs[module] = subprocess.Popen(
-            [sys.executable, "-m", module, config, "--workdir=gs://b/runs/r1"],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-    monkeypatch.chdir(tmp_path)
-    in_process = {
-        "export": lambda: checkpoint.main(["export", "--workdir=/r", "--out=gs://b/hf"]),
-        "report": lambda: evaluate.cli(["report", "--workdir=gs://b/runs/r1"]),
-    }
-    for name, command in in_process.items():
-        with pytest.raises(SystemExit) as exit_:
-            command()
-        assert exit_.value.code == 2, name
-        err = capsys.readouterr().err
-        flag = "--out=gs://b/hf" if name == "export" else "--workdir=gs://b/runs/r1"
-        assert err.startswith(f"error: {flag} is a URL (gs://)") and err.count("\n") == 1
-    for name, proc in procs.items():
-        _, err = proc.communicate(timeout=120)
-        errors = [line for line in err.splitlines() if line.startswith("error:")]
-        assert proc.returncode == 2, (name, err)
-        assert len(errors) == 1, (name, err)
-        assert errors[0].startswith("error: --workdir=gs://b/runs/r1 is a URL (gs://)"), err
-    made = [p for p in tmp_path.rglob("*") if p.name.startswith("gs:")]
-    assert made == [] and not (REPO / "gs:").exists()
+pytestmark = skip_without_bash
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,7 +89,7 @@ def tpu(tmp_path):
     """(checkout, commit, fake, env): a git checkout holding the launchers, and two workers."""
     checkout = tmp_path / "checkout"
     for name in ("tpu_pod.sh", "tpu_worker.sh"):
-        _executable(checkout / "launch" / name, "").write_text((REPO / "launch" / name).read_text())
+        executable(checkout / "launch" / name, "").write_text((REPO / "launch" / name).read_text())
     (checkout / "requirements.txt").write_text("jax==0.10.2\njaxlib==0.10.2\n")
     (checkout / "jaxvrl").mkdir()
     (checkout / "jaxvrl" / "train.py").write_text("")
@@ -199,12 +103,12 @@ def tpu(tmp_path):
     fake = tmp_path / "fake"
     (fake / "calls").mkdir(parents=True)
     bin_dir = tmp_path / "bin"
-    _executable(bin_dir / "gcloud", GCLOUD)
-    _executable(bin_dir / "sudo", SUDO)
-    _executable(bin_dir / "uv", UV)
+    executable(bin_dir / "gcloud", GCLOUD)
+    executable(bin_dir / "sudo", SUDO)
+    executable(bin_dir / "uv", UV)
     for worker in ("0", "1"):
         (fake / "workers" / worker).mkdir(parents=True)
-    env = _base_env(bin_dir, FAKE=str(fake), FAKE_ENDPOINTS="10.0.0.2;10.0.0.3")
+    env = base_env(bin_dir, FAKE=str(fake), FAKE_ENDPOINTS="10.0.0.2;10.0.0.3")
     return checkout, commit, fake, env
 
 
@@ -213,7 +117,7 @@ def _install_worker(fake: Path, worker: str, commit: str) -> Path:
     home = fake / "workers" / worker
     shutil.copytree(REPO / "launch", home / "jaxvrl" / "launch")
     (home / "jaxvrl" / ".jaxvrl_commit").write_text(commit + "\n")
-    _executable(home / "jaxvrl-venv" / "bin" / "python", TRAINER)
+    executable(home / "jaxvrl-venv" / "bin" / "python", TRAINER)
     return home
 
 
@@ -242,7 +146,7 @@ def _alive(pid: int) -> bool:
 
 
 def _gcloud_calls(fake: Path) -> list[list[str]]:
-    return [_records(p) for p in sorted((fake / "calls").iterdir())]
+    return [records(p) for p in sorted((fake / "calls").iterdir())]
 
 
 def test_tpu_run_gives_every_worker_the_exact_command_and_environment(tpu, tmp_path):
@@ -256,7 +160,7 @@ def test_tpu_run_gives_every_worker_the_exact_command_and_environment(tpu, tmp_p
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     for worker, home in enumerate(homes):
-        assert _records(home / "python.argv") == [
+        assert records(home / "python.argv") == [
             "-m",
             "jaxvrl.train",
             "--config=configs/video_r1.py",
@@ -264,7 +168,7 @@ def test_tpu_run_gives_every_worker_the_exact_command_and_environment(tpu, tmp_p
             "--config.mesh.distributed=true",
             HOSTILE,
         ]
-        assert _environ(home / "python.env") == FORWARDED
+        assert read_environ(home / "python.env") == FORWARDED
         assert (home / "python.cwd").read_text().strip() == str(home / "jaxvrl")
         # Each worker's output, prefixed here, copied here and kept on the worker.
         assert f"[worker {worker}] training on worker {worker}" in result.stdout.splitlines()
@@ -385,12 +289,12 @@ def test_tpu_dry_run_prints_the_commands_it_would_run_and_runs_none(tpu, tmp_pat
         assert argv[8] == f"--worker={worker}" and argv[9].startswith("--command=cd ~ && cd --")
         # Pasted into a shell, each line does what a run does.
         subprocess.run(["bash", "-c", line], env=env, check=True, capture_output=True, timeout=30)
-        assert _records(homes[worker] / "python.argv")[3:] == [
+        assert records(homes[worker] / "python.argv")[3:] == [
             f"--workdir={homes[worker]}/runs/r1",  # ~ is the worker's home
             "--config.mesh.distributed=true",
             HOSTILE,
         ]
-        assert _environ(homes[worker] / "python.env") == FORWARDED
+        assert read_environ(homes[worker] / "python.env") == FORWARDED
 
 
 def test_tpu_setup_copies_the_commit_and_makes_a_python_311_environment(tpu, tmp_path):
@@ -427,256 +331,23 @@ def test_tpu_run_refuses_a_workdir_no_worker_can_share_before_any_gcloud_call(
 
 
 # ------------------------------------------------------------------------------------------------
-# launch/slurm.sbatch, run as sbatch runs it: a copy in a spool directory, started in the
-# directory the job was submitted from.
-
-SCONTROL = r"""
-case $1 in
-  show)
-    if [[ $2 == hostnames ]]; then printf '%s\n' node-a node-b node-c; fi
-    if [[ $2 == job ]]; then
-      printf '   JobId=%s JobName=jaxvrl\n   Command=%s\n   WorkDir=%s\n' \
-        "$3" "$FAKE_COMMAND" "$FAKE_WORKDIR"
-    fi ;;
-  requeue) echo "requeue $2" >>"$FAKE/scontrol.log" ;;
-esac
-"""
-# srun: records itself, then runs the command once per task (tasks per node x the job's nodes)
-# with the variables srun gives each task of a step, each line labelled as --label does.
-SRUN = r"""
-printf '%s\0' "$@" >"$FAKE/srun.argv"
-printf 'SRUN_CPUS_PER_TASK=%s\0' "${SRUN_CPUS_PER_TASK:-}" >"$FAKE/srun.env"
-per_node=1
-while [[ $1 == --* ]]; do
-  case $1 in --ntasks-per-node=*) per_node=${1#*=} ;; esac
-  shift
-done
-total=$((per_node * SLURM_JOB_NUM_NODES))
-status=0
-for ((rank = 0; rank < total; rank++)); do
-  env SLURM_STEP_ID=0 SLURM_STEP_NUM_TASKS=$total SLURM_NTASKS=$total SLURM_PROCID=$rank \
-    SLURM_LOCALID=$((rank % per_node)) SLURM_STEP_NODELIST="$SLURM_JOB_NODELIST" \
-    ${FAKE_CUDA:+"CUDA_VISIBLE_DEVICES=$FAKE_CUDA"} "$@" 2>&1 | sed "s/^/$rank: /" || status=1
-done
-exit $status
-"""
-TASK = r"""
-printf '%s\0' "$@" >"$FAKE/task$SLURM_PROCID.argv"
-for name in JAX_COORDINATOR_ADDRESS JAX_NUM_PROCESSES JAX_PROCESS_ID JAX_LOCAL_DEVICE_IDS \
-  XLA_PYTHON_CLIENT_MEM_FRACTION XLA_FLAGS; do
-  if [[ -n ${!name+set} ]]; then printf '%s=%s\0' "$name" "${!name}"; fi
-done >"$FAKE/task$SLURM_PROCID.env"
-pwd >"$FAKE/task$SLURM_PROCID.cwd"
-echo "task $SLURM_PROCID trains"
-if [[ -n ${FAKE_HANG:-} ]]; then
-  touch "$FAKE/started"
-  while [[ ! -f $FAKE/release ]]; do sleep 0.05; done
-fi
-"""
-
-
-@pytest.fixture
-def slurm(tmp_path):
-    """(spool script, submit directory, fake, env) of a two-node job, one task per node."""
-    spool = tmp_path / "spool" / "job4242" / "slurm_script"
-    spool.parent.mkdir(parents=True)
-    shutil.copy(REPO / "launch" / "slurm.sbatch", spool)
-    submit = tmp_path / "submit"
-    submit.mkdir()
-    (submit / "my_config.py").write_text("")
-    fake = tmp_path / "fake"
-    fake.mkdir()
-    bin_dir = tmp_path / "bin"
-    _executable(bin_dir / "scontrol", SCONTROL)
-    _executable(bin_dir / "srun", SRUN)
-    _executable(bin_dir / "python", TASK)
-    env = _base_env(
-        bin_dir,
-        FAKE=str(fake),
-        FAKE_COMMAND=str(REPO / "launch" / "slurm.sbatch"),
-        FAKE_WORKDIR=str(submit),
-        SLURM_JOB_ID="4242",
-        SLURM_JOB_NODELIST="node-[a-b]",
-        SLURM_JOB_NUM_NODES="2",
-        SLURM_NTASKS="2",
-        SLURM_TASKS_PER_NODE="1(x2)",
-        SLURM_CPUS_PER_TASK="32",
-        SLURM_GPUS_ON_NODE="8",
-        SLURM_SUBMIT_DIR=str(submit),
-    )
-    return spool, submit, fake, env
-
-
-def _sbatch(spool: Path, submit: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(spool), *args], cwd=submit, env=env, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
-
-
-COORDINATOR = f"node-a:{4242 % 4096 + 61440}"
-
-
-@pytest.mark.parametrize("found_by", ["command-absolute", "command-relative", "JAXVRL_REPO"])
-def test_slurm_runs_one_task_per_node_from_the_repository(slurm, found_by):
-    spool, submit, fake, env = slurm
-    if found_by == "command-relative":
-        env["FAKE_COMMAND"] = os.path.relpath(REPO / "launch" / "slurm.sbatch", submit)
-    if found_by == "JAXVRL_REPO":
-        env.update(JAXVRL_REPO=str(REPO), FAKE_COMMAND="(null)")
-    result = _sbatch(spool, submit, env, "my_config.py", "runs/r1", HOSTILE)
-    assert result.returncode == 0, result.stderr
-    srun = _records(fake / "srun.argv")
-    assert srun[:5] == [
-        "--label",
-        "--kill-on-bad-exit=1",
-        "--ntasks-per-node=1",
-        "--cpus-per-task=32",
-        "bash",
-    ]
-    assert _environ(fake / "srun.env") == {"SRUN_CPUS_PER_TASK": "32"}
-    for rank in (0, 1):
-        assert (fake / f"task{rank}.cwd").read_text().strip() == str(REPO)
-        assert _records(fake / f"task{rank}.argv") == [
-            "-m",
-            "jaxvrl.train",
-            f"--config={submit}/my_config.py",  # the submitter's, not the repository's
-            f"--workdir={submit}/runs/r1",
-            "--config.mesh.distributed=true",
-            HOSTILE,
-        ]
-        assert _environ(fake / f"task{rank}.env") == {
-            "JAX_COORDINATOR_ADDRESS": COORDINATOR,
-            "JAX_NUM_PROCESSES": "2",
-            "JAX_PROCESS_ID": str(rank),
-            "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9",
-        }
-        assert f"{rank}: task {rank} trains" in result.stdout
-
-
-@pytest.mark.parametrize("bound", ["", "3"], ids=["all-gpus-visible", "slurm-bound-one-gpu"])
-def test_slurm_runs_one_task_per_gpu_each_with_its_own_gpu(slurm, bound):
-    spool, submit, fake, env = slurm
-    env.update(SLURM_TASKS_PER_NODE="8(x2)", SLURM_NTASKS="16", SLURM_CPUS_PER_TASK="12")
-    env["FAKE_CUDA"] = bound
-    result = _sbatch(spool, submit, env, "configs/demo.py", "/shared/r1")
-    assert result.returncode == 0, result.stderr
-    srun = _records(fake / "srun.argv")
-    assert "--ntasks-per-node=8" in srun and "--cpus-per-task=12" in srun
-    for rank in range(16):
-        argv = _records(fake / f"task{rank}.argv")
-        assert argv[2] == f"--config={REPO}/configs/demo.py"  # only in the repository
-        environ = _environ(fake / f"task{rank}.env")
-        assert environ["JAX_NUM_PROCESSES"] == "16" and environ["JAX_PROCESS_ID"] == str(rank)
-        # Each task's own GPU: its local id, or the one GPU Slurm left visible to it.
-        assert environ.get("JAX_LOCAL_DEVICE_IDS") == (None if bound else str(rank % 8))
-
-
-@pytest.mark.parametrize(
-    "tasks_per_node, said",
-    [
-        ("2(x2)", "2 tasks per node on nodes of 8 GPUs: run one task per node"),
-        ("8,4", "every node must run the same number of tasks"),
-    ],
-)
-def test_slurm_refuses_other_layouts(slurm, tasks_per_node, said):
-    spool, submit, fake, env = slurm
-    env["SLURM_TASKS_PER_NODE"] = tasks_per_node
-    result = _sbatch(spool, submit, env, "configs/demo.py", "/shared/r1")
-    assert result.returncode == 2
-    assert said in result.stderr
-    assert not (fake / "srun.argv").exists()
-
-
-def test_slurm_refuses_a_url_workdir_and_an_unknown_repository(slurm):
-    spool, submit, fake, env = slurm
-    result = _sbatch(spool, submit, env, "configs/demo.py", "gs://b/r1")
-    assert result.returncode == 2 and "is a URL" in result.stderr
-    env["FAKE_COMMAND"] = "/var/spool/slurmd/job4242/slurm_script"
-    result = _sbatch(spool, submit, env, "configs/demo.py", "/shared/r1")
-    assert result.returncode == 2 and "set JAXVRL_REPO" in " ".join(result.stderr.split())
-    assert not (fake / "srun.argv").exists()
-
-
-def test_slurm_dry_run_prints_the_step_it_would_run(slurm):
-    spool, submit, fake, env = slurm
-    result = _sbatch(spool, submit, env, "--dry-run", "my_config.py", "runs/r1", HOSTILE)
-    assert result.returncode == 0, result.stderr
-    assert not (fake / "srun.argv").exists()
-    lines = result.stdout.splitlines()
-    assert lines[0] == "# layout: one task per node, each driving its node's 8 GPUs"
-    assert lines[1] == f"cd {REPO}"
-    assert f"export JAX_COORDINATOR_ADDRESS={COORDINATOR}" in lines
-    # The printed step, pasted into a shell with the printed environment, runs what a job runs.
-    script = "\n".join(line for line in lines if not line.startswith("#"))
-    subprocess.run(["bash", "-c", script], env=env, check=True, capture_output=True, timeout=30)
-    assert _records(fake / "task1.argv")[2:] == [
-        f"--config={submit}/my_config.py",
-        f"--workdir={submit}/runs/r1",
-        "--config.mesh.distributed=true",
-        HOSTILE,
-    ]
-    assert _environ(fake / "task1.env")["JAX_PROCESS_ID"] == "1"
-    # Outside a job (the login node): placeholders where the job's values go.
-    outside = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-    result = _sbatch(REPO / "launch" / "slurm.sbatch", submit, outside, "--dry-run", "c.py", "/r")
-    assert result.returncode == 0, result.stderr
-    assert "export JAX_COORDINATOR_ADDRESS=FIRST_NODE:PORT" in result.stdout.splitlines()
-
-
-@pytest.mark.parametrize("new_checkpoint", [True, False])
-def test_slurm_requeues_near_the_time_limit_once_a_checkpoint_is_written(slurm, new_checkpoint):
-    spool, submit, fake, env = slurm
-    env.update(FAKE_HANG="1", SLURM_JOB_NUM_NODES="1", SLURM_TASKS_PER_NODE="1")
-    workdir = submit / "runs" / "r1"
-    (workdir / "checkpoints" / "3").mkdir(parents=True)  # from before this job
-    job = subprocess.Popen(
-        ["bash", str(spool), "configs/demo.py", str(workdir)], cwd=submit, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while not (fake / "started").exists():
-            assert time.monotonic() < deadline and job.poll() is None
-            time.sleep(0.05)
-        if new_checkpoint:
-            (workdir / "checkpoints" / "10").mkdir()
-        (workdir / "checkpoints" / "12.orbax-checkpoint-tmp-1").mkdir()  # not complete
-        job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends
-        time.sleep(0.5)
-        (fake / "release").touch()
-        _, err = job.communicate(timeout=30)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert job.returncode == 0, err
-    requeued = (fake / "scontrol.log").read_text() if (fake / "scontrol.log").exists() else ""
-    if new_checkpoint:
-        assert requeued == "requeue 4242\n"
-        assert "resumes from the checkpoint of step 10" in err
-    else:
-        assert requeued == ""
-        assert "no checkpoint was written in this job (newest: step 3); not requeued" in err
-
-
-# ------------------------------------------------------------------------------------------------
 # launch/gpu_node.sh and launch/local.sh: paths are the caller's.
 
 
 def test_gpu_node_resolves_paths_where_it_was_started(tmp_path):
     bin_dir = tmp_path / "bin"
-    _executable(bin_dir / "python", 'printf "%s\\0" "$@" >"$FAKE/argv"; pwd >"$FAKE/cwd"\n')
+    executable(bin_dir / "python", 'printf "%s\\0" "$@" >"$FAKE/argv"; pwd >"$FAKE/cwd"\n')
     caller = tmp_path / "caller"
     caller.mkdir()
     (caller / "mine.py").write_text("")
-    env = _base_env(bin_dir, FAKE=str(tmp_path))
+    env = base_env(bin_dir, FAKE=str(tmp_path))
     for config, expected in [("mine.py", caller / "mine.py"), ("configs/demo.py", None)]:
         result = subprocess.run(
             [str(REPO / "launch" / "gpu_node.sh"), config, "./runs/r1", HOSTILE],
             cwd=caller, env=env, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert _records(tmp_path / "argv") == [
+        assert records(tmp_path / "argv") == [
             "-m",
             "jaxvrl.train",
             f"--config={expected or REPO / 'configs/demo.py'}",

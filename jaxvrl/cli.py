@@ -200,11 +200,12 @@ def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
             _log_traceback(e, on_terminal=status == RUN_ERROR)
             # A mistake in the command needs no traceback; any other error names where it is.
             where = f" (traceback in {_log_path})" if _log_path and status == RUN_ERROR else ""
-            multihost = "jax" in sys.modules  # a multi-host run has imported it (jaxvrl.mesh)
-            line = multihost and _mesh().lost_process_line(e) or error_line(cause)
+            # Only a run that has loaded JAX can be multi-host (and name a lost process).
+            mesh = _mesh() if "jax" in sys.modules else None
+            line = (mesh and mesh.lost_process_line(e)) or error_line(cause)
             print(f"error: {line}{where}", file=sys.stderr, flush=True)
-            if multihost:
-                _mesh().exit_now(status)
+            if mesh is not None:
+                mesh.exit_now(status)  # at once in a multi-host run; sys.exit otherwise
             sys.exit(status)
 
     return wrapped

@@ -99,6 +99,12 @@ class SyntheticSpec:
     # Videos (the first ones of the training set) that also go, with their reasoning, into
     # cold_start.json beside every image: the SFT cold start (Video-R1's CoT subset).
     cold_start_videos: int = 0
+    # Videos drawn cell by cell ((change or direction) x colour): each run of 16 consecutive
+    # videos holds every cell once, so the training set, its cold-start prefix and the held-out
+    # set cover the cells evenly. Drawn at random (False), the demo's seed-0 set had 20 green
+    # shrinking squares of 512 in training, 2 of 64 in the cold start and 15 of 128 held out,
+    # the one cell every seed's SFT got wrong.
+    balanced: bool = False
     seed: int = 0
     codec: str = "mpeg4"
 
@@ -194,13 +200,27 @@ def _letter_options(names: Sequence[str]) -> list[str]:
     return [f"{chr(ord('A') + i)}. {n}" for i, n in enumerate(names)]
 
 
-def _video_record(directory: str, name: str, spec: SyntheticSpec, rng) -> dict[str, Any]:
-    """Writes one video of the spec's task and returns its Video-R1 record."""
+def _cells(count: int, rng) -> list[tuple[int, int]]:
+    """`count` (answer, colour) cells, each run of len(answers) x len(colours) consecutive ones
+    holding every cell once in a random order."""
+    grid = [(d, c) for d in range(len(CHANGES)) for c in range(len(COLOURS))]  # 4 directions too
+    cells: list[tuple[int, int]] = []
+    while len(cells) < count:
+        cells += [grid[i] for i in rng.permutation(len(grid))]
+    return cells[:count]
+
+
+def _video_record(
+    directory: str, name: str, spec: SyntheticSpec, rng, cell: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Writes one video of the spec's task and returns its Video-R1 record. `cell`: the
+    (answer, colour) indices to draw; None draws both from `rng`."""
     num_frames = max(2, round(spec.seconds * spec.video_fps))
     rel = f"videos/{name}.mp4"
+    if cell is None:
+        cell = (int(rng.integers(len(CHANGES))), int(rng.integers(len(COLOURS))))
+    d, colour = cell[0], list(COLOURS)[cell[1]]
     if spec.video_task == "change":
-        d = int(rng.integers(len(CHANGES)))
-        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         frames = changing_square_frames(
             CHANGES[d], num_frames, spec.video_size, spec.square, COLOURS[colour], rng
         )
@@ -211,8 +231,6 @@ def _video_record(directory: str, name: str, spec: SyntheticSpec, rng) -> dict[s
         # right word again); the change first has to come from the frames.
         process = f"<think>{CHANGES[d].capitalize()}. The square is {colour}.</think>"
     elif spec.video_task == "motion":
-        d = int(rng.integers(len(DIRECTIONS)))
-        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         frames = moving_square_frames(
             DIRECTIONS[d], num_frames, spec.video_size, spec.square, COLOURS[colour], rng,
             spec.travel,
@@ -239,18 +257,20 @@ def _video_record(directory: str, name: str, spec: SyntheticSpec, rng) -> dict[s
 def eval_records(directory: str, spec: SyntheticSpec) -> list[dict[str, Any]]:
     """Held-out videos (their own random stream, so the training set does not change)."""
     rng = np.random.default_rng([spec.seed, 1])
-    return [
-        _video_record(directory, f"eval_{i:04d}", spec, rng) for i in range(spec.num_eval_videos)
-    ]
+    n = spec.num_eval_videos
+    cells = _cells(n, np.random.default_rng([spec.seed, 3])) if spec.balanced else [None] * n
+    return [_video_record(directory, f"eval_{i:04d}", spec, rng, cells[i]) for i in range(n)]
 
 
 def build_media_and_records(directory: str, spec: SyntheticSpec) -> list[dict[str, Any]]:
     """Writes videos/ and images/ under `directory`; returns Video-R1 records (relative paths)."""
     rng = np.random.default_rng(spec.seed)
     colours = list(COLOURS)
+    n = spec.num_videos
+    cells = _cells(n, np.random.default_rng([spec.seed, 2])) if spec.balanced else [None] * n
     records: list[dict[str, Any]] = []
-    for i in range(spec.num_videos):
-        records.append(_video_record(directory, f"move_{i:04d}", spec, rng))
+    for i in range(n):
+        records.append(_video_record(directory, f"move_{i:04d}", spec, rng, cells[i]))
     for i in range(spec.num_images):
         colour_index = int(rng.integers(len(colours)))
         colour = colours[colour_index]

@@ -74,6 +74,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
             "travel": 1.0,
             "video_task": "change",
             "cold_start_videos": 64,
+            "balanced": True,
             "seed": 0,
             "generation": "qwen2_vl",
             # The tiny model (model/tiny.py tiny_hf_config arguments). At these widths the

@@ -39,14 +39,6 @@ def soft_overlong_penalty(
     return (factor * penalty).astype(np.float32)
 
 
-def zero_variance_groups(rewards: np.ndarray, min_std: float = 0.0) -> np.ndarray:
-    """The groups that carry no signal: population std of their rewards <= min_std.
-
-    rewards: [groups, G] the rewards the advantages are computed from. Returns bool [groups]."""
-    rewards = np.asarray(rewards, np.float64)
-    return rewards.std(axis=1) <= min_std
-
-
 @dataclasses.dataclass
 class Candidate:
     """One rolled-out pipeline batch: its raw batch (host `meta` with each row's vision grids),

@@ -137,7 +137,7 @@ def run(argv) -> None:
     only = [b.strip() for b in (f.benchmarks or "").split(",") if b.strip()]
     synthetic.ensure_from_config(config)  # a synthetic set is (re)built before it is read
     suite = runner.load_suite(config, only)
-    model, tokenizer, mesh = train.load_model_for(config, f.workdir)
+    model, tokenizer, mesh = train.load_model_for(config)
     graphdef, state = nnx.split(model)
     checkpointer = Checkpointer(f.workdir, async_save=False)
     step = f.step if f.step is not None else checkpointer.latest_step()

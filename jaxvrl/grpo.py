@@ -11,7 +11,7 @@ Shapes: `num_groups` prompts with `G` ordered responses each; per-token arrays a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import jax
@@ -240,13 +240,6 @@ def clipped_surrogate(
     return jnp.minimum(ratio * advantages, clipped * advantages), ratio
 
 
-def token_entropy(logits: jax.Array) -> jax.Array:
-    """Entropy of the next-token distribution, [..., vocab] -> [...] in float32."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    # Masked-out logits (-inf) have p = 0 and contribute 0, not 0 * -inf.
-    return -jnp.sum(jnp.where(logp > -jnp.inf, jnp.exp(logp) * logp, 0.0), axis=-1)
-
-
 def masked_mean_pair(values: jax.Array, mask: jax.Array) -> Pair:
     """(sum over valid tokens, valid-token count) of a diagnostic, without gradient."""
     return jax.lax.stop_gradient((values * mask).sum()), jax.lax.stop_gradient(mask.sum())
@@ -327,23 +320,3 @@ def grpo_policy_loss(
 def safe_divide(total: jax.Array, denominator: jax.Array) -> jax.Array:
     """total / denominator, and 0.0 where the denominator is 0 (nothing to average)."""
     return jnp.where(denominator > 0, total / jnp.where(denominator > 0, denominator, 1.0), 0.0)
-
-
-def accumulate(outputs: Sequence[LossOutput]) -> LossOutput:
-    """Sums of the sums and of the denominators of micro-batch losses (and of their metrics)."""
-    total = sum((o.total for o in outputs), jnp.float32(0.0))
-    denominator = sum((o.denominator for o in outputs), jnp.float32(0.0))
-    metrics = {
-        name: (
-            sum((o.metrics[name][0] for o in outputs), jnp.float32(0.0)),
-            sum((o.metrics[name][1] for o in outputs), jnp.float32(0.0)),
-        )
-        for name in outputs[0].metrics
-    }
-    return LossOutput(total, denominator, metrics)
-
-
-def finalize(output: LossOutput) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The loss (sum / denominator) and each metric's mean."""
-    means = {name: safe_divide(*pair) for name, pair in output.metrics.items()}
-    return safe_divide(output.total, output.denominator), means

@@ -14,13 +14,13 @@ single-process code path is the same code.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 
 def count() -> int:
@@ -196,10 +196,6 @@ def global_feature_index(
     return np.moveaxis(out.reshape(*lead, width), -1, axis)
 
 
-def replicated(mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
 def check_row_blocks(sharding: NamedSharding, rows: int, axis: int = 0, ndim: int = 1) -> None:
     """Raises unless `sharding` gives this process the rows [index * rows, (index + 1) * rows)
     of an array with `count() * rows` rows along `axis` (the layout every process's own rows
@@ -219,14 +215,3 @@ def check_row_blocks(sharding: NamedSharding, rows: int, axis: int = 0, ndim: in
             f"{index() * rows}..{(index() + 1) * rows}: the mesh does not put each process's "
             "devices together"
         )
-
-
-def same_everywhere(name: str, value: Sequence[int] | int) -> None:
-    """Raises when processes disagree on `value` (a cheap guard before a collective program
-    that would otherwise hang or mix shapes)."""
-    if count() == 1:
-        return
-    local = np.atleast_1d(np.asarray(value, np.int64))
-    gathered = allgather(local)
-    if not (gathered == gathered[0]).all():
-        raise RuntimeError(f"processes disagree on {name}: {gathered.tolist()}")

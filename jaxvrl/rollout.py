@@ -50,14 +50,12 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
 from jaxvrl import batching, group_decode, multihost
-from jaxvrl.group_decode import FINISH_LENGTH, FINISH_NONE, FINISH_STOP, Static, logical_sharding
+from jaxvrl.group_decode import Static, logical_sharding
 from model.config import ModelConfig, VisionConfig
 from model.packing import pack_vision
 from model.sharding import DEFAULT_RULES, Rules, logical_to_spec, state_shardings
 
 log = logging.getLogger(__name__)
-
-FINISH_NAMES = {FINISH_NONE: "none", FINISH_STOP: "stop", FINISH_LENGTH: "length"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,20 +295,6 @@ class Rollout:
     prompt_lengths: jnp.ndarray
     num_steps: jnp.ndarray
     texts: tuple[str, ...] | None = struct.field(pytree_node=False, default=None)
-
-    @property
-    def num_samples(self) -> int:
-        return self.tokens.shape[0]
-
-
-def completion_positions(
-    rope_deltas: jnp.ndarray | np.ndarray, prompt_lengths: jnp.ndarray | np.ndarray, length: int
-):
-    """M-RoPE positions of completion tokens: rope delta + prompt length + index, the same on
-    the three axes. rope_deltas, prompt_lengths: [S]. Returns [3, S, length] int32."""
-    xp = jnp if isinstance(rope_deltas, jax.Array) else np
-    pos = (rope_deltas + prompt_lengths)[:, None] + xp.arange(length)[None]
-    return xp.broadcast_to(pos.astype(xp.int32)[None], (3, *pos.shape))
 
 
 def decode_texts(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray) -> tuple[str, ...]:

@@ -6,11 +6,6 @@ import jax
 import jax.numpy as jnp
 
 
-def sft_target(process: str, solution: str) -> str:
-    """Video-R1's SFT target text: `process` ("<think>..</think>"), a newline, `solution`."""
-    return f"{process}\n{solution}"
-
-
 def sft_weights(
     loss_mask: jax.Array, prompt_mask: jax.Array | None = None, *, train_on_prompt: bool = False
 ) -> jax.Array:

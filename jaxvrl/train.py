@@ -76,9 +76,7 @@ def has_weights(directory: str) -> bool:
     )
 
 
-def load_model_for(
-    config: ml_collections.ConfigDict, workdir: str | None = None, mesh=None, rules=None
-):
+def load_model_for(config: ml_collections.ConfigDict, mesh=None, rules=None):
     """The policy model (pretrained from `model.path`, or random with `model.init="random"`),
     its tokenizer and the mesh it lives on."""
     if mesh is None:
@@ -136,7 +134,7 @@ class Trainer:
         run_plan.check_input_files(config)
         check_trackers(config)
         run_plan.check_batch_split(config, self.mesh, self.rules)
-        model, self.tokenizer, _ = load_model_for(config, workdir, self.mesh, self.rules)
+        model, self.tokenizer, _ = load_model_for(config, self.mesh, self.rules)
         self.model_config: ModelConfig = model.config
         self.graphdef, self.params = nnx.split(model)
         self.sampler = Sampler(

@@ -115,9 +115,3 @@ def pack_vision(
         "window_ids": window_ids,
         "window_index": window_index,
     }
-
-
-def merged_token_count(grid_thw: np.ndarray, config: VisionConfig) -> int:
-    """Number of vision features (= pad tokens) the items produce after the 2x2 merge."""
-    grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
-    return int(np.prod(grid_thw, axis=1).sum()) // config.merge_unit if len(grid_thw) else 0

@@ -160,8 +160,3 @@ def rope_index(
         positions[:, b, mask[b]] = row
         deltas[b] = (row.max() + 1 - n) if n else 0
     return positions.astype(np.int32), deltas.astype(np.int32)
-
-
-def text_positions(length: int, batch: int = 1) -> np.ndarray:
-    """Position ids of a text-only sequence: [3, batch, length]."""
-    return np.broadcast_to(np.arange(length, dtype=np.int32), (3, batch, length)).copy()

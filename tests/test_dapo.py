@@ -37,15 +37,6 @@ def test_soft_overlong_penalty_is_zero_before_the_buffer_and_minus_factor_at_the
 # ---------------------------------------------------------------------------- dynamic sampling
 
 
-def test_zero_variance_groups_are_those_whose_rewards_all_agree():
-    rewards = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [2.3, 2.3, 2.3], [0.5, 0.5, 0.51]])
-    np.testing.assert_array_equal(dapo.zero_variance_groups(rewards), [True, False, True, False])
-    # A threshold also drops near-ties (std 0.0047 here).
-    np.testing.assert_array_equal(
-        dapo.zero_variance_groups(rewards, min_std=0.01), [True, False, True, True]
-    )
-
-
 def _candidate(drop, real=None):
     drop = np.asarray(drop, bool)
     real = np.ones(len(drop), bool) if real is None else np.asarray(real, bool)

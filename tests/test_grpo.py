@@ -184,6 +184,11 @@ def reference_loss_and_grad(b, beta, eps_low, eps_high, mode, norm_constant):
     return (token_loss * weight).sum(), token_grad * weight
 
 
+def metric_means(out: grpo.LossOutput) -> dict[str, jax.Array]:
+    """Each diagnostic's mean (its sum / its denominator), as the train step reports it."""
+    return {name: grpo.safe_divide(*pair) for name, pair in out.metrics.items()}
+
+
 def loss_fn(logp, b, **options):
     out = grpo.grpo_policy_loss(
         logp,
@@ -212,7 +217,7 @@ def test_policy_loss_and_gradient_equal_loop_reference(mode):
 def test_policy_loss_metrics_equal_numpy_means_over_valid_tokens():
     b = random_batch(seed=7)
     _, out = loss_fn(jnp.asarray(b["logp"]), b, beta=0.04, eps_low=0.2, eps_high=0.28)
-    _, means = grpo.finalize(out)
+    means = metric_means(out)
     valid = b["mask"] > 0
     ratio = np.exp(b["logp"] - b["logp_old"])[valid]
     adv = np.broadcast_to(b["advantages"][:, None], b["mask"].shape)[valid]
@@ -235,13 +240,22 @@ def test_four_micro_batches_give_exactly_the_one_batch_loss_and_gradient(mode):
 
     parts = [{k: v[i : i + 2] for k, v in b.items()} for i in range(0, 8, 2)]
     outs = [loss_fn(jnp.asarray(p["logp"]), p, **options)[1] for p in parts]
-    summed = grpo.accumulate(outs)
+    # Sums and denominators summed over the micro-batches, divided once.
+    summed = grpo.LossOutput(
+        sum(o.total for o in outs),
+        sum(o.denominator for o in outs),
+        {
+            name: tuple(sum(o.metrics[name][i] for o in outs) for i in (0, 1))
+            for name in outs[0].metrics
+        },
+    )
     grads = jnp.concatenate([jax.grad(total_fn)(p["logp"], p) for p in parts])
-    loss, metrics = grpo.finalize(summed)
+    loss = grpo.safe_divide(summed.total, summed.denominator)
+    metrics = metric_means(summed)
     np.testing.assert_allclose(summed.denominator, full.denominator, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(loss, full_loss, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(grads / summed.denominator, full_grad, rtol=1e-6, atol=1e-6)
-    for name, value in grpo.finalize(full)[1].items():
+    for name, value in metric_means(full).items():
         np.testing.assert_allclose(metrics[name], value, rtol=1e-6, atol=1e-6)
 
 
@@ -261,20 +275,13 @@ def test_one_pass_ratio_is_one_and_gradient_is_policy_gradient(mode):
         return total / denominator
 
     (_, out), grad = jax.value_and_grad(one_pass_loss, has_aux=True)(b["logp"])
-    means = grpo.finalize(out)[1]
+    means = metric_means(out)
     assert means["ratio"] == pytest.approx(1.0, abs=1e-6)
     assert means["clip_fraction_low"] == 0 and means["clip_fraction_high"] == 0
     np.testing.assert_allclose(grad, jax.grad(policy_gradient_form)(b["logp"]), rtol=1e-6)
     if mode == "token_mean":  # -A / (valid tokens) on every valid token
         expected = -b["advantages"][:, None] * b["mask"] / b["mask"].sum()
         np.testing.assert_allclose(grad, expected, rtol=1e-6)
-
-
-def test_token_entropy_of_uniform_and_one_hot_distributions():
-    logits = jnp.stack(
-        [jnp.zeros(8), jnp.array([0.0] + [-1e9] * 7), jnp.array([0.0] + [-np.inf] * 7)]
-    )
-    np.testing.assert_allclose(grpo.token_entropy(logits), [np.log(8), 0.0, 0.0], atol=1e-6)
 
 
 def test_kl_is_skipped_when_beta_is_zero_or_there_is_no_reference():
@@ -306,15 +313,18 @@ def test_entropy_bonus_subtracts_the_aggregated_entropy_and_pushes_towards_unifo
     # on the loss raises the entropy of a peaked distribution.
     logits = jnp.array([[[3.0, 0.0, -1.0, 0.5]]])
 
+    def entropy(z):
+        return -(jax.nn.softmax(z) * jax.nn.log_softmax(z)).sum(axis=-1)
+
     def loss(z):
         out = grpo.grpo_policy_loss(
             jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.zeros(1), jnp.ones((1, 1)),
-            entropy=grpo.token_entropy(z), entropy_coef=0.1,
+            entropy=entropy(z), entropy_coef=0.1,
         )  # fmt: skip
         return out.total / out.denominator
 
     stepped = logits - 1.0 * jax.grad(loss)(logits)
-    assert float(grpo.token_entropy(stepped)[0, 0]) > float(grpo.token_entropy(logits)[0, 0])
+    assert float(entropy(stepped)[0, 0]) > float(entropy(logits)[0, 0])
 
 
 def test_k3_kl_known_values_and_clamp():

@@ -64,8 +64,3 @@ def test_loss_jits():
     jitted = jax.jit(sft.sft_loss, static_argnames="train_on_prompt")
     total, count = jitted(jnp.asarray(LOGP), ASSISTANT, PROMPT, train_on_prompt=True)
     assert float(count) == 8.0 and float(total) == pytest.approx(18.0)
-
-
-def test_video_r1_sft_target_is_process_newline_solution():
-    target = sft.sft_target("<think>count the cars</think>", "<answer>3</answer>")
-    assert target == "<think>count the cars</think>\n<answer>3</answer>"

@@ -1,9 +1,13 @@
-"""Settings shared by every recipe. A recipe's `get_config()` starts from `get_config()` here and
-changes what differs; every value a run depends on is a field, overridable from the command line
+"""The library's defaults, and the blocks the 7B recipes share. A recipe's `get_config()` starts
+from `get_config()` here and assigns only what differs from it (tests/test_configs.py checks that
+no assignment restates a default); its docstring names every released value it relies on, set or
+inherited. Every value a run depends on is a field, overridable from the command line
 (`--config.data.max_frames=32`).
 
-The data defaults are Video-R1's training settings (DESIGN.md section 4): 2 fps, 4 to 16 frames,
-128*28*28 pixels per video frame, images between 4*28*28 and 256*28*28 pixels.
+Where a paper's value was needed as a default, it is Video-R1's (configs/video_r1.py cites each):
+2 fps, 4 to 16 frames, 128*28*28 pixels per video frame, images between 4*28*28 and 256*28*28
+pixels; G = 8, 768 completion tokens, beta 0.04, the KL estimator clamped to +-10; lr 1e-6,
+cosine, weight decay 0.01, gradients clipped to norm 5.
 """
 
 from __future__ import annotations
@@ -194,6 +198,27 @@ def eval_config() -> ml_collections.ConfigDict:
             "per_benchmark": per,
         }
     )
+
+
+def qwen_7b(config: ml_collections.ConfigDict, shape: str) -> None:
+    """A 7B Qwen-VL recipe's model and mesh: `shape` (model/shapes.py) for jaxvrl.fit without
+    model.path, float32 master weights and Adam moments with bfloat16 matmuls (the PyTorch anchors'
+    DeepSpeed bf16 / AMP; a bfloat16 weight would round lr-1e-6 updates away), decoder and vision
+    layers rematerialised, parameters sharded over every device (fsdp)."""
+    config.model.shape = shape
+    config.model.dtype = "bfloat16"
+    config.model.remat = True
+    config.model.vision_remat = True
+    config.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1}
+
+
+def trl_optimizer(config: ml_collections.ConfigDict) -> None:
+    """The optimizer of a released GRPO script that sets no schedule, decay or clip: TRL's
+    GRPOConfig / transformers' TrainingArguments defaults, lr 1e-6 (the base's), linear decay
+    without warm-up over the stage, weight decay 0, max_grad_norm 1."""
+    config.optim.schedule = "linear"
+    config.optim.weight_decay = 0.0
+    config.optim.grad_clip = 1.0
 
 
 def get_config() -> ml_collections.ConfigDict:

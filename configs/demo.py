@@ -36,16 +36,13 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     config.model.path = os.path.join(directory, "model")
 
     data = config.data
-    data.train_files = os.path.join(directory, "train.json")
+    data.train_files = os.path.join(directory, "train_videos.json")
     data.media_root = directory
-    # Small inputs: 4 frames of 112 x 112 (16 merged tokens each), images of 112 x 112.
-    data.fps = 2.0
-    data.min_frames = 4
+    # Small inputs: 4 frames of 112 x 112 (16 merged tokens each, 2 fps), images of 112 x 112.
     data.max_frames = 4
     data.video_min_pixels = 16 * base.TOKEN_PIXELS
     data.video_max_pixels = 16 * base.TOKEN_PIXELS
     data.video_total_pixels = 64 * base.TOKEN_PIXELS * 4
-    data.image_min_pixels = 4 * base.TOKEN_PIXELS
     data.image_max_pixels = 16 * base.TOKEN_PIXELS
     # A short reasoning prompt: the tiny tokenizer spends about one token per 3 characters.
     data.question_template = (
@@ -57,7 +54,6 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     data.token_buckets = (192, 208, 256, 384)
     data.patch_buckets = (256, 512, 1024)
     data.num_workers = 0
-    data.shuffle_unit = "frame"
     # The synthetic set this config reads (jaxvrl/data/synthetic.py SyntheticSpec).
     data.synthetic = ml_collections.ConfigDict(
         {
@@ -65,6 +61,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
             "directory": directory,
             # 512: with 256 (about 11 per colour and change) some seeds never learnt one cell.
             "num_videos": 512,
+            "num_eval_videos": 128,
             "num_images": 32,
             "video_size": (112, 112),
             "image_size": (112, 112),
@@ -89,9 +86,6 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
             },
         }
     )
-
-    data.synthetic.num_eval_videos = 128
-    data.train_files = os.path.join(directory, "train_videos.json")
 
     config.demo = True
     config.model.init = "random"
@@ -125,8 +119,6 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     rl = config.rl
     rl.steps = 300
     rl.algorithm = "tgrpo"
-    rl.num_generations = 8
-    rl.shuffled_generations = 4
     rl.max_completion_tokens = 32
     rl.beta = 0.0
     # DAPO dynamic sampling: once the policy is deterministic on most videos their groups carry

@@ -6,32 +6,38 @@ Video-R1-260k with accuracy, format and length rewards and the temporal contrast
         --config.data.train_files=/data/Video-R1-260k.json \
         --config.sft.train_files=/data/Video-R1-COT-165k.json --config.data.media_root=/data
 
-What the released code did (tulerfeng/Video-R1; file:line), and what this recipe sets:
+What the released code did (tulerfeng/Video-R1; file:line), and the fields that hold it; most are
+configs/base.py's defaults (marked "base"), which this recipe leaves as they are:
 - RL batch: 4 processes x per_device_train_batch_size 1 x gradient_accumulation_steps 1 = 4
   prompts per optimizer step, G = 8 samples each (src/scripts/run_grpo_video.sh: nproc 4,
   --per_device_train_batch_size 1 --gradient_accumulation_steps 1 --num_generations 8):
-  data.batch_size 4, train.micro_batches 1.
+  data.batch_size 4, train.micro_batches 1, rl.num_generations 8 (base).
 - RL schedule: lr 1e-6, cosine over ONE EPOCH of Video-R1-260k (--num_train_epochs 1, ~65k
   updates of 4 prompts), no warm-up; the run was stopped after 1.2k steps (README.md:151), so
-  its rate stayed near 1e-6: optim.schedule_steps 65,000, rl.steps 1,200. Weight decay 0.01,
-  max_grad_norm 5, beta 0.04, 768 completion tokens (run_grpo_video.sh).
-- Sampling: temperature 1, top_p 0.95 (src/r1-v/src/open_r1/trainer/grpo_trainer.py:291-297).
-- KL: k3 on ref - logp clamped to +-10 (grpo_trainer.py:564): rl.kl_clamp 10.
+  its rate stayed near 1e-6: optim.schedule_steps 65,000, rl.steps 1,200; optim.learning_rate,
+  schedule cosine, warmup_steps 0 (base). Weight decay 0.01, max_grad_norm 5, beta 0.04, 768
+  completion tokens (run_grpo_video.sh): optim.weight_decay, optim.grad_clip, rl.beta,
+  rl.max_completion_tokens (base).
+- Sampling: temperature 1, top_p 0.95 (src/r1-v/src/open_r1/trainer/grpo_trainer.py:291-297):
+  rl.top_p 0.95, rl.temperature (base).
+- KL: k3 on ref - logp clamped to +-10 (grpo_trainer.py:564): rl.kl_clamp 10 (base).
 - T-GRPO: G/2 = 4 shuffled-frame samples, bonus 0.3 when acc >= 0.8 x shuffled acc, on
-  rewards > 0.1 (grpo_trainer.py:299, 611-624); length bonus 0.2 for 320..512 tokens
-  (grpo_trainer.py:633-656).
+  rewards > 0.1 (grpo_trainer.py:299, 611-624): rl.algorithm tgrpo; rl.shuffled_generations,
+  rl.temporal (base). Length bonus 0.2 for a correct completion of 320..512 tokens
+  (grpo_trainer.py:633-656): the length_bonus reward in rl.rewards; rl.length_bonus (base).
 - SFT: 4 processes x 1 x gradient_accumulation_steps 2 = 8 sequences per update, lr 1e-6,
   transformers' default linear schedule without warm-up over one epoch (~20.6k updates),
   weight decay 0 (the default), max_grad_norm 5 (src/scripts/run_sft_video.sh); target =
   process + "\n" + solution, loss on the prompt too, system message "You are a helpful
-  assistant" (src/r1-v/src/open_r1/sft_video.py:89, 137-141): sft.batch_size 4 x
-  sft.micro_batches 2.
+  assistant" (src/r1-v/src/open_r1/sft_video.py:89, 137-141): the sft section, sft.batch_size 4
+  x sft.micro_batches 2.
 - Prompts: QUESTION_TEMPLATE and TYPE_TEMPLATE word for word (grpo.py:210-224; jaxvrl/data/
-  templates.py), the vision item before the text, no system message in RL.
+  templates.py), the vision item before the text, no system message in RL: the data section's
+  prompt fields (base).
 - Pixels: videos 128 x 28 x 28 per frame, 2 fps, 4..16 frames; images 4..256 x 28 x 28
-  (src/qwen-vl-utils/src/qwen_vl_utils/vision_process.py:25-37); frames resized with
-  torchvision's antialiased bicubic (vision_process.py:310-315), which data/vision_inputs.py
-  reproduces.
+  (src/qwen-vl-utils/src/qwen_vl_utils/vision_process.py:25-37): the data section's frame and
+  pixel fields (base); frames resized with torchvision's antialiased bicubic
+  (vision_process.py:310-315), which data/vision_inputs.py reproduces.
 
 Departures from the released code, and why:
 - Dataset sizes: the horizons use the nominal 260k and 165k records; with the exact files set
@@ -53,23 +59,8 @@ from jaxvrl.data import templates
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config()
-    config.model.path = ""  # a local Qwen2.5-VL-7B(-Instruct) directory
-    config.model.shape = "Qwen2.5-VL-7B"  # what jaxvrl.fit compiles without model.path
-    # float32 master weights and Adam moments, bfloat16 matmuls (the PyTorch anchors' DeepSpeed
-    # bf16 / AMP): a bfloat16 weight would round lr-1e-6 updates away.
-    config.model.param_dtype = "float32"
-    config.model.dtype = "bfloat16"
-    config.model.remat = True
-    config.model.vision_remat = True
-    config.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1}
-
-    data = config.data
-    base.prompt_fields(data, "video_r1")
-    data.max_frames = 16
-    data.video_min_pixels = 128 * base.TOKEN_PIXELS
-    data.video_max_pixels = 128 * base.TOKEN_PIXELS
-    data.batch_size = 4  # prompts per RL step (4 processes x 1)
+    config = base.get_config()  # its data, prompt, sampling and optimizer defaults are Video-R1's
+    base.qwen_7b(config, "Qwen2.5-VL-7B")
 
     # Video-R1's SFT: one epoch of Video-R1-COT-165k, target = process + "\n" + solution,
     # trained on the prompt tokens too; 4 sequences x 2 micro-batches = 8 per update.
@@ -85,26 +76,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.sft.grad_clip = 5.0
     config.sft.system_prompt = templates.VIDEO_R1_SFT_SYSTEM_PROMPT
 
-    config.optim.learning_rate = 1e-6
-    config.optim.schedule = "cosine"
     config.optim.schedule_steps = 65000  # one epoch of Video-R1-260k at 4 prompts per step
-    config.optim.warmup_steps = 0
-    config.optim.weight_decay = 0.01
-    config.optim.grad_clip = 5.0
-    config.train.micro_batches = 1
 
     rl = config.rl
     rl.steps = 1200
     rl.algorithm = "tgrpo"
-    rl.num_generations = 8
-    rl.shuffled_generations = 4
-    rl.max_completion_tokens = 768
-    rl.temperature = 1.0
     rl.top_p = 0.95
-    rl.beta = 0.04
-    rl.kl_clamp = 10.0
     rl.rewards = [["accuracy", 1.0], ["format", 1.0], ["length_bonus", 1.0]]
-    rl.temporal = {"alpha": 0.3, "mu": 0.8, "rule": "ratio", "threshold": 0.1}
-    rl.aggregation = "seq_mean_token_mean"
-    config.checkpoint.every = 100
     return config

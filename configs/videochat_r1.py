@@ -6,14 +6,18 @@ sample scored by its task's three rewards.
         --config.model.path=/ckpt/Qwen2.5-VL-7B-Instruct --config.data.media_root=/data \
         --config.data.train_files=charades_sta:/data/charades_train.json,nextgqa:/data/nextgqa_train.json,got10k:/data/got10k_train.json
 
-What the released code did (OpenGVLab/VideoChat-R1; file:line), and what this recipe sets:
+What the released code did (OpenGVLab/VideoChat-R1; file:line), and the fields that hold it
+(marked "base" where configs/base.py's default is the released value):
 - Batch: 8 processes x per_device_train_batch_size 1 x gradient_accumulation_steps 1 = 8
   prompts per optimizer step, G = 8, 1,024 completion tokens (training_scripts/
-  run_grpo_video_task.sh): data.batch_size 8, train.micro_batches 1.
+  run_grpo_video_task.sh): data.batch_size 8, rl.max_completion_tokens 1024;
+  train.micro_batches 1, rl.num_generations 8 (base).
 - Optimizer: the script sets no learning rate, schedule, decay or clip, so TRL 0.15.1's
   GRPOConfig / transformers defaults hold (requirements.txt: trl==0.15.1): lr 1e-6, linear
-  decay without warm-up over one epoch, weight decay 0, max_grad_norm 1, beta 0.04.
-- Sampling: temperature 1, top_p 1 (src/open_r1/trainer/grpo_tasks_trainer.py:343-349).
+  decay without warm-up over one epoch, weight decay 0, max_grad_norm 1, beta 0.04:
+  configs/base.py trl_optimizer; rl.beta (base).
+- Sampling: temperature 1, top_p 1 (src/open_r1/trainer/grpo_tasks_trainer.py:343-349):
+  rl.temperature, rl.top_p (base).
 - KL: k3 without a clamp (grpo_tasks_trainer.py:535): rl.kl_clamp 0.
 - Rewards (src/open_r1/grpo_tasks.py:46, 513-523, summed per task at grpo_tasks_trainer.py:545,
   577): temporal grounding = tg_iou + tg_format; grounded QA = gqa_iou (glue intervals of the
@@ -23,11 +27,13 @@ What the released code did (OpenGVLab/VideoChat-R1; file:line), and what this re
 - Prompts: QUESTION_TEMPLATE_TG / _GQA / _TRACK word for word with the options as
   str(list) and the tracking prompt's initial box str(gt[0]) (grpo_tasks_trainer.py:66-99,
   418-427), the text BEFORE the video, no system message (:428-439); Charades sentences
-  lower-cased without their full stop (grpo_tasks.py:564-566).
+  lower-cased without their full stop (grpo_tasks.py:564-566): the data section's prompt fields
+  from base.prompt_fields(data, "videochat_r1").
 - Pixels: each video at most 3,584 x 28 x 28 pixels in all, frames between 16 and 768 x 28 x 28
   (grpo_tasks_trainer.py:434-435; src/open_r1/trainer/yza_vision_process.py:34-39, 312), 2 fps,
-  4..768 frames: data.video_total_pixels / video_min_pixels / video_max_pixels / max_frames.
-  GOT-10k: 7 frames (first, 5 evenly spaced, last; grpo_tasks.py:614-622).
+  4..768 frames: data.video_total_pixels / video_min_pixels / video_max_pixels / max_frames;
+  data.fps, data.min_frames (base). GOT-10k: 7 frames (first, 5 evenly spaced, last;
+  grpo_tasks.py:614-622): data.record_options.got10k_frames (base).
 
 Departures from the released code, and why:
 - Horizon: the released linear schedule spans one epoch of its three files (N / 8 updates);
@@ -56,47 +62,23 @@ from configs import base
 
 def get_config() -> ml_collections.ConfigDict:
     config = base.get_config()
-    config.model.path = ""
-    config.model.shape = "Qwen2.5-VL-7B"  # what jaxvrl.fit compiles without model.path
-    # float32 master weights and Adam moments, bfloat16 matmuls (the PyTorch anchors' DeepSpeed
-    # bf16 / AMP): a bfloat16 weight would round lr-1e-6 updates away.
-    config.model.param_dtype = "float32"
-    config.model.dtype = "bfloat16"
-    config.model.remat = True
-    config.model.vision_remat = True
-    config.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1}
+    base.qwen_7b(config, "Qwen2.5-VL-7B")
+    base.trl_optimizer(config)  # over the stage's length (see the departures above)
 
     data = config.data
     base.prompt_fields(data, "videochat_r1")
-    data.fps = 2.0
-    data.min_frames = 4
     data.max_frames = 768
     data.video_min_pixels = 16 * base.TOKEN_PIXELS
     data.video_max_pixels = 768 * base.TOKEN_PIXELS
     data.video_total_pixels = 3584 * base.TOKEN_PIXELS
-    data.record_options.got10k_frames = 7
     data.batch_size = 8  # prompts per step (8 processes x 1)
-
-    config.optim.learning_rate = 1e-6
-    config.optim.schedule = "linear"
-    config.optim.schedule_steps = 0  # the stage's length (see the departures above)
-    config.optim.warmup_steps = 0
-    config.optim.weight_decay = 0.0
-    config.optim.grad_clip = 1.0
-    config.train.micro_batches = 1
 
     rl = config.rl
     rl.steps = 1000
-    rl.algorithm = "grpo"
-    rl.num_generations = 8
     rl.max_completion_tokens = 1024
-    rl.temperature = 1.0
-    rl.top_p = 1.0
-    rl.beta = 0.04
     rl.kl_clamp = 0.0
     # Each sample scored by its task's rewards (temporal IoU / option letter / tracking IoU, the
     # task's format, and grounded QA's glue IoU).
     rl.rewards = [["task_accuracy", 1.0], ["task_format", 1.0], ["task_glue", 1.0]]
     rl.accuracy_reward = "task_accuracy"
-    config.checkpoint.every = 100
     return config

@@ -2,6 +2,7 @@
 data) on a tiny stand-in model, so a typo in a recipe fails here, not on a pod; an unknown
 command-line override stops the trainer before any work."""
 
+import ast
 import importlib
 import inspect
 import json
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import demo
+from configs import base, demo, seed_bench_r1, video_r1, videochat_r1
 from jaxvrl import rewards, rl_batch, run_plan, train
 from jaxvrl.data import pipeline, synthetic
 
@@ -160,8 +161,6 @@ def schedule(config, stage: str, steps: int):
 
 
 def test_learning_rates_at_steps_0_600_1200_are_the_released_schedules():
-    from configs import seed_bench_r1, video_r1, videochat_r1
-
     # Hand-computed from the released settings (see each recipe's docstring):
     # Video-R1 RL: cosine, no warm-up, horizon one epoch of 260k at 4 = 65,000 updates:
     #   1e-6 * (1 + cos(pi * s / 65000)) / 2.
@@ -196,8 +195,6 @@ def test_schedule_steps_sets_the_horizon_apart_from_the_stage():
 
 
 def test_each_recipe_clamps_the_kl_estimator_as_released():
-    from configs import seed_bench_r1, video_r1, videochat_r1
-
     for module, clamp in ((video_r1, 10.0), (videochat_r1, 0.0), (seed_bench_r1, 11.0)):
         config = module.get_config()
         settings = run_plan.loss_settings(config, run_plan.Stage("rl", 0, 1))
@@ -205,8 +202,6 @@ def test_each_recipe_clamps_the_kl_estimator_as_released():
 
 
 def test_released_generation_and_pixel_limits():
-    from configs import seed_bench_r1, video_r1, videochat_r1
-
     tokens = 28 * 28
     v, c, s = video_r1.get_config(), videochat_r1.get_config(), seed_bench_r1.get_config()
     assert [x.rl.max_completion_tokens for x in (v, c, s)] == [768, 1024, 256]
@@ -221,19 +216,149 @@ def test_released_generation_and_pixel_limits():
 def test_video_r1_sft_has_its_own_system_message_and_rl_the_templates_default():
     # Video-R1 src/r1-v/src/open_r1/sft_video.py:89 ("You are a helpful assistant", no full stop);
     # grpo.py:241-252 sends no system message (the chat template's own default applies).
-    from configs import video_r1
-
     config = video_r1.get_config()
     assert run_plan.stage_config(config, "sft").data.system_prompt == "You are a helpful assistant"
     assert run_plan.stage_config(config, "rl").data.system_prompt == ""
 
 
+# --------------------------------------------------------------------------- what recipes assign
+
+
+def assigned_keys(fn) -> list[str]:
+    """The dotted config keys `fn` assigns: `config.a.b = ...`, or `x.b = ...` after
+    `x = config.a` (the recipes' `data` and `rl` aliases)."""
+
+    def path(node: ast.expr, aliases: dict[str, list[str]]) -> list[str] | None:
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.insert(0, node.attr)
+            node = node.value
+        if isinstance(node, ast.Name) and node.id == "config":
+            return parts
+        if isinstance(node, ast.Name) and node.id in aliases:
+            return aliases[node.id] + parts
+        return None
+
+    aliases: dict[str, list[str]] = {}
+    keys = []
+    for node in ast.walk(ast.parse(inspect.getsource(fn))):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        if isinstance(target, ast.Name):
+            if (alias := path(node.value, aliases)) is not None:
+                aliases[target.id] = alias
+        elif key := path(target, aliases):
+            keys.append(".".join(key))
+    return keys
+
+
+def lookup(d: dict, key: str):
+    for part in key.split("."):
+        d = d[part]
+    return d
+
+
+def with_helper(helper, *args):
+    config = base.get_config()
+    helper(config, *args)
+    return config
+
+
+# Every function that assigns config fields on top of the base, and the config it produces.
+SETTERS = {
+    "demo": (demo.get_config, lambda: demo.get_config("/nonexistent")),
+    "video_r1": (video_r1.get_config, video_r1.get_config),
+    "videochat_r1": (videochat_r1.get_config, videochat_r1.get_config),
+    "seed_bench_r1": (seed_bench_r1.get_config, seed_bench_r1.get_config),
+    "base.qwen_7b": (base.qwen_7b, lambda: with_helper(base.qwen_7b, "Qwen2.5-VL-7B")),
+    "base.trl_optimizer": (base.trl_optimizer, lambda: with_helper(base.trl_optimizer)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETTERS))
+def test_a_recipe_assigns_each_key_once_and_only_where_it_differs_from_the_base(name):
+    fn, build = SETTERS[name]
+    keys = assigned_keys(fn)
+    got, default = build().to_dict(), base.get_config().to_dict()
+    for key in keys:
+        lookup(got, key)  # every key read from the source is one the config holds
+    # Two assignments of one key, or of a key and a dict that holds it.
+    overlap = [(a, b) for i, a in enumerate(keys) for b in keys[i + 1 :]]
+    twice = {b for a, b in overlap if a == b or b.startswith(a + ".") or a.startswith(b + ".")}
+    assert not twice, f"{name} assigns a key twice (or inside a dict it assigned): {twice}"
+    restated = []
+    for key in keys:
+        try:
+            same = lookup(default, key) == lookup(got, key)
+        except KeyError:  # a field the base does not have
+            same = False
+        restated += [key] if same else []
+    assert not restated, f"{name} assigns the base's own values: {restated}"
+
+
+def test_assigned_keys_reads_aliased_and_direct_assignments():
+    keys = assigned_keys(video_r1.get_config)
+    assert {"sft.steps", "optim.schedule_steps", "rl.top_p"} <= set(keys)
+    assert "rl.beta" not in keys  # Video-R1's 0.04 is the base's
+
+
 def test_length_bonus_fields_hold_the_values_the_reward_uses():
     # rl.length_bonus is not yet passed to the reward (configs/base.py); until it is, the
     # fields must equal the reward's keyword defaults, which are what a run uses.
-    from configs import video_r1
-
     params = inspect.signature(rewards.get("length_bonus")).parameters
     fields = video_r1.get_config().rl.length_bonus.to_dict()
     assert fields == {name: params[name].default for name in fields}
     assert fields == {"min_length": 320, "max_length": 512, "bonus": 0.2, "threshold": 0.1}
+
+
+# What each paper recipe resolves to, inherited from the base or set by the recipe (the values
+# and their sources are in each recipe's docstring): a change to the base that would move a
+# paper's recipe off its released settings fails here.
+TOKENS = 28 * 28
+RELEASED = {
+    "video_r1": {
+        "data.batch_size": 4, "train.micro_batches": 1, "rl.num_generations": 8,
+        "optim.learning_rate": 1e-6, "optim.schedule": "cosine", "optim.schedule_steps": 65000,
+        "optim.warmup_steps": 0, "optim.weight_decay": 0.01, "optim.grad_clip": 5.0,
+        "rl.steps": 1200, "rl.beta": 0.04, "rl.max_completion_tokens": 768,
+        "rl.temperature": 1.0, "rl.top_p": 0.95, "rl.kl_clamp": 10.0, "rl.algorithm": "tgrpo",
+        "rl.shuffled_generations": 4,
+        "rl.temporal": {"alpha": 0.3, "mu": 0.8, "rule": "ratio", "threshold": 0.1},
+        "rl.length_bonus": {"min_length": 320, "max_length": 512, "bonus": 0.2, "threshold": 0.1},
+        "data.fps": 2.0, "data.min_frames": 4, "data.max_frames": 16,
+        "data.video_min_pixels": 128 * TOKENS, "data.video_max_pixels": 128 * TOKENS,
+        "data.image_min_pixels": 4 * TOKENS, "data.image_max_pixels": 256 * TOKENS,
+        "data.system_prompt": "", "data.text_first": False,
+        "sft.steps": 20625, "sft.learning_rate": 1e-6, "sft.schedule": "linear",
+        "sft.weight_decay": 0.0, "sft.grad_clip": 5.0, "sft.train_on_prompt": True,
+    },
+    "videochat_r1": {
+        "data.batch_size": 8, "train.micro_batches": 1, "rl.num_generations": 8,
+        "rl.max_completion_tokens": 1024, "optim.learning_rate": 1e-6, "optim.schedule": "linear",
+        "optim.warmup_steps": 0, "optim.weight_decay": 0.0, "optim.grad_clip": 1.0,
+        "rl.beta": 0.04, "rl.temperature": 1.0, "rl.top_p": 1.0, "rl.kl_clamp": 0.0,
+        "rl.algorithm": "grpo", "data.fps": 2.0, "data.min_frames": 4, "data.max_frames": 768,
+        "data.video_min_pixels": 16 * TOKENS, "data.video_max_pixels": 768 * TOKENS,
+        "data.video_total_pixels": 3584 * TOKENS, "data.record_options.got10k_frames": 7,
+        "data.system_prompt": "", "data.text_first": True,
+    },
+    "seed_bench_r1": {
+        "data.batch_size": 8, "train.micro_batches": 1, "rl.steps": 750,
+        "optim.learning_rate": 1e-6, "optim.schedule": "linear", "optim.warmup_steps": 0,
+        "optim.weight_decay": 0.0, "optim.grad_clip": 1.0, "rl.beta": 0.1,
+        "rl.num_generations": 8, "rl.max_completion_tokens": 256, "rl.temperature": 1.0,
+        "rl.top_p": 1.0, "rl.kl_clamp": 11.0, "rl.algorithm": "grpo", "data.fps": 2.0,
+        "data.min_frames": 4, "data.max_frames": 16, "data.resized_height": 252,
+        "data.resized_width": 252, "data.system_prompt": "", "sft.learning_rate": 2e-5,
+        "sft.schedule": "cosine", "sft.warmup_ratio": 0.1, "sft.batch_size": 8,
+        "sft.micro_batches": 16,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_each_paper_recipe_resolves_to_its_released_values(name):
+    config = importlib.import_module(f"configs.{name}").get_config().to_dict()
+    got = {key: lookup(config, key) for key in RELEASED[name]}
+    assert got == RELEASED[name]

@@ -16,7 +16,7 @@ all training videos, 16 prompts per step. The task: does the square grow, shrink
 darken? Without the frame order only the pair (size or brightness) can be told, so shuffled frames
 cap accuracy at about 0.5 (chance 0.25). 128 held-out videos are evaluated before and after RL
 (`--config.seed` 0-4 on an AMD VM, 8.6-10.9 minutes: 0.80 -> 0.88, 0.74 -> 0.99, 0.81 -> 1.00,
-0.72 -> 1.00, 0.49 -> 0.84; seed 0 misses the 0.95 promised from above 0.75: README "The CPU demo").
+0.72 -> 1.00, 0.49 -> 0.84; seed 0 misses the 0.95 promised from above 0.75: docs/demo.md).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     rl.beta = 0.0
     # DAPO dynamic sampling: once the policy is deterministic on most videos their groups carry
     # no signal; dropping them and rolling out one more batch keeps RL learning (AMD VM, merged
-    # code: seed 0 0.531 -> 0.625 without, 0.531 -> 0.938 with, 7 min 14 s; README).
+    # code: seed 0 0.531 -> 0.625 without, 0.531 -> 0.938 with, 7 min 14 s; docs/demo.md).
     rl.dynamic_sampling.enabled = True
     rl.dynamic_sampling.max_extra_rounds = 1
 

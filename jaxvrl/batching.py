@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxvrl import group_decode, multihost
 from model.config import VisionConfig
 from model.packing import pack_vision
-from model.sharding import logical_to_spec
+from model.sharding import axis_size, logical_to_spec
 
 # Which axis of each array is the token axis (padded to the longest) in the two batch layouts.
 TOKEN_AXIS = {
@@ -186,8 +186,7 @@ def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
         axes = [None] * len(x.shape)
         axes[axis] = "batch"
         spec = logical_to_spec(axes, rules, mesh)
-        size = int(np.prod([mesh.shape[a] for a in _axes(spec[axis])]))
-        if x.shape[axis] % size:
+        if x.shape[axis] % axis_size(mesh, spec[axis]):
             spec = PartitionSpec()
         return NamedSharding(mesh, spec)
 
@@ -239,11 +238,4 @@ def place_stacked(stacked: dict[str, Any], mesh, rules, merge_unit: int = 4) -> 
 
 def batch_axis_size(mesh, rules) -> int:
     """Devices the batch dimension is split over (the mesh axes `batch` maps to)."""
-    spec = logical_to_spec(["batch"], rules, mesh)
-    return int(np.prod([mesh.shape[a] for a in _axes(spec[0])]))
-
-
-def _axes(entry) -> tuple[str, ...]:
-    if entry is None:
-        return ()
-    return (entry,) if isinstance(entry, str) else tuple(entry)
+    return axis_size(mesh, logical_to_spec(["batch"], rules, mesh)[0])

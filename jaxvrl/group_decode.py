@@ -32,11 +32,12 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvrl import sampling
+from jaxvrl.data.batching import bucket
 from model.config import VisionConfig
 from model.layers import MASK_VALUE
 from model.packing import pack_vision
 from model.rope import apply_rotary, mrope_cos_sin
-from model.sharding import Rules, fit_spec, logical_to_spec
+from model.sharding import Rules, axis_size, fit_spec, logical_to_spec
 from model.text import causal_mask
 
 # ------------------------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def vision_chunks(
         groups[-1].append((s, h, w))
         used += h * w
     needed = len(groups) * c
-    size = next((b for b in sorted(patch_buckets) if b >= needed), needed)
+    size = bucket(needed, patch_buckets, past_largest="size")
     k = max(-(-size // c), min_chunks)
     k = -(-k // num_chunks_multiple) * num_chunks_multiple
     groups += [[] for _ in range(k - len(groups))]
@@ -152,19 +153,6 @@ class GroupCache:
     sample_v: tuple[jnp.ndarray, ...]
 
 
-def embed_with_features(model, input_ids: jnp.ndarray, features: jnp.ndarray | None):
-    """Token embeddings with `features` [F, hidden] placed at the image/video pad tokens in
-    flattened-batch order (what model.Qwen2VL.embed does with the tower's output). [P, L, H]."""
-    x = model.embed(input_ids)
-    if features is None:
-        return x
-    cfg = model.config
-    is_vision = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)
-    order = jnp.cumsum(is_vision.reshape(-1)) - 1
-    order = jnp.clip(order, 0, features.shape[0] - 1).reshape(input_ids.shape)
-    return jnp.where(is_vision[..., None], features[order], x)
-
-
 def prefill(model, input_ids, positions, attention_mask, features, group_size: int, max_new: int):
     """Prompt forward through the decoder layers, keeping each layer's keys and values.
 
@@ -174,7 +162,7 @@ def prefill(model, input_ids, positions, attention_mask, features, group_size: i
     """
     t = model.config.text
     p, length = input_ids.shape
-    x = embed_with_features(model, input_ids, features)
+    x = model.embed_with_features(input_ids, features)
     cos, sin = mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section)
     mask = causal_mask(attention_mask)
     empty = jnp.zeros((p, length, t.num_kv_heads, t.head_dim), model.dtype)
@@ -287,12 +275,6 @@ class Static:
     min_new_tokens: int
     stop_ids: tuple[int, ...]
     pad_id: int
-
-
-def axis_size(mesh: Mesh, entry: str | tuple[str, ...] | None) -> int:
-    """Devices along one PartitionSpec entry (a mesh axis name, a tuple of them, or None)."""
-    names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-    return int(np.prod([mesh.shape[n] for n in names])) if names else 1
 
 
 def logical_sharding(mesh: Mesh, rules: Rules, axes: Sequence[str | None], shape: Sequence[int]):

@@ -44,7 +44,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from model.sharding import DEFAULT_RULES, Rules
+from model.sharding import DEFAULT_RULES, Rules, mesh_axes
 
 log = logging.getLogger(__name__)
 
@@ -440,9 +440,7 @@ def rules_from_config(rules: Sequence[Sequence] | None) -> Rules:
         name, target = rule[0], rule[1]
         if isinstance(target, list | tuple):
             target = tuple(target)
-        if target is not None and not set((target,) if isinstance(target, str) else target) <= set(
-            MESH_AXES
-        ):
+        if not set(mesh_axes(target)) <= set(MESH_AXES):
             raise ValueError(f"rule {list(rule)}: mesh axes are {MESH_AXES}")
         out.append((str(name), target))
     return tuple(out)

@@ -50,10 +50,11 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
 from jaxvrl import batching, group_decode, multihost
+from jaxvrl.data.batching import bucket
 from jaxvrl.group_decode import Static, logical_sharding
 from model.config import ModelConfig, VisionConfig
 from model.packing import pack_vision
-from model.sharding import DEFAULT_RULES, Rules, logical_to_spec, state_shardings
+from model.sharding import DEFAULT_RULES, Rules, axis_size, logical_to_spec, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +117,6 @@ def decode_rules(rules: Rules = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
     """The decode layout: `embed` replicated (no FSDP gather per token), everything else as in
     `rules` (tensor parallelism over heads / mlp / vocab stays)."""
     return tuple((name, None if name == "embed" else target) for name, target in rules)
-
-
-def bucket(size: int, buckets: Sequence[int], multiple: int = 1) -> int:
-    """The smallest bucket >= size (past the largest: the next multiple of the largest), rounded
-    up to `multiple`."""
-    out = None
-    for b in sorted(buckets):
-        if size <= b:
-            out = b
-            break
-    if out is None:
-        out = -(-size // buckets[-1]) * buckets[-1] if buckets else size
-    return -(-max(out, 1) // multiple) * multiple
 
 
 def default_stop_tokens(
@@ -342,7 +330,7 @@ class Sampler:
         rules = self.config.decode_rules or decode_rules(self.config.rules)
         self.decode_shardings = state_shardings(abstract_state, mesh, rules)
         spec = logical_to_spec(("batch",), self.config.rules, mesh)[0]
-        self.batch_axis_size = group_decode.axis_size(mesh, spec)
+        self.batch_axis_size = axis_size(mesh, spec)
         self.num_compilations = 0
         self.compile_seconds = 0.0
         self._programs: dict[Any, Any] = {}

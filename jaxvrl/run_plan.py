@@ -211,13 +211,22 @@ def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
     )
 
 
-def sampling_params(config: ml_collections.ConfigDict) -> SamplingParams:
-    rl = config.rl
+def sampling_params(
+    config: ml_collections.ConfigDict,
+    section: str = "rl",
+    max_new_tokens: int | None = None,
+    greedy: bool = False,
+) -> SamplingParams:
+    """How the run samples: the RL rollout (`rl`) or evaluation (`eval`) by that section's
+    temperature, top_p, top_k and greedy (`greedy` when the section has none); max_new_tokens
+    defaults to rl.max_completion_tokens."""
+    s = config[section]
     return SamplingParams(
-        max_new_tokens=int(rl.max_completion_tokens),
-        temperature=float(rl.temperature),
-        top_p=float(rl.top_p),
-        top_k=int(rl.top_k),
+        max_new_tokens=int(max_new_tokens or config.rl.max_completion_tokens),
+        greedy=bool(s.get("greedy", greedy)),
+        temperature=float(s.get("temperature", 1.0)),
+        top_p=float(s.get("top_p", 1.0)),
+        top_k=int(s.get("top_k", 0)),
     )
 
 

@@ -76,12 +76,22 @@ class Qwen2VL(nnx.Module):
     # Embedding and vision features.
 
     def embed(self, input_ids: jnp.ndarray, vision: dict | None = None) -> jnp.ndarray:
-        """Token embeddings with the vision features placed at the image/video pad tokens, in
-        the order the pad tokens appear in the flattened batch. input_ids: [batch, seq]."""
+        """Token embeddings with the vision tower's features placed at the image/video pad
+        tokens, in the order the pad tokens appear in the flattened batch. input_ids:
+        [batch, seq]."""
+        features = None if vision is None else self.visual(vision)
+        return self.embed_with_features(input_ids, features)
+
+    def embed_with_features(
+        self, input_ids: jnp.ndarray, features: jnp.ndarray | None
+    ) -> jnp.ndarray:
+        """Token embeddings with vision `features` [F, hidden] (the tower's output, computed
+        elsewhere: e.g. in chunks) placed at the image/video pad tokens in flattened-batch order.
+        input_ids: [batch, seq]. Returns [batch, seq, hidden]."""
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
-        if vision is None:
+        if features is None:
             return x
-        features = self.visual(vision).astype(self.dtype)
+        features = features.astype(self.dtype)
         cfg = self.config
         is_vision = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)
         order = jnp.cumsum(is_vision.reshape(-1)) - 1

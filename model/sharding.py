@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import jax
@@ -37,6 +38,17 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def mesh_axes(entry: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry or rule target: a name, a tuple of names, or
+    None (no axis)."""
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def axis_size(mesh: Mesh, entry: str | Sequence[str] | None) -> int:
+    """Devices along one PartitionSpec entry (1 for None)."""
+    return math.prod(mesh.shape[name] for name in mesh_axes(entry))
+
+
 def logical_to_spec(axes: Iterable[str | None], rules: Rules, mesh: Mesh) -> PartitionSpec:
     """Maps logical names to a PartitionSpec; a mesh axis is used at most once per array and
     axes of size 1 or missing from the mesh are dropped."""
@@ -45,8 +57,9 @@ def logical_to_spec(axes: Iterable[str | None], rules: Rules, mesh: Mesh) -> Par
     spec = []
     for name in axes:
         target = table.get(name) if name is not None else None
-        names = (target,) if isinstance(target, str) else tuple(target or ())
-        names = tuple(n for n in names if n in mesh.shape and mesh.shape[n] > 1 and n not in used)
+        names = tuple(
+            n for n in mesh_axes(target) if n in mesh.shape and mesh.shape[n] > 1 and n not in used
+        )
         used.update(names)
         spec.append(names[0] if len(names) == 1 else (names or None))
     return PartitionSpec(*spec)
@@ -56,10 +69,7 @@ def fit_spec(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> Partition
     """Drops sharding on dimensions that the mesh axes do not divide (e.g. 2 kv heads on 4)."""
     out = []
     for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
-        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        size = 1
-        for n in names:
-            size *= mesh.shape[n]
+        size = axis_size(mesh, entry)
         out.append(entry if size and dim % size == 0 else None)
     return PartitionSpec(*out)
 

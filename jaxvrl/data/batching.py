@@ -31,13 +31,20 @@ class PipelineError(RuntimeError):
     counts and skips (a decoder crash, a bug): it ends the run, naming the record."""
 
 
-def bucket(size: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= size; past the largest, the next multiple of the largest (a new
-    shape, so jit compiles once more; the per-example limits make this rare)."""
-    for b in buckets:
-        if size <= b:
-            return b
-    return -(-size // buckets[-1]) * buckets[-1]
+def bucket(
+    size: int, buckets: Sequence[int], multiple: int = 1, past_largest: str = "multiple"
+) -> int:
+    """The smallest of `buckets` >= size, rounded up to `multiple`. Past the largest bucket (a
+    new shape, so jit compiles once more; the per-example limits make this rare): the next
+    multiple of the largest (`past_largest="multiple"`), or `size` itself ("size")."""
+    if past_largest not in ("multiple", "size"):
+        raise ValueError(f"past_largest must be 'multiple' or 'size', got {past_largest!r}")
+    ordered = sorted(buckets)
+    out = next((b for b in ordered if size <= b), None)
+    if out is None:
+        largest = ordered[-1] if ordered and past_largest == "multiple" else 0
+        out = -(-size // largest) * largest if largest else size
+    return -(-max(out, 1) // multiple) * multiple
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxvrl import multihost
+from jaxvrl import multihost, run_plan
 from jaxvrl.data import pipeline
 from jaxvrl.data import records as records_lib
 from jaxvrl.data.batching import DataError
@@ -148,18 +148,11 @@ def eval_data_config(
     return out
 
 
-def sampling_params(config: ml_collections.ConfigDict, name: str) -> SamplingParams:
+def benchmark_sampling(config: ml_collections.ConfigDict, name: str) -> SamplingParams:
     """Greedy by default (`eval.greedy`); the papers' sampling (Video-R1: temperature 0.1,
     top_p 0.001) with `eval.greedy=False eval.temperature=... eval.top_p=...`."""
-    ev = config.eval
     max_new = setting(config, name, "max_new_tokens") or int(config.rl.max_completion_tokens)
-    return SamplingParams(
-        max_new_tokens=max_new,
-        greedy=bool(ev.get("greedy", True)),
-        temperature=float(ev.get("temperature", 1.0)),
-        top_p=float(ev.get("top_p", 1.0)),
-        top_k=int(ev.get("top_k", 0)),
-    )
+    return run_plan.sampling_params(config, "eval", max_new, greedy=True)
 
 
 def generate(
@@ -174,7 +167,7 @@ def generate(
     """Responses by example key (the pipeline's origin) and the pipeline's skip counts."""
     if sampler.tokenizer is None:
         raise ValueError("evaluation needs a sampler with a tokenizer (to read the answers)")
-    params = sampling_params(config, item.name)
+    params = benchmark_sampling(config, item.name)
     dataset = pipeline.build_dataset(eval_data_config(config, item))
     iterator = iter(dataset)
     responses: list[tuple[int, int, str, str]] = []  # (batch, row, key, response)
@@ -289,7 +282,7 @@ def evaluate_suite(
             log.error("evaluation of %s failed: %s", item.name, e)
             result["benchmarks"][item.name] = {"error": str(e), "files": item.paths}
             continue
-        params = sampling_params(config, item.name)
+        params = benchmark_sampling(config, item.name)
         out["sampling"] = dataclasses.asdict(params)
         if write:
             path = predictions_path(workdir, step, item.name)

@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jaxvrl.fit_peak import short_op  # noqa: E402 - after the repository is on the path
+from jaxvrl.fit.peak import short_op  # noqa: E402 - after the repository is on the path
 
 RECIPES = {
     "video_r1": ["--config=configs/video_r1.py"],

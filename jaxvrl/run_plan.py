@@ -2,7 +2,7 @@
 from the config alone (no model, no devices), and the checks that stop a run before any work when
 its record files are missing or its batches do not split over the processes.
 
-jaxvrl/train.py's Trainer runs this plan; jaxvrl/fit.py compiles the programs it implies.
+jaxvrl/train.py's Trainer runs this plan; jaxvrl/fit/ compiles the programs it implies.
 """
 
 from __future__ import annotations

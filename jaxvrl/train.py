@@ -37,7 +37,6 @@ from jaxvrl import (
     cli,
     dapo,
     demo_report,
-    hardware,
     multihost,
     rl_batch,
     run_paths,
@@ -48,7 +47,8 @@ from jaxvrl.checkpoint import Checkpointer, data_state_for_process
 from jaxvrl.data import pipeline, prompts, synthetic
 from jaxvrl.eval import report as eval_report
 from jaxvrl.eval import runner as eval_runner
-from jaxvrl.flops import matmul_flops
+from jaxvrl.fit import hardware
+from jaxvrl.fit.flops import matmul_flops
 from jaxvrl.mesh import (
     distributed_summary,
     initialize_from_config,
@@ -201,7 +201,7 @@ class Trainer:
         return batching.place_stacked(stacked, self.mesh, self.rules, vision.merge_unit)
 
     def _step_flops(self, train_fn, opt_state, stacked) -> float:
-        """Matmul FLOPs of one train step (jaxvrl.flops, as jaxvrl.fit counts them), traced once
+        """Matmul FLOPs of one train step (jaxvrl.fit.flops, as jaxvrl.fit counts them), traced once
         per batch shape; 0 where the chip's peak is unknown (no perf/mfu then)."""
         if hardware.peak_flops(jax.devices()[0].device_kind) is None:
             return 0.0

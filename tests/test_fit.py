@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from jaxvrl import fit
+from jaxvrl.fit import check
 from model.tiny import tiny_hf_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def tiny_model(tmp_path_factory):
 def run_in_process(args):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = fit.main(args)
+        code = check.main(args)
     return code, out.getvalue(), err.getvalue()
 
 

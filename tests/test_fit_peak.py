@@ -1,7 +1,7 @@
-"""jaxvrl.fit_peak: the largest buffers at a compile's peak, read from XLA's dump files (here
+"""jaxvrl.fit.peak: the largest buffers at a compile's peak, read from XLA's dump files (here
 written by hand in the format the TPU compiler writes; tests/test_fit.py reads real dumps)."""
 
-from jaxvrl.fit_peak import peak_buffers, short_op
+from jaxvrl.fit.peak import peak_buffers, short_op
 
 LIVE = """HloLiveRange (max 9):
   InstructionSequence:

@@ -1,10 +1,10 @@
-"""jaxvrl.flops: matmul FLOPs of a traced program, with every loop counted at its trip count."""
+"""jaxvrl.fit.flops: matmul FLOPs of a traced program, with every loop counted at its trip count."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxvrl.flops import matmul_flops
+from jaxvrl.fit.flops import matmul_flops
 
 N = 32
 MATMUL = 2 * N**3  # one [N, N] x [N, N] product

@@ -1,10 +1,10 @@
-"""jaxvrl.hardware: the chips' peaks behind perf/mfu and the topology names jaxvrl.fit takes."""
+"""jaxvrl.fit.hardware: the chips' peaks behind perf/mfu and the topology names jaxvrl.fit takes."""
 
 import dataclasses
 
 import pytest
 
-from jaxvrl import hardware
+from jaxvrl.fit import hardware
 
 
 @dataclasses.dataclass

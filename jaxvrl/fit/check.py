@@ -21,7 +21,7 @@ over programs. A TPU compile refuses a program that does not fit its HBM (the ve
 over any sum; the figure it quotes is that assignment's total); GPU and CPU compiles do not
 refuse, so their totals are compared with the chip.
 
-FLOPs: matmul FLOPs of the traced program with every loop's trip count (jaxvrl/flops.py; the
+FLOPs: matmul FLOPs of the traced program with every loop's trip count (jaxvrl/fit/flops.py; the
 rollout's decode loop counted at max_completion_tokens); XLA's own cost analysis, which counts
 a loop body once, is reported beside it where the backend gives one.
 
@@ -43,8 +43,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxvrl.fit_peak import PeakBuffer, assigned_bytes, dump_options, peak_buffers, short_op
-from jaxvrl.fit_programs import Program, largest_example, per_device_bytes, stage_programs
+from jaxvrl.fit.peak import PeakBuffer, assigned_bytes, dump_options, peak_buffers, short_op
+from jaxvrl.fit.programs import Program, largest_example, per_device_bytes, stage_programs
 
 GIB = 1 << 30
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Result:
 
     name: str
     compile_seconds: float
-    flops: float  # matmul FLOPs of one run, all chips together (jaxvrl/flops.py)
+    flops: float  # matmul FLOPs of one run, all chips together (flops.py)
     xla_flops_per_chip: float | None  # XLA's cost analysis (loop bodies counted once)
     arguments: int = 0
     outputs: int = 0
@@ -122,7 +122,7 @@ def resident_beside(program: Program, resident: dict[str, Any], arguments: int |
 
 def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result, Any]:
     """Traces, counts FLOPs, compiles; returns the figures and the compiled program (or None)."""
-    from jaxvrl.flops import matmul_flops
+    from jaxvrl.fit.flops import matmul_flops
 
     start = time.perf_counter()
     traced = program.jitted.trace(*program.args)
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    from jaxvrl import hardware
+    from jaxvrl.fit import hardware
 
     try:
         try:
@@ -429,7 +429,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "json" in ours:
         print(json.dumps(report))
     return 0 if report["fits"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -177,7 +177,7 @@ def _log_traceback(error: BaseException, on_terminal: bool) -> None:
 
 
 def _mesh():
-    from jaxvrl import mesh
+    from jaxvrl.parallel import mesh
 
     return mesh
 

@@ -90,7 +90,8 @@ def refill(
     """Rolls out further batches (`roll_out_more(round)`, None when the data is exhausted) until
     the kept groups fill as many rows as the first candidates hold, or `max_extra_rounds` are
     spent. Appends to `candidates`; returns the number of extra rounds run. With several
-    processes `agree` (jaxvrl.multihost.agree_any) makes all run a round while any needs it."""
+    processes `agree` (jaxvrl.parallel.multihost.agree_any) makes all run a round while any
+    needs it."""
     need = sum(len(c.drop) for c in candidates)
     rounds = 0
     while rounds < max_extra_rounds and agree(sum(int((~c.drop).sum()) for c in candidates) < need):

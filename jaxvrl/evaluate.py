@@ -123,7 +123,7 @@ def run(argv) -> None:
     from jaxvrl import run_plan, train
     from jaxvrl.checkpoint import Checkpointer
     from jaxvrl.data import synthetic
-    from jaxvrl.mesh import rules_from_config
+    from jaxvrl.parallel.mesh import rules_from_config
     from jaxvrl.rollout import Sampler
     from model.sharding import activation_layout
 

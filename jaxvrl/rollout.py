@@ -49,9 +49,10 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
-from jaxvrl import batching, group_decode, multihost
+from jaxvrl import batching, group_decode
 from jaxvrl.data.batching import bucket
 from jaxvrl.group_decode import Static, logical_sharding
+from jaxvrl.parallel import multihost
 from model.config import ModelConfig, VisionConfig
 from model.packing import pack_vision
 from model.sharding import DEFAULT_RULES, Rules, axis_size, logical_to_spec, state_shardings

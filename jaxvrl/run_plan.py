@@ -15,9 +15,10 @@ from typing import Any
 import ml_collections
 from jax.sharding import NamedSharding
 
-from jaxvrl import batching, cli, multihost, steps
+from jaxvrl import cli, steps
 from jaxvrl.data import records
-from jaxvrl.mesh import rules_from_config
+from jaxvrl.parallel import multihost, placement
+from jaxvrl.parallel.mesh import rules_from_config
 from jaxvrl.rollout import RolloutConfig, SamplingParams
 from model.sharding import logical_to_spec
 
@@ -262,7 +263,7 @@ def check_batch_split(config: ml_collections.ConfigDict, mesh, rules) -> None:
     n = multihost.count()
     if n == 1:
         return
-    devices = batching.batch_axis_size(mesh, rules)
+    devices = placement.batch_axis_size(mesh, rules)
     per_process = devices // n
     if devices % n:
         raise cli.ConfigError(

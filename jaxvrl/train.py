@@ -37,7 +37,6 @@ from jaxvrl import (
     cli,
     dapo,
     demo_report,
-    multihost,
     rl_batch,
     run_paths,
     run_plan,
@@ -49,13 +48,14 @@ from jaxvrl.eval import report as eval_report
 from jaxvrl.eval import runner as eval_runner
 from jaxvrl.fit import hardware
 from jaxvrl.fit.flops import matmul_flops
-from jaxvrl.mesh import (
+from jaxvrl.metrics import MetricsWriter, check_trackers
+from jaxvrl.parallel import multihost, placement
+from jaxvrl.parallel.mesh import (
     distributed_summary,
     initialize_from_config,
     make_mesh,
     rules_from_config,
 )
-from jaxvrl.metrics import MetricsWriter, check_trackers
 from jaxvrl.rollout import Sampler
 from model.config import ModelConfig
 from model.hf import load_pretrained, save_pretrained
@@ -185,7 +185,7 @@ class Trainer:
         global batch (`place_stacked`); the processes pad to the sizes they agree on."""
         vision = self.model_config.vision
         buckets = self.config.data.patch_buckets
-        multiple = max(1, batching.batch_axis_size(self.mesh, self.rules) // multihost.count())
+        multiple = max(1, placement.batch_axis_size(self.mesh, self.rules) // multihost.count())
         sizes = None
         if multihost.count() > 1:
             sizes = multihost.agree_max(batching.stack_sizes(batches, vision, buckets, multiple))
@@ -198,7 +198,7 @@ class Trainer:
                     )["num_chunks"]
                 sizes["num_chunks"] = multihost.agree_max({"k": local})["k"]
         stacked = batching.stack(batches, vision, buckets, multiple, sizes)
-        return batching.place_stacked(stacked, self.mesh, self.rules, vision.merge_unit)
+        return placement.place_stacked(stacked, self.mesh, self.rules, vision.merge_unit)
 
     def _step_flops(self, train_fn, opt_state, stacked) -> float:
         """Matmul FLOPs of one train step (jaxvrl.fit.flops, as jaxvrl.fit counts them), traced once

@@ -81,7 +81,7 @@ log_of() {
 
 for ((i = 0; i < num_processes; i++)); do
   # JAX_NUM_CPU_DEVICES takes precedence over an --xla_force_host_platform_device_count in
-  # XLA_FLAGS; jaxvrl/mesh.py reads the JAX_* coordinates (--config.mesh.distributed=true).
+  # XLA_FLAGS; jaxvrl/parallel/mesh.py reads the JAX_* coordinates (--config.mesh.distributed=true).
   env_vars=(
     JAX_PLATFORMS=cpu
     JAX_NUM_CPU_DEVICES="$devices"

@@ -1,6 +1,6 @@
 """The CPU demo shrunk to seconds, shared by the end-to-end trainer tests (test_train.py,
-test_multihost.py): the small synthetic set conftest's `small_demo_set` builds, and the overrides
-of a short run on it (each test adds its own steps, checkpoints and mesh)."""
+test_parallel_multihost.py): the small synthetic set conftest's `small_demo_set` builds, and the
+overrides of a short run on it (each test adds its own steps, checkpoints and mesh)."""
 
 # The demo's synthetic set cut down: 8 training videos, 4 images, 4 held-out videos.
 SMALL_SET = {"num_videos": 8, "num_images": 4, "num_eval_videos": 4}

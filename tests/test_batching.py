@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxvrl import batching
-from jaxvrl.batching import batch_axis_size, stacked_shardings
+from jaxvrl.parallel.placement import batch_axis_size, stacked_shardings
 from model.config import VisionConfig
 from model.packing import pack_vision
 from model.sharding import DEFAULT_RULES

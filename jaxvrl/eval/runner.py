@@ -31,12 +31,13 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxvrl import multihost, run_plan
+from jaxvrl import run_plan
 from jaxvrl.data import pipeline
 from jaxvrl.data import records as records_lib
 from jaxvrl.data.batching import DataError
 from jaxvrl.eval import benchmarks as benchmarks_lib
 from jaxvrl.eval.references import Reference, load_rows, read_references
+from jaxvrl.parallel import multihost
 from jaxvrl.rollout import Prompts, Sampler, SamplingParams
 
 log = logging.getLogger(__name__)

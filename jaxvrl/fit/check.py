@@ -184,7 +184,7 @@ def fit_report(
 ) -> dict[str, Any]:
     """Compiles every program of `config`'s run for `target` (hardware.Target); the report."""
     from jaxvrl import run_plan
-    from jaxvrl.mesh import make_mesh, rules_from_config
+    from jaxvrl.parallel.mesh import make_mesh, rules_from_config
     from model.sharding import activation_layout
 
     model_config = model_shape(config)

@@ -246,6 +246,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
     from flax import nnx
 
     from jaxvrl import batching, rl_batch, run_plan, steps
+    from jaxvrl.parallel import placement
     from model.sharding import state_shardings
 
     model = _abstract_model(config, model_config)
@@ -306,9 +307,9 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         batches,
         model_config.vision,
         config.data.patch_buckets,
-        batching.batch_axis_size(mesh, rules),
+        placement.batch_axis_size(mesh, rules),
     )
-    inputs = _abstract(_shape_only(stacked), batching.stacked_shardings(stacked, mesh, rules))
+    inputs = _abstract(_shape_only(stacked), placement.stacked_shardings(stacked, mesh, rules))
     if stage.name == "rl":
         passes = int(config.rl.num_iterations)
         ref_jit = jax.jit(
@@ -329,7 +330,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
             logp_sharding = logp_sharding or got
         logp = jax.eval_shape(ref_jit, _shape_only(params), _shape_only(inputs))
         if logp_sharding is None:  # refused by the compiler: the batch layout
-            logp_sharding = batching.stacked_shardings({"logp": logp}, mesh, rules)["logp"]
+            logp_sharding = placement.stacked_shardings({"logp": logp}, mesh, rules)["logp"]
         if with_ref:
             inputs["ref_logp"] = jax.ShapeDtypeStruct(
                 logp.shape, logp.dtype, sharding=logp_sharding

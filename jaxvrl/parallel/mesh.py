@@ -165,7 +165,7 @@ def distributed_arguments(environ: Mapping[str, str] | None = None) -> dict[str,
 
 
 # What a process of a multi-host run sees when another one dies (observed with jax 0.10.2 on the
-# CPU, tests/test_mesh.py):
+# CPU, tests/test_parallel_mesh.py):
 #  - in a collective: at once, a Python exception from gloo that names no process, e.g.
 #      jax.errors.JaxRuntimeError: UNKNOWN: Gloo AllGather failed:
 #      [external/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer [127.0.0.1]:16259
@@ -414,7 +414,7 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     sizes = mesh_shape(shape, len(devices))
     if jax.process_count() > 1:
         # Process-major: each process's devices form one contiguous block of the mesh, so the
-        # batch rows a process feeds (jaxvrl/multihost.py) are one block of the global batch.
+        # batch rows a process feeds (multihost.py) are one block of the global batch.
         # (jax.make_mesh would order a TPU slice by its torus, interleaving the hosts.)
         devices = sorted(devices, key=lambda d: (d.process_index, d.id))
         return Mesh(

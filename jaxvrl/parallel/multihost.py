@@ -199,7 +199,7 @@ def global_feature_index(
 def check_row_blocks(sharding: NamedSharding, rows: int, axis: int = 0, ndim: int = 1) -> None:
     """Raises unless `sharding` gives this process the rows [index * rows, (index + 1) * rows)
     of an array with `count() * rows` rows along `axis` (the layout every process's own rows
-    assume; jaxvrl.mesh.make_mesh lays processes out in order)."""
+    assume; jaxvrl.parallel.mesh.make_mesh lays processes out in order)."""
     if count() == 1:
         return
     shape = [1] * ndim

@@ -1,6 +1,6 @@
-"""Multi-host start-up (jaxvrl/mesh.py, launch/local.sh): the decisions as pure functions, the
-launcher with a stand-in for Python, and two real two-process runs on the CPU (gloo collectives;
-a process that dies)."""
+"""Multi-host start-up (jaxvrl/parallel/mesh.py, launch/local.sh): the decisions as pure
+functions, the launcher with a stand-in for Python, and two real two-process runs on the CPU (gloo
+collectives; a process that dies)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from configs import base
-from jaxvrl import mesh
-from jaxvrl.mesh import (
+from jaxvrl.parallel import mesh
+from jaxvrl.parallel.mesh import (
     distributed_arguments,
     launched_on_a_cluster,
     lost_process_message,
@@ -293,7 +293,7 @@ def test_local_launcher_stops_the_others_and_names_the_failed_process(tmp_path):
 WORKER = """
 import logging, os, sys, time
 logging.basicConfig(level=logging.INFO)
-from jaxvrl.mesh import initialize_distributed
+from jaxvrl.parallel.mesh import initialize_distributed
 mode, heartbeat = sys.argv[1], int(sys.argv[2])
 assert initialize_distributed(True, heartbeat_timeout_seconds=heartbeat)
 import jax, numpy as np
@@ -301,7 +301,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 me = jax.process_index()
 ids = multihost_utils.process_allgather(np.int32(me))
-from jaxvrl.mesh import make_mesh
+from jaxvrl.parallel.mesh import make_mesh
 mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})  # the trainer's mesh, over both processes
 x = multihost_utils.host_local_array_to_global_array(
     np.full((jax.local_device_count(),), me + 1, np.float32), mesh, P("data"))

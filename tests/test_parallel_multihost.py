@@ -23,9 +23,9 @@ from demo_fixtures import shrunk_demo
 from flax import nnx
 from safetensors.numpy import load_file
 
-from jaxvrl import mesh
 from jaxvrl.checkpoint import Checkpointer
 from jaxvrl.metrics import read_metrics
+from jaxvrl.parallel import mesh
 from model.config import ModelConfig
 from model.qwen2_vl import Qwen2VL
 

@@ -43,7 +43,8 @@ from configs import demo  # noqa: E402
 from jaxvrl import run_plan, train  # noqa: E402
 from jaxvrl.data import pipeline, synthetic  # noqa: E402
 from jaxvrl.eval import runner  # noqa: E402
-from jaxvrl.rollout import Prompts, Sampler, SamplingParams, default_stop_tokens  # noqa: E402
+from jaxvrl.rollout.prompt_batch import Prompts  # noqa: E402
+from jaxvrl.rollout.sampler import Sampler, SamplingParams, default_stop_tokens  # noqa: E402
 from model.hf import save_pretrained  # noqa: E402
 
 

@@ -35,7 +35,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxvrl.rollout import Prompts, RolloutConfig, Sampler, SamplingParams  # noqa: E402
+from jaxvrl.rollout.prompt_batch import Prompts  # noqa: E402
+from jaxvrl.rollout.sampler import RolloutConfig, Sampler, SamplingParams  # noqa: E402
 from model.hf import load_pretrained  # noqa: E402
 from model.packing import pack_vision  # noqa: E402
 from model.rope import rope_index  # noqa: E402

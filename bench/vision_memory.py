@@ -1,6 +1,6 @@
 """The vision tower on K temporal slices of 1,024 patches: XLA's temporary bytes for its gradient
 and its forward time, one packed sequence (attended in query blocks) vs the trainer's chunks of
-whole slices (batching.chunk_vision) vs the rollout's chunk scan (group_decode.vision_features).
+whole slices (microbatches.chunk_vision) vs the rollout's chunk scan (group_decode.vision_features).
 With --before COMMIT the rollout scan of that commit's model/vision.py runs too, on the same
 weights, and the features of both are compared.
 
@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvrl import batching, group_decode
+from jaxvrl import microbatches
+from jaxvrl.rollout import group_decode, vision_chunks
 from model import vision
 from model.config import VisionConfig
 from model.packing import pack_vision
@@ -102,7 +103,7 @@ def main() -> None:
     out: dict = {"config": vars(args), "gradient_temp_MB": {}}
     for count in args.slices:
         packed = slices(cfg, count)
-        chunks = {k: v[0] for k, v in batching.chunk_vision([packed], cfg, (1024,)).items()}
+        chunks = {k: v[0] for k, v in microbatches.chunk_vision([packed], cfg, (1024,)).items()}
         row = {"chunks": gradient_temp_bytes(graphdef, state, chunks) / 2**20}
         if not args.skip_packed_memory:
             row["packed"] = gradient_temp_bytes(graphdef, state, packed) / 2**20
@@ -110,8 +111,8 @@ def main() -> None:
         print(json.dumps({count: out["gradient_temp_MB"][count]}), flush=True)
 
     packed = slices(cfg, max(args.slices))
-    trainer = {k: v[0] for k, v in batching.chunk_vision([packed], cfg, (1024,)).items()}
-    rollout, index = group_decode.vision_chunks(packed, cfg, 0, (1024,))
+    trainer = {k: v[0] for k, v in microbatches.chunk_vision([packed], cfg, (1024,)).items()}
+    rollout, index = vision_chunks.vision_chunks(packed, cfg, 0, (1024,))
     forward = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v))
 
     def scan_fn(graphdef):

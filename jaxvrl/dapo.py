@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxvrl.batching import pad_to
-from jaxvrl.data.batching import bucket
+from jaxvrl.data.batching import bucket, pad_to
 from model.config import VisionConfig
 from model.packing import pack_vision
 

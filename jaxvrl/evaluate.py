@@ -124,7 +124,7 @@ def run(argv) -> None:
     from jaxvrl.checkpoint import Checkpointer
     from jaxvrl.data import synthetic
     from jaxvrl.parallel.mesh import rules_from_config
-    from jaxvrl.rollout import Sampler
+    from jaxvrl.rollout.sampler import Sampler
     from model.sharding import activation_layout
 
     del argv

@@ -1,8 +1,7 @@
-"""Host-side stacking of micro-batches and their placement on the mesh: pad each array to the
-largest shape among them (token length, vision chunks) and stack them on a new leading axis, so
-one jitted step scans over them; then put them on the mesh as the global batch (with several
-processes, every process's block of rows). Padding never changes a result: padded tokens are
-masked, padded patches belong to no segment.
+"""Host-side stacking of a training step's micro-batches: pad each array to the largest shape
+among them (token length, vision chunks) and stack them on a new leading axis, so one jitted step
+scans over them (jaxvrl/parallel/placement.py then puts them on the mesh as the global batch).
+Padding never changes a result: padded tokens are masked, padded patches belong to no segment.
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxvrl import group_decode
+from jaxvrl.data.batching import pad_to
+from jaxvrl.rollout.vision_chunks import empty_vision, vision_chunks
 from model.config import VisionConfig
-from model.packing import pack_vision
 
 # Which axis of each array is the token axis (padded to the longest) in the two batch layouts.
 TOKEN_AXIS = {
@@ -28,15 +27,6 @@ TOKEN_AXIS = {
 }
 
 
-def pad_to(x: np.ndarray, axis: int, size: int) -> np.ndarray:
-    """`x` padded with zeros at the end of `axis` to `size`."""
-    if x.shape[axis] == size:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, size - x.shape[axis])
-    return np.pad(x, widths)
-
-
 def chunk_vision(
     visions: Sequence[dict[str, np.ndarray]],
     config: VisionConfig,
@@ -46,7 +36,7 @@ def chunk_vision(
     num_chunks: int = 0,
 ) -> dict[str, np.ndarray]:
     """Each micro-batch's packed vision (model.packing.pack_vision) in chunks of whole temporal
-    slices (group_decode.vision_chunks), stacked: one chunk size C for all (fitted to their
+    slices (jaxvrl.rollout.vision_chunks), stacked: one chunk size C for all (fitted to their
     largest slice, or `chunk_patches` when given) and one chunk count K (the largest needed,
     bucketed by `patch_buckets`, at least `num_chunks`, a multiple of `num_chunks_multiple` so
     chunks split evenly over the batch axes). Several processes pass the sizes they agreed on.
@@ -58,8 +48,7 @@ def chunk_vision(
     """
     c = chunk_patches or chunk_size(visions, config, patch_buckets)
     chunked = [
-        group_decode.vision_chunks(v, config, c, patch_buckets, num_chunks_multiple, num_chunks)
-        for v in visions
+        vision_chunks(v, config, c, patch_buckets, num_chunks_multiple, num_chunks) for v in visions
     ]
     k = max(chunks["patches"].shape[0] for chunks, _ in chunked)
     k = -(-k // num_chunks_multiple) * num_chunks_multiple
@@ -84,18 +73,7 @@ def chunk_size(
     visions: Sequence[dict[str, np.ndarray]], config: VisionConfig, patch_buckets: Sequence[int]
 ) -> int:
     """The chunk size C fitted to the largest temporal slice of the micro-batches."""
-    return max(
-        group_decode.vision_chunks(v, config, 0, patch_buckets)[0]["patches"].shape[1]
-        for v in visions
-    )
-
-
-def empty_vision(config: VisionConfig) -> dict[str, np.ndarray]:
-    """A packed vision input without patches (a batch whose rows hold no image or video, beside
-    processes whose rows do)."""
-    return pack_vision(
-        np.zeros((0, config.patch_dim), np.float32), np.zeros((0, 3), np.int64), config
-    )
+    return max(vision_chunks(v, config, 0, patch_buckets)[0]["patches"].shape[1] for v in visions)
 
 
 def stack_sizes(

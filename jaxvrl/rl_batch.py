@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvrl import dapo, grpo, rewards
-from jaxvrl.group_decode import FINISH_STOP
-from jaxvrl.rollout import Prompts, Rollout
+from jaxvrl.rollout.group_decode import FINISH_STOP
+from jaxvrl.rollout.prompt_batch import Prompts
+from jaxvrl.rollout.sampler import Rollout
 
 # Record fields handed to every reward function (TRL style keyword arguments, one per sample).
 # `extra` is the record's ground truth as JSON (time spans, glue intervals, boxes).

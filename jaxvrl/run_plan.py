@@ -19,7 +19,7 @@ from jaxvrl import cli, steps
 from jaxvrl.data import records
 from jaxvrl.parallel import multihost, placement
 from jaxvrl.parallel.mesh import rules_from_config
-from jaxvrl.rollout import RolloutConfig, SamplingParams
+from jaxvrl.rollout.sampler import RolloutConfig, SamplingParams
 from model.sharding import logical_to_spec
 
 # ------------------------------------------------------------------------------------------------

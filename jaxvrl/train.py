@@ -33,10 +33,10 @@ import numpy as np
 from flax import nnx
 
 from jaxvrl import (
-    batching,
     cli,
     dapo,
     demo_report,
+    microbatches,
     rl_batch,
     run_paths,
     run_plan,
@@ -56,7 +56,7 @@ from jaxvrl.parallel.mesh import (
     make_mesh,
     rules_from_config,
 )
-from jaxvrl.rollout import Sampler
+from jaxvrl.rollout.sampler import Sampler
 from model.config import ModelConfig
 from model.hf import load_pretrained, save_pretrained
 from model.qwen2_vl import Qwen2VL
@@ -181,23 +181,25 @@ class Trainer:
     # -- device placement ------------------------------------------------------------------------
 
     def _stack(self, batches: list[dict[str, Any]]) -> dict[str, Any]:
-        """This process's micro-batches stacked (batching.stack) and placed on the mesh as the
+        """This process's micro-batches stacked (microbatches.stack) and placed on the mesh as the
         global batch (`place_stacked`); the processes pad to the sizes they agree on."""
         vision = self.model_config.vision
         buckets = self.config.data.patch_buckets
         multiple = max(1, placement.batch_axis_size(self.mesh, self.rules) // multihost.count())
         sizes = None
         if multihost.count() > 1:
-            sizes = multihost.agree_max(batching.stack_sizes(batches, vision, buckets, multiple))
+            sizes = multihost.agree_max(
+                microbatches.stack_sizes(batches, vision, buckets, multiple)
+            )
             if sizes["chunk_patches"]:
                 # The chunk count at the agreed chunk size.
                 local = 0
                 if any(b.get("vision") is not None for b in batches):
-                    local = batching.stack_sizes(
+                    local = microbatches.stack_sizes(
                         batches, vision, buckets, multiple, sizes["chunk_patches"]
                     )["num_chunks"]
                 sizes["num_chunks"] = multihost.agree_max({"k": local})["k"]
-        stacked = batching.stack(batches, vision, buckets, multiple, sizes)
+        stacked = microbatches.stack(batches, vision, buckets, multiple, sizes)
         return placement.place_stacked(stacked, self.mesh, self.rules, vision.merge_unit)
 
     def _step_flops(self, train_fn, opt_state, stacked) -> float:

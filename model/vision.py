@@ -3,7 +3,7 @@ and block-diagonal (or windowed) attention, and the 2x2 patch merger.
 
 It consumes the packed arrays of model/packing.py: all images and videos of a batch in one
 sequence of patches, padded to a static length, or such sequences in chunks of whole temporal
-slices (a leading chunk axis, jaxvrl.group_decode.vision_chunks): attention never crosses a slice,
+slices (a leading chunk axis, jaxvrl.rollout.vision_chunks): attention never crosses a slice,
 so a chunk is attended on its own and memory and work grow with chunks x chunk length instead of
 with the square of all patches.
 """
@@ -234,7 +234,7 @@ class VisionTower(nnx.Module):
     def __call__(self, vision: dict[str, jnp.ndarray]) -> jnp.ndarray:
         """vision: the dict of model/packing.py (patches [N, patch_dim], pos_hw [N, 2],
         segment_ids [N], window_ids [N], window_index [N/4]); or chunks of whole temporal slices
-        (jaxvrl.group_decode.vision_chunks: the same arrays with a leading chunk axis [K, C, ...]
+        (jaxvrl.rollout.vision_chunks: the same arrays with a leading chunk axis [K, C, ...]
         and feature_index [F], each merged feature's row in the chunks' flattened outputs).
 
         Returns the merged features in the original item order: [N/4, out_hidden_size], or

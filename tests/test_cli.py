@@ -91,7 +91,7 @@ def test_the_terminal_shows_our_warnings_and_every_error_but_not_library_warning
 
     assert shown("jaxvrl.data.pipeline", logging.WARNING)
     assert shown("jaxvrl.train", logging.INFO)  # stage lines
-    assert not shown("jaxvrl.rollout", logging.INFO)
+    assert not shown("jaxvrl.rollout.sampler", logging.INFO)
     assert not shown("orbax.checkpoint", logging.WARNING)
     assert not shown("py.warnings", logging.WARNING)
     assert shown("jax._src.xla_bridge", logging.ERROR)

@@ -16,9 +16,9 @@ from test_train import REPO, short_overrides
 from configs import demo
 from jaxvrl import dapo, rl_batch, steps
 from jaxvrl.data import synthetic
-from jaxvrl.group_decode import FINISH_LENGTH, FINISH_STOP
 from jaxvrl.metrics import read_metrics
-from jaxvrl.rollout import Rollout
+from jaxvrl.rollout.group_decode import FINISH_LENGTH, FINISH_STOP
+from jaxvrl.rollout.sampler import Rollout
 from model import parity
 
 # ------------------------------------------------------------------------------------ overlong

@@ -14,7 +14,7 @@ from configs import demo
 from jaxvrl import evaluate, run_plan, train
 from jaxvrl.data import synthetic
 from jaxvrl.eval import report, runner
-from jaxvrl.rollout import Sampler
+from jaxvrl.rollout.sampler import Sampler
 
 MC = "multiple choice"
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxvrl import batching
+from jaxvrl import microbatches
 from jaxvrl.parallel.placement import batch_axis_size, stacked_shardings
 from model.config import VisionConfig
 from model.packing import pack_vision
@@ -39,7 +39,7 @@ def test_chunked_micro_batches_give_the_packed_towers_features(generation):
     # An image and a 4-frame video (slices of 96 patches), and a 2-slice video of 20 x 20.
     flat = [_vision(cfg, [(1, 8, 12), (2, 8, 12)], 0), _vision(cfg, [(2, 20, 20)], 1)]
     batch = [{"vision": v, "input_ids": np.zeros((1, 5 + i), np.int32)} for i, v in enumerate(flat)]
-    stacked = batching.stack(batch, cfg, (256, 1024), num_chunks_multiple=4)
+    stacked = microbatches.stack(batch, cfg, (256, 1024), num_chunks_multiple=4)
     assert stacked["input_ids"].shape == (2, 1, 6)  # padded to the longer
     chunks = stacked["vision"]
     m, k, c = chunks["patches"].shape[:3]
@@ -58,7 +58,7 @@ def test_vision_chunks_split_over_the_batch_axes():
     cfg = VisionConfig(depth=1, hidden_size=32, num_heads=2, intermediate_size=64)
     assert batch_axis_size(mesh, DEFAULT_RULES) == 8
     batch = [{"vision": _vision(cfg, [(3, 16, 16)], 0), "input_ids": np.zeros((8, 4), np.int32)}]
-    stacked = batching.stack(batch, cfg, (1024,), batch_axis_size(mesh, DEFAULT_RULES))
+    stacked = microbatches.stack(batch, cfg, (1024,), batch_axis_size(mesh, DEFAULT_RULES))
     assert stacked["vision"]["patches"].shape[:3] == (1, 8, 256)  # 3 slices padded to 8 chunks
     put = jax.device_put(stacked, stacked_shardings(stacked, mesh, DEFAULT_RULES))
     patches = put["vision"]["patches"]

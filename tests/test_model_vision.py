@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxvrl import batching
+from jaxvrl import microbatches
 from model.config import VisionConfig
 from model.packing import pack_vision
 from model.vision import VisionTower, segment_attention, window_attention
@@ -92,7 +92,7 @@ def test_vision_gradient_memory_grows_linearly_with_slices():
 
     temp = []
     for count in (4, 8, 16):
-        chunks = batching.chunk_vision([_slices(tower.cfg, count)], tower.cfg, (1024,))
+        chunks = microbatches.chunk_vision([_slices(tower.cfg, count)], tower.cfg, (1024,))
         chunks = {k: v[0] for k, v in chunks.items()}  # one micro-batch
         assert chunks["patches"].shape[:2] == (count, 1024)
         compiled = jax.jit(jax.grad(loss)).lower(state, chunks).compile()

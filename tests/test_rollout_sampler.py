@@ -1,4 +1,4 @@
-"""The group sampler (jaxvrl/rollout.py) on tiny random models, float32.
+"""The group sampler (jaxvrl/rollout/sampler.py) on tiny random models, float32.
 
 Greedy decoding equals transformers `generate`; the reported log-probs equal a separate full
 forward; samples depend only on (seed, prompt seed, sample index); 8 simulated devices give the
@@ -25,8 +25,9 @@ from jax.sharding import Mesh
 from model_fixtures import tiny_checkpoint, tiny_port
 from scipy import stats
 
-from jaxvrl import group_decode, rollout, sampling
-from jaxvrl.rollout import Prompts, RolloutConfig, Sampler, SamplingParams
+from jaxvrl.rollout import group_decode, sampling, vision_chunks
+from jaxvrl.rollout.prompt_batch import Prompts
+from jaxvrl.rollout.sampler import Rollout, RolloutConfig, Sampler, SamplingParams, decode_rules
 from model import parity
 from model.hf import load_pretrained
 from model.packing import pack_vision
@@ -110,7 +111,7 @@ def vl():
     return model, rows, Sampler(model, config=SHARED)
 
 
-def as_np(out: rollout.Rollout) -> dict[str, np.ndarray]:
+def as_np(out: Rollout) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in vars(out).items() if isinstance(v, jax.Array)}
 
 
@@ -136,7 +137,7 @@ def test_greedy_decoding_matches_transformers_generate(generation):
         np.testing.assert_array_equal(got, expected, err_msg=f"prompt {r}")
         stopped = expected[-1] in cfg.eos_token_id
         assert out["finish_reason"][r] == (
-            rollout.FINISH_STOP if stopped else rollout.FINISH_LENGTH
+            group_decode.FINISH_STOP if stopped else group_decode.FINISH_LENGTH
         )
 
 
@@ -337,11 +338,15 @@ def test_stop_tokens_end_completions_and_min_new_tokens_suppresses_them(tmp_path
         completion = out["tokens"][i, :length]
         ended = completion[-1] in stops
         assert not np.isin(completion[:-1], stops).any()
-        assert out["finish_reason"][i] == (rollout.FINISH_STOP if ended else rollout.FINISH_LENGTH)
+        assert out["finish_reason"][i] == (
+            group_decode.FINISH_STOP if ended else group_decode.FINISH_LENGTH
+        )
         assert (out["tokens"][i, length:] == (cfg.pad_token_id or 0)).all()
         assert (out["logprobs"][i, length:] == 0).all() and (out["logprobs"][i, :length] < 0).all()
         assert result.texts[i] == tokenizer.decode(completion.tolist(), skip_special_tokens=True)
-    assert {rollout.FINISH_STOP, rollout.FINISH_LENGTH} <= set(out["finish_reason"].tolist())
+    assert {group_decode.FINISH_STOP, group_decode.FINISH_LENGTH} <= set(
+        out["finish_reason"].tolist()
+    )
     assert int(out["num_steps"]) == out["lengths"].max()
 
 
@@ -356,7 +361,7 @@ def test_programs_are_cached_per_bucket_counted_and_logged(caplog):
         positions, deltas = rope_index(ids, None, cfg)
         return sampler.sample(model, Prompts(ids, np.ones_like(ids), positions, deltas), 2, params)
 
-    with caplog.at_level(logging.INFO, logger="jaxvrl.rollout"):
+    with caplog.at_level(logging.INFO, logger="jaxvrl.rollout.sampler"):
         run(5)
         run(16)  # same bucket (16): no new program
         assert sampler.num_compilations == 1
@@ -370,7 +375,7 @@ def test_programs_are_cached_per_bucket_counted_and_logged(caplog):
 
 
 def test_decode_rules_replicate_embed_and_keep_tensor_parallelism():
-    rules = dict(rollout.decode_rules())
+    rules = dict(decode_rules())
     assert rules["embed"] is None
     assert rules["mlp"] == rules["heads"] == rules["vocab"] == "tensor"
     assert rules["batch"] == ("data", "fsdp")
@@ -396,7 +401,7 @@ def test_vision_in_slice_chunks_gives_the_packed_towers_features(generation):
     rows = [make_row(cfg, parts, i) for i, parts in enumerate([ROW_A, ROW_B, ROW_C])]
     prompts = make_prompts(cfg, rows)
     expected = np.asarray(model.visual(prompts.vision))
-    chunks, index = group_decode.vision_chunks(prompts.vision, cfg.vision, 64, (128, 512))
+    chunks, index = vision_chunks.vision_chunks(prompts.vision, cfg.vision, 64, (128, 512))
     assert chunks["patches"].shape[:2] == (8, 64)  # 4 chunks used, 256 patches -> bucket 512
     got = np.asarray(group_decode.vision_features(model, chunks, jnp.asarray(index)))
     n = expected.shape[0]
@@ -415,7 +420,7 @@ def test_vision_chunks_fit_the_largest_slice_by_default(grids, chunk):
     cfg = tiny_port("qwen2_vl").config.vision
     patches = [np.zeros((int(np.prod(g)), cfg.patch_dim), np.float32) for g in grids]
     vision = pack_vision(patches, np.asarray(grids), cfg)
-    chunks, _ = group_decode.vision_chunks(vision, cfg, 0, (1024, 65536))
+    chunks, _ = vision_chunks.vision_chunks(vision, cfg, 0, (1024, 65536))
     assert chunks["patches"].shape[1] == chunk
     total = sum(int(np.prod(g)) for g in grids)
     assert int((np.asarray(chunks["segment_ids"]) > 0).sum()) == total

@@ -1,5 +1,6 @@
-"""Token filtering and sampling math (jaxvrl/sampling.py): top-k / top-p keep the sets HF keeps,
-draws follow the filtered softmax, streams are per row, log-probs use the unfiltered logits."""
+"""Token filtering and sampling math (jaxvrl/rollout/sampling.py): top-k / top-p keep the sets HF
+keeps, draws follow the filtered softmax, streams are per row, log-probs use the unfiltered
+logits."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxvrl import sampling
+from jaxvrl.rollout import sampling
 
 LOGITS = np.log(np.array([0.30, 0.20, 0.15, 0.12, 0.08, 0.06, 0.04, 0.03, 0.015, 0.005]))
 

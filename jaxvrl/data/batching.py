@@ -47,6 +47,15 @@ def bucket(
     return -(-max(out, 1) // multiple) * multiple
 
 
+def pad_to(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """`x` padded with zeros at the end of `axis` to `size`."""
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return np.pad(x, widths)
+
+
 @dataclasses.dataclass(frozen=True)
 class Batcher:
     """Pads a list of example dicts into one static-shape batch (module docstring)."""

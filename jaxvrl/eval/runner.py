@@ -38,7 +38,8 @@ from jaxvrl.data.batching import DataError
 from jaxvrl.eval import benchmarks as benchmarks_lib
 from jaxvrl.eval.references import Reference, load_rows, read_references
 from jaxvrl.parallel import multihost
-from jaxvrl.rollout import Prompts, Sampler, SamplingParams
+from jaxvrl.rollout.prompt_batch import Prompts
+from jaxvrl.rollout.sampler import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from abstract shapes (no weights read, none allocated) for a TPU slice, a GPU no
 
     python -m jaxvrl.fit --config=configs/video_r1.py --topology=v5p:2x2x1 [--config.x=...] [--json]
 
-Programs, per stage (the trainer's own functions, from jaxvrl/run_plan.py, steps.py and rollout.py,
+Programs, per stage (the trainer's own functions, from jaxvrl/run_plan.py, steps.py and rollout/,
 with the inputs the run would feed them): optimizer init; the SFT step; the rollout (vision, prefill
 and decode with its KV cache, T-GRPO's shuffled companions included); reference and old log-probs;
 the RL train step (its micro-batches in a scan). Inputs have the largest shapes the config produces:

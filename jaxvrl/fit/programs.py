@@ -1,12 +1,12 @@
 """The programs a run of a config compiles, built from shapes for jaxvrl.fit: the trainer's own
-functions (jaxvrl/run_plan.py, steps.py, rollout.py) fed abstract inputs (ShapeDtypeStructs with
+functions (jaxvrl/run_plan.py, steps.py, rollout/) fed abstract inputs (ShapeDtypeStructs with
 the run's shardings) of the largest shapes the config produces. No weight is read or allocated.
 
     largest = largest_example(config.data, model_config.vision)
     programs = stage_programs(config, stage, model_config, mesh, rules, largest)
 
 The host-side batch code runs for real on zero-filled arrays of the largest example (the data
-pipeline's Batcher, rl_batch.rollout_prompts and training_batch, batching.stack, the sampler's
+pipeline's Batcher, rl_batch.rollout_prompts and training_batch, microbatches.stack, the sampler's
 input preparation), so the shapes and layouts are the ones a run produces.
 """
 
@@ -204,9 +204,10 @@ def _abstract_sampler(model, mesh, config):
     """The trainer's Sampler, placing its inputs as ShapeDtypeStructs instead of on devices."""
     import jax
 
-    from jaxvrl import rollout, run_plan
+    from jaxvrl import run_plan
+    from jaxvrl.rollout.sampler import Sampler
 
-    class AbstractSampler(rollout.Sampler):
+    class AbstractSampler(Sampler):
         def _place(self, x, sharding, axis=None):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
@@ -217,7 +218,7 @@ def _fake_rollout(pipeline: dict[str, Any], samples: int, length: int):
     """A rollout of every prompt's G samples at full length (host arrays), for training_batch."""
     import numpy as np
 
-    from jaxvrl.rollout import Rollout
+    from jaxvrl.rollout.sampler import Rollout
 
     p = len(pipeline["example_mask"])
     g = samples // p
@@ -245,7 +246,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
     import numpy as np
     from flax import nnx
 
-    from jaxvrl import batching, rl_batch, run_plan, steps
+    from jaxvrl import microbatches, rl_batch, run_plan, steps
     from jaxvrl.parallel import placement
     from model.sharding import state_shardings
 
@@ -303,7 +304,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         rollout = _fake_rollout(batch, p * g, int(config.rl.max_completion_tokens))
         scored = {"ordered": np.arange(p * g), "advantages": np.zeros((p * g,), np.float32)}
         batches = [rl_batch.training_batch(batch, rollout, scored)] * micro
-    stacked = batching.stack(  # the trainer's call (Trainer._run_stage)
+    stacked = microbatches.stack(  # the trainer's call (Trainer._run_stage)
         batches,
         model_config.vision,
         config.data.patch_buckets,

@@ -19,7 +19,7 @@ STACKED_BATCH_AXIS = {"positions": 2, "prompt_positions": 2}  # default: axis 1 
 def stacked_shardings(stacked: dict[str, Any], mesh, rules) -> dict[str, Any]:
     """Shardings of stacked micro-batches [M, ...] (arrays or anything with .shape): batch
     dimension over (data, fsdp) where it divides; vision chunks [M, K, C, ...] split over the
-    same axes (batching.chunk_vision makes K a multiple of their size), the feature index
+    same axes (jaxvrl.microbatches.chunk_vision makes K a multiple of their size), the feature index
     replicated. jaxvrl.fit lays its abstract batches out with it."""
 
     def one(key, x):

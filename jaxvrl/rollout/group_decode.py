@@ -4,11 +4,9 @@ modules (model.Qwen2VL's vision tower, embedding, decoder layers, norm and head)
 Three things make a GRPO rollout cheap, and model.Qwen2VL.prefill/decode (one sequence per row)
 does none of them:
 
-1. Vision in slice chunks. Vision attention is block-diagonal per temporal slice of an item (and
-   Qwen2.5-VL's windows lie inside slices), so the tower gives the same features when each slice,
-   or a few whole slices, run as a separate chunk. `vision_chunks` repacks a batch's packed vision
-   input (host side) into [chunks, chunk_patches] so attention costs sum(chunk^2) instead of
-   N^2 over the whole packed sequence (8x less for 8 slices).
+1. Vision in slice chunks. Vision attention is block-diagonal per temporal slice of an item, so
+   the tower runs on chunks of whole slices (repacked on the host: vision_chunks.py) and attention
+   costs sum(chunk^2) instead of N^2 over the whole packed sequence (8x less for 8 slices).
 2. The prompt cache is shared, not copied: prompt keys/values [P, kv_heads, L, head_dim] are
    read once per prompt per step by all G samples of the prompt (one batched matmul per prompt),
    and each sample keeps only its completion's keys/values [P, kv_heads, G, M, head_dim].
@@ -27,95 +25,17 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxvrl import sampling
-from jaxvrl.data.batching import bucket
-from model.config import VisionConfig
+from jaxvrl.rollout import sampling
 from model.layers import MASK_VALUE
-from model.packing import pack_vision
 from model.rope import apply_rotary, mrope_cos_sin
 from model.sharding import Rules, axis_size, fit_spec, logical_to_spec
 from model.text import causal_mask
 
 # ------------------------------------------------------------------------------------------------
-# Vision in slice chunks (host side).
-
-
-def vision_slices(vision: dict[str, np.ndarray]) -> list[tuple[int, int, int]]:
-    """(first patch, grid rows, grid columns) of every temporal slice of a packed vision input
-    (model.packing.pack_vision), in order. Slices are the runs of equal non-zero segment ids."""
-    seg = np.asarray(vision["segment_ids"])
-    total = int(np.count_nonzero(seg))
-    if total and not (seg[:total] > 0).all():
-        raise ValueError("packed vision input has padding before its last patch")
-    starts = np.flatnonzero(np.diff(seg[:total], prepend=-1) != 0)
-    ends = np.append(starts[1:], total)
-    out = []
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        rows = int(vision["pos_hw"][s:e, 0].max()) + 1
-        cols = int(vision["pos_hw"][s:e, 1].max()) + 1
-        if rows * cols != e - s:
-            raise ValueError(f"slice at patch {s} is not a full {rows}x{cols} grid")
-        out.append((s, rows, cols))
-    return out
-
-
-def vision_chunks(
-    vision: dict[str, np.ndarray],
-    config: VisionConfig,
-    chunk_patches: int,
-    patch_buckets: Sequence[int],
-    num_chunks_multiple: int = 1,
-    min_chunks: int = 0,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Repacks a packed vision input into chunks of whole temporal slices.
-
-    Consecutive slices fill chunks of C = `chunk_patches` patches (raised to the largest slice,
-    then rounded up to a multiple of 1024). `chunk_patches` = 0 fits C to the largest slice: the
-    next power of two from 256 to 1024, a multiple of 1024 above (attention costs C per patch, so
-    a chunk no larger than the slices wastes least: 16-frame 224x448 videos, slices of 512
-    patches, run their tower 1.5x faster in chunks of 512 than of 1024). The number of chunks K
-    is bucket(needed chunks x C, patch_buckets) / C, at least `min_chunks` (several processes
-    agree on one count), rounded up to `num_chunks_multiple`.
-    Returns the stacked pack_vision dicts (patches [K, C, patch_dim], pos_hw [K, C, 2], ...) and,
-    for each merged feature of the original packing in order, its row in the flattened chunk
-    outputs [K * C / merge_unit]: `index` [K * C / merge_unit], padded with 0.
-    """
-    unit = config.merge_unit
-    slices = vision_slices(vision)
-    largest = max((h * w for _, h, w in slices), default=unit)
-    if chunk_patches <= 0 and largest <= 1024:
-        c = max(256, 1 << (largest - 1).bit_length())
-    elif largest <= chunk_patches:
-        c = chunk_patches
-    else:
-        c = -(-largest // 1024) * 1024
-    groups: list[list[tuple[int, int, int]]] = [[]]
-    used = 0
-    for s, h, w in slices:
-        if used + h * w > c:
-            groups.append([])
-            used = 0
-        groups[-1].append((s, h, w))
-        used += h * w
-    needed = len(groups) * c
-    size = bucket(needed, patch_buckets, past_largest="size")
-    k = max(-(-size // c), min_chunks)
-    k = -(-k // num_chunks_multiple) * num_chunks_multiple
-    groups += [[] for _ in range(k - len(groups))]
-    packed, index = [], []
-    for i, group in enumerate(groups):
-        patches = [vision["patches"][s : s + h * w] for s, h, w in group]
-        grids = np.array([(1, h, w) for _, h, w in group], np.int64).reshape(-1, 3)
-        flat = np.concatenate(patches) if patches else np.zeros((0, config.patch_dim), np.float32)
-        packed.append(pack_vision(flat.astype(np.float32), grids, config, num_patches=c))
-        index.append(i * (c // unit) + np.arange(sum(h * w for _, h, w in group) // unit))
-    stacked = {key: np.stack([p[key] for p in packed]) for key in packed[0]}
-    flat_index = np.concatenate(index).astype(np.int32)
-    return stacked, np.pad(flat_index, (0, k * c // unit - flat_index.size))
+# Vision features of the chunks (device side).
 
 
 def vision_features(
@@ -123,9 +43,10 @@ def vision_features(
 ) -> jnp.ndarray:
     """The vision tower on every chunk, features gathered back into pad-token order.
 
-    chunks: vision_chunks' dict [K, C, ...] (K a multiple of `shards`, split over them); index:
-    [F]. The chunks run one after another on each shard (a scan: activations of one chunk at a
-    time, faster on CPU than all at once), the shards side by side. Returns [F, hidden].
+    chunks: vision_chunks.vision_chunks' dict [K, C, ...] (K a multiple of `shards`, split over
+    them); index: [F]. The chunks run one after another on each shard (a scan: activations of one
+    chunk at a time, faster on CPU than all at once), the shards side by side. Returns
+    [F, hidden].
     """
 
     def per_step(x):
@@ -296,7 +217,7 @@ def group_rollout(
     """Vision and prefill once per prompt, then G samples per prompt decoded together.
 
     input_ids, attention_mask: [P, L]; positions: [3, P, L]; rope_deltas, prompt_seeds: [P];
-    chunks: group_decode.vision_chunks dict [K, C, ...] and feature_index [F], or None;
+    chunks: vision_chunks.vision_chunks' dict [K, C, ...] and feature_index [F], or None;
     sample_active: [P, G] bool (False: an unused slot); seed: int32 scalar; temperature, top_p:
     float32 scalars. Returns a dict of [P * G, ...] arrays (slot p * G + n = sample n of prompt p).
     """

@@ -7,8 +7,8 @@ stops when all samples have finished or at max_new_tokens.
     out = sampler.sample(state, prompts, 8, SamplingParams(temperature=1.0, top_p=0.95), seed=step)
     out.tokens, out.logprobs, out.mask, out.lengths, out.finish_reason, out.texts
 
-T-GRPO: the shuffled-frame companion of a video prompt is one more prompt row with its own sample
-count, sampled in the same call:
+T-GRPO: the shuffled-frame companion of a video prompt is one more prompt row (prompt_batch.py)
+with its own sample count, sampled in the same call:
 
     video_rows = np.flatnonzero(batch["is_video"] & batch["example_mask"])
     both = prompts.with_companions(batch["vision_shuffled"], video_rows,
@@ -17,7 +17,7 @@ count, sampled in the same call:
     out = sampler.sample(state, both, counts, params, seed=step)
     # samples of prompt row r: out.sample_to_prompt == r (companion of video_rows[i]: row P + i)
 
-One program (jaxvrl/group_decode.py `group_rollout`) does everything: vision in chunks of whole
+One program (group_decode.py `group_rollout`) does everything: vision in chunks of whole
 temporal slices, prefill, decoding with samples laid out as groups [P, G] that read their prompt's
 cache in place (not a copy per sample). It is compiled once per static shape: prompt rows and
 prompt length (bucketed), vision chunks (bucketed), the group width G, max_new_tokens and the
@@ -29,7 +29,7 @@ gathered once, not on every token, while tensor parallelism stays); prompts, the
 vision chunks are split over the batch axes, and each batch shard samples its own rows.
 
 Log-probs are those of the sampling policy as TRL/Video-R1 recompute them: log-softmax of the
-temperature-scaled, unfiltered logits (see jaxvrl/sampling.py).
+temperature-scaled, unfiltered logits (see sampling.py).
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
-from jaxvrl import batching, group_decode
 from jaxvrl.data.batching import bucket
-from jaxvrl.group_decode import Static, logical_sharding
 from jaxvrl.parallel import multihost
+from jaxvrl.rollout import group_decode, vision_chunks
+from jaxvrl.rollout.group_decode import Static, logical_sharding
+from jaxvrl.rollout.prompt_batch import Prompts
 from model.config import ModelConfig, VisionConfig
-from model.packing import pack_vision
 from model.sharding import DEFAULT_RULES, Rules, axis_size, logical_to_spec, state_shardings
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class RolloutConfig:
     group_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     # Vision patches incl. padding. The tower runs on chunks of whole temporal slices of
     # `vision_chunk_patches` patches (raised to the largest slice; 0 = fitted to each batch's
-    # largest slice, group_decode.vision_chunks): bucket(chunks x chunk size) / chunk size
+    # largest slice, vision_chunks.vision_chunks): bucket(chunks x chunk size) / chunk size
     # chunks. Fitted sizes are 256, 512 or 1024 for slices up to 1024 patches, so data that mixes
     # slice sizes (e.g. 512-patch video frames and 1024-patch images) compiles up to one program
     # per size for each prompt bucket; a fixed size (e.g. 1024) keeps one.
@@ -135,123 +135,6 @@ def default_stop_tokens(
                 eos = json.load(f).get("eos_token_id")
             ids.update([eos] if isinstance(eos, int) else list(eos or []))
     return tuple(sorted(int(i) for i in ids))
-
-
-# ------------------------------------------------------------------------------------------------
-# Prompts (host side).
-
-
-@dataclasses.dataclass
-class Prompts:
-    """A batch of prompts, host-side NumPy, right-padded (left padding is moved to the right).
-
-    input_ids, attention_mask: [P, L]; positions: [3, P, L] (model.rope.rope_index); rope_deltas:
-    [P]; vision: model.packing.pack_vision dict of all rows' items in pad-token order, or None;
-    seeds: [P] int, an id of each prompt that seeds its PRNG stream (use an example id, not the row:
-    then a prompt's samples do not depend on the rest of the batch; default: the row index).
-    """
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    positions: np.ndarray
-    rope_deltas: np.ndarray
-    vision: dict[str, np.ndarray] | None = None
-    seeds: np.ndarray | None = None
-
-    def __post_init__(self):
-        ids = np.asarray(self.input_ids, np.int32)
-        mask = np.asarray(self.attention_mask).astype(bool)
-        positions = np.asarray(self.positions, np.int32)
-        p, length = ids.shape
-        if mask.shape != (p, length) or positions.shape != (3, p, length):
-            raise ValueError(
-                f"shapes do not agree: input_ids {ids.shape}, attention_mask {mask.shape}, "
-                f"positions {positions.shape} (expected [3, {p}, {length}])"
-            )
-        if not mask.any(axis=1).all():
-            raise ValueError("every prompt row needs at least one valid token")
-        lengths = mask.sum(axis=1)
-        if not (mask == (np.arange(length)[None] < lengths[:, None])).all():
-            # Left (or gapped) padding: move each row's valid tokens to the front.
-            order = np.argsort(~mask, axis=1, kind="stable")
-            ids = np.take_along_axis(ids, order, axis=1)
-            positions = np.take_along_axis(positions, order[None], axis=2)
-            mask = np.arange(length)[None] < lengths[:, None]
-        self.input_ids, self.attention_mask, self.positions = ids, mask, positions
-        self.rope_deltas = np.asarray(self.rope_deltas, np.int32).reshape(p)
-        self.seeds = (
-            np.arange(p, dtype=np.int32)
-            if self.seeds is None
-            else np.asarray(self.seeds).astype(np.int64).astype(np.int32).reshape(p)
-        )
-        if self.vision is not None:
-            self.vision = {k: np.asarray(v) for k, v in self.vision.items()}
-
-    @property
-    def num_prompts(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Valid tokens per row: [P]."""
-        return self.attention_mask.sum(axis=1).astype(np.int32)
-
-    @classmethod
-    def from_batch(cls, batch: dict[str, Any], seeds: Sequence[int] | None = None) -> Prompts:
-        """From a jaxvrl.data.pipeline batch (input_ids, attention_mask, positions, rope_deltas,
-        vision). `seeds` may cover only the real rows (the batch's meta does): filler rows at the
-        end get their row index."""
-        p = np.asarray(batch["input_ids"]).shape[0]
-        if seeds is not None:
-            seeds = np.asarray(seeds, np.int64)
-            if seeds.size > p:
-                raise ValueError(f"{seeds.size} seeds for {p} prompt rows")
-            seeds = np.concatenate([seeds, np.arange(seeds.size, p)])
-        return cls(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["positions"],
-            batch["rope_deltas"],
-            batch.get("vision"),
-            seeds,
-        )
-
-    def with_companions(
-        self,
-        vision_shuffled: dict[str, np.ndarray],
-        rows: Sequence[int],
-        grid_thw: Sequence[Sequence[Sequence[int]]],
-        vision_config: VisionConfig,
-        seeds: Sequence[int] | None = None,
-    ) -> Prompts:
-        """These prompts followed by a T-GRPO companion of each row in `rows`: the same tokens
-        and positions with the items' patches taken from `vision_shuffled` (same packing as
-        `self.vision`, frames shuffled). grid_thw: per row, the (t, h, w) of its items in order.
-        Rows past the end of `grid_thw` (filler rows) hold no items. Companion seeds default to
-        -1 - seed (a stream distinct from the ordered prompt's)."""
-        if self.vision is None:
-            raise ValueError("companions need vision inputs (T-GRPO shuffles video frames)")
-        rows = [int(r) for r in rows]
-        grids = [np.asarray(g, np.int64).reshape(-1, 3) for g in grid_thw]
-        if len(grids) > self.num_prompts:
-            raise ValueError(f"grid_thw has {len(grids)} rows for {self.num_prompts} prompts")
-        grids += [np.zeros((0, 3), np.int64)] * (self.num_prompts - len(grids))
-        counts = [int(np.prod(g, axis=1).sum()) for g in grids[: self.num_prompts]]
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        total = int(offsets[-1])
-        items = [self.vision["patches"][:total]]
-        items += [vision_shuffled["patches"][offsets[r] : offsets[r + 1]] for r in rows]
-        all_grids = np.concatenate(grids[: self.num_prompts] + [grids[r] for r in rows])
-        vision = pack_vision(np.concatenate(items), all_grids, vision_config)
-        extra = -1 - self.seeds[rows].astype(np.int64) if seeds is None else np.asarray(seeds)
-        return Prompts(
-            np.concatenate([self.input_ids, self.input_ids[rows]]),
-            np.concatenate([self.attention_mask, self.attention_mask[rows]]),
-            np.concatenate([self.positions, self.positions[:, rows]], axis=1),
-            np.concatenate([self.rope_deltas, self.rope_deltas[rows]]),
-            vision,
-            np.concatenate([self.seeds.astype(np.int64), extra]),
-        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,7 +180,7 @@ def _num_features(vision: dict[str, np.ndarray] | None, config: VisionConfig) ->
     """Merged vision features of a packed input (its real patches / merge unit)."""
     if vision is None:
         return 0
-    return sum(h * w for _, h, w in group_decode.vision_slices(vision)) // config.merge_unit
+    return sum(h * w for _, h, w in vision_chunks.vision_slices(vision)) // config.merge_unit
 
 
 # ------------------------------------------------------------------------------------------------
@@ -407,12 +290,12 @@ class Sampler:
     def _vision_chunks(
         self, vision: dict[str, np.ndarray] | None, chunk_patches: int, num_chunks: int = 0
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """This process's vision in chunks (group_decode.vision_chunks): at least `num_chunks`,
+        """This process's vision in chunks (vision_chunks.vision_chunks): at least `num_chunks`,
         a multiple of the batch devices of this process; a process without vision (all its rows
         text) gets empty chunks."""
         per_process = max(1, self.batch_axis_size // multihost.count())
-        return group_decode.vision_chunks(
-            vision if vision is not None else batching.empty_vision(self.model_config.vision),
+        return vision_chunks.vision_chunks(
+            vision if vision is not None else vision_chunks.empty_vision(self.model_config.vision),
             self.model_config.vision,
             chunk_patches,
             self.config.patch_buckets,

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvrl import dapo, grpo, rewards
+from jaxvrl import dapo, grpo
+from jaxvrl.rewards import registry
 from jaxvrl.rollout.group_decode import FINISH_STOP
 from jaxvrl.rollout.prompt_batch import Prompts
 from jaxvrl.rollout.sampler import Rollout
@@ -126,7 +127,7 @@ def score_rollout(
     ordered_idx = np.flatnonzero(s2p < p)
     rows = s2p[ordered_idx]
     solutions = [meta["solution"][r] for r in rows]
-    total, per_reward = rewards.combine(
+    total, per_reward = registry.combine(
         list(settings.rewards),
         [texts[i] for i in ordered_idx],
         solutions,
@@ -143,7 +144,7 @@ def score_rollout(
         )
         total = np.asarray(total, np.float32) + penalty
         per_reward["overlong"] = penalty
-    accuracy_fn = rewards.get(settings.accuracy_reward)
+    accuracy_fn = registry.get(settings.accuracy_reward)
     accuracy = np.asarray(
         accuracy_fn([texts[i] for i in ordered_idx], solutions, **_fields(meta, rows)), np.float32
     )

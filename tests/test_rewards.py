@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from jaxvrl import answer_parsing, rewards, text_metrics
+from jaxvrl.rewards import answer_parsing, registry, text_metrics, video_r1, videochat_r1
 
 
 def ans(text: str) -> str:
@@ -17,7 +17,7 @@ def ans(text: str) -> str:
 
 
 def accuracy(pred: str, truth: str, problem_type: str) -> float:
-    return rewards.get("accuracy")([ans(pred)], [ans(truth)], problem_type=[problem_type])[0]
+    return registry.get("accuracy")([ans(pred)], [ans(truth)], problem_type=[problem_type])[0]
 
 
 # ----------------------------------------------------------------------------- extraction, format
@@ -31,7 +31,7 @@ tag_soup = st.lists(st.sampled_from(TAG_ALPHABET), max_size=12).map("".join)
 @given(tag_soup)
 def test_format_agrees_with_video_r1_fullmatch(text):
     pattern = r"<think>.*?</think>\s*<answer>.*?</answer>"
-    assert rewards.format_ok(text) == bool(re.fullmatch(pattern, text, re.DOTALL))
+    assert video_r1.format_ok(text) == bool(re.fullmatch(pattern, text, re.DOTALL))
 
 
 def test_format_reward_needs_think_then_answer_and_nothing_else():
@@ -42,7 +42,7 @@ def test_format_reward_needs_think_then_answer_and_nothing_else():
         "<think>a</think><answer>B</answer> trailing",
         "<answer>B</answer><think>a</think>",
     ]
-    assert rewards.get("format")(completions, [""] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert registry.get("format")(completions, [""] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
 
 
 # ----------------------------------------------------------------------------- accuracy rules
@@ -56,7 +56,7 @@ def test_multiple_choice_scores_exact_answer_only():
 
 
 def test_missing_answer_tag_or_empty_answer_scores_zero():
-    acc = rewards.get("accuracy")
+    acc = registry.get("accuracy")
     assert acc(["B"], ["<answer>B</answer>"], problem_type=["multiple choice"]) == [0.0]
     assert acc([ans("")], [""], problem_type=["multiple choice"]) == [0.0]
 
@@ -132,7 +132,7 @@ def test_non_finite_numbers_score_zero():
 
 
 def test_accuracy_dispatches_per_completion_and_broadcasts_a_scalar_type():
-    acc = rewards.get("accuracy")
+    acc = registry.get("accuracy")
     got = acc(
         [ans("B"), ans("42"), ans("x")],
         ["<answer>B</answer>", "<answer>42</answer>", "<answer>x</answer>"],
@@ -145,7 +145,7 @@ def test_accuracy_dispatches_per_completion_and_broadcasts_a_scalar_type():
 
 def test_chat_form_completions_are_read():
     chat = [[{"role": "assistant", "content": ans("B")}]]
-    assert rewards.get("accuracy")(chat, ["B"], problem_type=["multiple choice"]) == [1.0]
+    assert registry.get("accuracy")(chat, ["B"], problem_type=["multiple choice"]) == [1.0]
 
 
 # ----------------------------------------------------------------------------- length bonus
@@ -155,7 +155,7 @@ def test_length_bonus_needs_two_correct_in_group_and_length_in_range():
     lengths = [400, 400, 100, 400, 400, 512, 320, 513]
     groups = [0, 0, 0, 1, 1, 2, 2, 2]
     accuracies = [1.0, 0.5, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0]
-    got = rewards.get("length_bonus")(
+    got = registry.get("length_bonus")(
         [""] * 8, [""] * 8, completion_lengths=lengths, group_ids=groups, accuracies=accuracies
     )
     # Group 0: two of three correct in range; group 1: only one correct (0.1 is not > 0.1);
@@ -164,7 +164,7 @@ def test_length_bonus_needs_two_correct_in_group_and_length_in_range():
 
 
 def test_length_bonus_computes_accuracy_when_not_given():
-    got = rewards.get("length_bonus")(
+    got = registry.get("length_bonus")(
         [ans("B"), ans("B"), ans("C")],
         ["B"] * 3,
         completion_lengths=[400] * 3,
@@ -175,7 +175,7 @@ def test_length_bonus_computes_accuracy_when_not_given():
 
 
 def test_length_bonus_without_lengths_or_groups_is_zero():
-    assert rewards.get("length_bonus")([ans("B")] * 2, ["B"] * 2, accuracies=[1, 1]) == [0.0, 0.0]
+    assert registry.get("length_bonus")([ans("B")] * 2, ["B"] * 2, accuracies=[1, 1]) == [0.0, 0.0]
 
 
 # ----------------------------------------------------------------------------- VideoChat-R1
@@ -185,12 +185,12 @@ def test_temporal_iou_reads_the_last_answer_block():
     # grpo_tasks.py:285-291 takes the LAST <answer> block (Video-R1 and the other tasks: first).
     text = "<think>a</think><answer>0 to 10</answer><answer>10 to 20</answer>"
     assert answer_parsing.parse_timestamp_answer(text) == (10.0, 20.0)
-    tiou = rewards.get("temporal_iou")
+    tiou = registry.get("temporal_iou")
     assert tiou([text], [[10, 20]]) == [1.0]
 
 
 def test_temporal_iou_known_values():
-    tiou = rewards.get("temporal_iou")
+    tiou = registry.get("temporal_iou")
     completions = [
         ans("The event happens from 12.5 to 17.5 seconds."),
         ans("between 0 and 1, no: between 10 and 20"),  # the last span counts
@@ -203,7 +203,7 @@ def test_temporal_iou_known_values():
 
 def test_temporal_iou_truth_is_the_records_timestamp():
     # The solution text is rounded to 2 decimals; the record's timestamp is exact.
-    tiou = rewards.get("temporal_iou")
+    tiou = registry.get("temporal_iou")
     got = tiou([ans("1 to 2")], ["<answer>1.00 to 2.00</answer>"], extra=[{"timestamp": [1, 3]}])
     assert got == pytest.approx([0.5])
     assert tiou([ans("2 to 4")], ["<answer>3 to 5</answer>"]) == pytest.approx([1 / 3])
@@ -211,16 +211,16 @@ def test_temporal_iou_truth_is_the_records_timestamp():
 
 def test_temporal_iou_point_spans_score_zero_instead_of_crashing():
     # grpo_tasks.py:322-327: union 0 leaves `iou` unbound (UnboundLocalError); we score 0.
-    assert rewards.get("temporal_iou")([ans("5 to 5")], [[5, 5]]) == [0.0]
-    assert rewards.get("temporal_iou")([ans("9 to 3")], [[2, 8]]) == [0.0]  # reversed: empty
+    assert registry.get("temporal_iou")([ans("5 to 5")], [[5, 5]]) == [0.0]
+    assert registry.get("temporal_iou")([ans("9 to 3")], [[2, 8]]) == [0.0]  # reversed: empty
 
 
 def test_temporal_iou_with_nothing_to_parse_scores_zero():
-    assert rewards.get("temporal_iou")([ans("I cannot tell")], [[3.0, 4.0]]) == [0.0]
+    assert registry.get("temporal_iou")([ans("I cannot tell")], [[3.0, 4.0]]) == [0.0]
 
 
 def test_glue_iou_scores_the_glue_block_against_the_records_glue():
-    glue = rewards.get("glue_iou")
+    glue = registry.get("glue_iou")
     text = "<think>t</think><answer>C</answer><glue>[(0, 2), (1, 3)]</glue>"
     # The solution is the option; the intervals come from the record (NExT-GQA `glue`).
     assert glue([text], ["<answer>C</answer>"], extra=[{"glue": [[1, 4]]}]) == [0.5]
@@ -233,7 +233,7 @@ def test_glue_iou_scores_the_glue_block_against_the_records_glue():
 def test_glue_iou_empty_union_scores_one_and_unparsable_scores_zero():
     # grpo_tasks.py:166-167: an empty union scores 1.0 (kept: both sides agree on "nothing").
     assert answer_parsing.glue_iou([(3, 3)], [(3, 3)]) == 1.0
-    glue = rewards.get("glue_iou")
+    glue = registry.get("glue_iou")
     truth = {"glue": [[1, 4]]}
     assert glue([ans("(C)")], ["C"], extra=[truth]) == [0.0]  # no <glue> block
     assert glue(["<glue>1 2 3</glue>"], ["C"], extra=[truth]) == [0.0]
@@ -248,7 +248,7 @@ def boxes_text(boxes) -> str:
 
 
 def test_tracking_iou_is_mean_box_iou_over_eight_boxes():
-    track = rewards.get("tracking_iou")
+    track = registry.get("tracking_iou")
     assert track([boxes_text(BOXES)], [BOXES]) == [1.0]
     half = [[0.0, 0.0, 0.5, 0.25]] * 4 + [[0.0, 0.0, 0.5, 0.5]] * 4
     assert track([boxes_text(half)], [BOXES]) == pytest.approx([0.75])
@@ -259,14 +259,14 @@ def test_tracking_iou_is_mean_box_iou_over_eight_boxes():
 
 
 def test_tracking_reads_signed_boxes():
-    track = rewards.get("tracking_iou")
+    track = registry.get("tracking_iou")
     shifted = [[-0.25, 0.0, 0.25, 0.5]] * 8  # overlap 0.25 x 0.5 of union 0.375: 1/3
     assert track([boxes_text(shifted)], [BOXES]) == pytest.approx([1 / 3])
 
 
 def test_tracking_needs_a_list_of_exactly_eight_lists_of_four_numbers():
     # grpo_tasks.py:359-377: literal list, 8 elements, each a list of 4.
-    track = rewards.get("tracking_iou")
+    track = registry.get("tracking_iou")
     assert track([boxes_text(BOXES[:7])], [BOXES]) == [0.0]
     assert track([boxes_text(BOXES + BOXES[:1])], [BOXES]) == [0.0]
     three_numbers = [[0.0, 0.0, 0.5]] + BOXES[1:]
@@ -292,11 +292,11 @@ def test_option_letter_after_common_prefixes():
         ("no letter here", None),
         ("H", None),
     ]:
-        assert rewards.option_letter(text) == letter, text
+        assert videochat_r1.option_letter(text) == letter, text
 
 
 def test_option_letter_reward_compares_letters():
-    letter = rewards.get("option_letter")
+    letter = registry.get("option_letter")
     completions = [ans("The answer is (C)"), ans("B"), "C without tags"]
     assert letter(completions, ["(C)"] * 3) == [1.0, 0.0, 0.0]
     assert letter([ans("C")], [2]) == [1.0]  # an option index
@@ -307,7 +307,7 @@ def test_option_letter_reward_compares_letters():
 def test_first_letter_is_seed_bench_r1s_rule():
     # SEED-Bench-R1 src/open_r1_egoplan/grpo.py:88-99: first character of the first answer block
     # against the first character of "<answer>B.</answer>".
-    first = rewards.get("first_letter")
+    first = registry.get("first_letter")
     completions = [ans("B"), ans(" B. the cup"), ans("The answer is B"), ans(""), "B"]
     assert first(completions, ["<answer>B.</answer>"] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
 
@@ -353,7 +353,7 @@ def test_videochat_r1_totals_per_task_equal_the_released_code():
 
     weights = [tuple(w) for w in videochat_r1.get_config().rl.rewards]
     for sample, expected in VIDEOCHAT_TOTALS:
-        total, _ = rewards.combine(
+        total, _ = registry.combine(
             weights, [sample["text"]], [sample["sol"]],
             problem_type=[sample["type"]], extra=[sample["extra"]],
         )  # fmt: skip
@@ -365,27 +365,27 @@ def test_videochat_r1_totals_per_task_equal_the_released_code():
 
 def test_registry_finds_every_reward_of_design_section_5():
     expected = {"accuracy", "format", "length_bonus", "temporal_iou", "glue_iou", "tracking_iou"}
-    assert expected | {"option_letter"} <= set(rewards.names())
+    assert expected | {"option_letter"} <= set(registry.names())
     with pytest.raises(KeyError):
-        rewards.get("no such reward")
+        registry.get("no such reward")
 
 
 def test_users_register_their_own_reward():
-    @rewards.register("test_constant_half")
+    @registry.register("test_constant_half")
     def half(completions, solutions, **fields):
         return [0.5] * len(completions)
 
     try:
-        assert rewards.get("test_constant_half")(["a"], ["b"]) == [0.5]
+        assert registry.get("test_constant_half")(["a"], ["b"]) == [0.5]
         with pytest.raises(ValueError):
-            rewards.register("test_constant_half")(half)
+            registry.register("test_constant_half")(half)
     finally:
-        rewards._REGISTRY.pop("test_constant_half")
+        registry._REGISTRY.pop("test_constant_half")
 
 
 def test_combine_weights_rewards_by_name():
     completions = [ans("B"), "<answer>B</answer>", ans("C")]
-    total, per = rewards.combine(
+    total, per = registry.combine(
         {"accuracy": 1.0, "format": 0.5},
         completions,
         ["B"] * 3,
@@ -492,10 +492,10 @@ def test_hostile_text_never_raises_stays_in_range_and_is_fast(
         "group_ids": [0] * n,
         "extra": [{"glue": [[1.0, 4.0]], "timestamp": [1.0, 2.0], "boxes": [[0, 0, 1, 1]] * 8}] * n,
     }
-    for name in rewards.names():
+    for name in registry.names():
         low, high = RANGES.get(name, (0.0, 1.0))
         start = time.perf_counter()
-        got = rewards.get(name)(completions, [solution] * n, **fields)
+        got = registry.get(name)(completions, [solution] * n, **fields)
         elapsed = time.perf_counter() - start
         # A backtracking pattern on these 10-100 KB texts takes minutes; linear parsing takes
         # milliseconds. 5 s leaves room for a loaded machine (1.4 s seen beside two compiles).

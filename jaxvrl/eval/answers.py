@@ -1,7 +1,7 @@
 """Reading answers out of model responses, one rule per benchmark family, as the papers' own
-evaluation scripts read them (not as the training rewards do in jaxvrl/answer_parsing.py, which
-may differ). Every reader returns None when the response holds nothing it can read: the caller
-scores that 0 and counts it as unparseable.
+evaluation scripts read them (not as the training rewards do in jaxvrl/rewards/answer_parsing.py,
+which may differ). Every reader returns None when the response holds nothing it can read: the
+caller scores that 0 and counts it as unparseable.
 """
 
 from __future__ import annotations

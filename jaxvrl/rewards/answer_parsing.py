@@ -1,16 +1,17 @@
 """Answers parsed from model text, bounded on hostile input, and the overlap of what they hold.
 
-Video-R1's `<answer>` extraction and number reading, VideoChat-R1's temporal spans, grounded-QA
-`<glue>` intervals and tracking boxes with their IoUs: pure parsing and geometry, no reward
-registration (jaxvrl/rewards.py scores with them). Work is bounded: texts are cut at
-`MAX_TEXT_CHARS`, word sequences at `MAX_WORDS`, parsed numbers at `MAX_NUMBERS`, and every
-regular expression runs in linear time (no ambiguous quantifiers). VideoChat-R1 facts cite
-OpenGVLab/VideoChat-R1 src/open_r1/grpo_tasks.py by line.
+Video-R1's `<answer>` extraction, tag structure and number reading, VideoChat-R1's temporal
+spans, grounded-QA `<glue>` intervals and tracking boxes with their IoUs: pure parsing and
+geometry, no reward registration (the reward modules beside it score with them). Work is bounded:
+texts are cut at `MAX_TEXT_CHARS`, word sequences at `MAX_WORDS`, parsed numbers at
+`MAX_NUMBERS`, and every regular expression runs in linear time (no ambiguous quantifiers).
+VideoChat-R1 facts cite OpenGVLab/VideoChat-R1 src/open_r1/grpo_tasks.py by line.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import math
 import re
@@ -30,6 +31,30 @@ def extract_answer(text: str) -> str | None:
     start = text.find("<answer>")
     end = text.find("</answer>", start + len("<answer>")) if start >= 0 else -1
     return text[start + len("<answer>") : end].strip() if end >= 0 else None
+
+
+@functools.lru_cache(maxsize=16)
+def _junction(close: str, open_: str) -> re.Pattern[str]:
+    return re.compile(re.escape(close) + r"\s*+" + re.escape(open_))
+
+
+def tags_fullmatch(text: str, tags: Sequence[str]) -> bool:
+    """Whether `text` fullmatches `<t1>.*?</t1>\\s*<t2>.*?</t2>...` (DOTALL) for tags t1..tn.
+
+    Linear time: the earliest `</tk>\\s*<tk+1>` junction after the previous one is always the
+    best choice (an earlier junction also ends earlier, as `</tk>` cannot start inside one), so
+    one left-to-right search per junction decides the match without backtracking.
+    """
+    first, last = f"<{tags[0]}>", f"</{tags[-1]}>"
+    if not (text.startswith(first) and text.endswith(last)):
+        return False
+    pos = len(first)
+    for close, open_ in itertools.pairwise(tags):
+        junction = _junction(f"</{close}>", f"<{open_}>").search(text, pos)
+        if junction is None:
+            return False
+        pos = junction.end()
+    return len(text) - len(last) >= pos
 
 
 # A number as a model writes it: optional sign, digits with an optional decimal part (or a bare

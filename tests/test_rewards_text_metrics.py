@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxvrl import text_metrics
+from jaxvrl.rewards import text_metrics
 
 
 def test_word_error_rate_counts_word_edits_over_reference_words():

@@ -12,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 
-from jaxvrl.answer_parsing import MAX_WORDS
+from jaxvrl.rewards.answer_parsing import MAX_WORDS
 
 
 def _word_ids(words_a: list[str], words_b: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxvrl import answer_parsing
+from jaxvrl.rewards import answer_parsing
 
 TAG_ALPHABET = ["<answer>", "</answer>", "<think>", "</think>", "a", " ", "\n", "\x1c", "\u00a0"]
 tag_soup = st.lists(st.sampled_from(TAG_ALPHABET), max_size=12).map("".join)

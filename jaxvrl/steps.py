@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvrl import grpo, sft
+from jaxvrl.objectives import grpo, sft
 from model.qwen2_vl import Qwen2VL
 
 Batch = dict[str, Any]

@@ -34,10 +34,8 @@ from flax import nnx
 
 from jaxvrl import (
     cli,
-    dapo,
     demo_report,
     microbatches,
-    rl_batch,
     run_paths,
     run_plan,
     steps,
@@ -49,6 +47,7 @@ from jaxvrl.eval import runner as eval_runner
 from jaxvrl.fit import hardware
 from jaxvrl.fit.flops import matmul_flops
 from jaxvrl.metrics import MetricsWriter, check_trackers
+from jaxvrl.objectives import dapo, scoring
 from jaxvrl.parallel import multihost, placement
 from jaxvrl.parallel.mesh import (
     distributed_summary,
@@ -467,19 +466,19 @@ class Trainer:
         """Samples each micro-batch's prompts (and T-GRPO companions), scores them, and returns
         the training batches and the averaged metrics. With DAPO dynamic sampling, groups whose
         rewards all agree are dropped and further batches from `iterator` are rolled out to
-        refill the step (module jaxvrl/dapo.py)."""
-        settings = rl_batch.RLSettings.from_config(self.config.rl)
+        refill the step (module jaxvrl/objectives/dapo.py)."""
+        settings = scoring.RLSettings.from_config(self.config.rl)
         params = run_plan.sampling_params(self.config)
         ds = self.config.rl.dynamic_sampling
         candidates, rows, completions = [], [], []
 
         def roll_out(batch: dict[str, Any], seed: int) -> dapo.Candidate:
-            prompts_, counts, companions = rl_batch.rollout_prompts(
+            prompts_, counts, companions = scoring.rollout_prompts(
                 batch, settings, self.model_config.vision
             )
             rollout = self.sampler.sample(self.params, prompts_, counts, params, seed=seed)
-            scored = rl_batch.score_rollout(batch, rollout, companions, settings)
-            train = rl_batch.training_batch(
+            scored = scoring.score_rollout(batch, rollout, companions, settings)
+            train = scoring.training_batch(
                 batch, rollout, scored, mask_truncated=settings.mask_truncated
             )
             # Tagged with the sampler call (micro-batches first, then DAPO refill rounds).

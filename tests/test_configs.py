@@ -16,8 +16,10 @@ import pytest
 from PIL import Image
 
 from configs import base, demo, seed_bench_r1, video_r1, videochat_r1
-from jaxvrl import rewards, rl_batch, run_plan, train
+from jaxvrl import run_plan, train
 from jaxvrl.data import pipeline, synthetic
+from jaxvrl.objectives import scoring
+from jaxvrl.rewards import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = ["demo", "video_r1", "videochat_r1", "seed_bench_r1"]
@@ -104,8 +106,8 @@ def test_recipe_builds_mesh_model_sampler_and_every_stage_pipeline(name, media, 
         if stage.name == "sft":
             assert batch["loss_mask"].sum() > 0
         else:
-            settings = rl_batch.RLSettings.from_config(config.rl)
-            prompts, counts, _ = rl_batch.rollout_prompts(
+            settings = scoring.RLSettings.from_config(config.rl)
+            prompts, counts, _ = scoring.rollout_prompts(
                 batch, settings, trainer.model_config.vision
             )
             assert sum(counts) >= config.rl.num_generations
@@ -306,7 +308,7 @@ def test_assigned_keys_reads_aliased_and_direct_assignments():
 def test_length_bonus_fields_hold_the_values_the_reward_uses():
     # rl.length_bonus is not yet passed to the reward (configs/base.py); until it is, the
     # fields must equal the reward's keyword defaults, which are what a run uses.
-    params = inspect.signature(rewards.get("length_bonus")).parameters
+    params = inspect.signature(registry.get("length_bonus")).parameters
     fields = video_r1.get_config().rl.length_bonus.to_dict()
     assert fields == {name: params[name].default for name in fields}
     assert fields == {"min_length": 320, "max_length": 512, "bonus": 0.2, "threshold": 0.1}

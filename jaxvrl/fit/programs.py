@@ -6,7 +6,7 @@ the run's shardings) of the largest shapes the config produces. No weight is rea
     programs = stage_programs(config, stage, model_config, mesh, rules, largest)
 
 The host-side batch code runs for real on zero-filled arrays of the largest example (the data
-pipeline's Batcher, rl_batch.rollout_prompts and training_batch, microbatches.stack, the sampler's
+pipeline's Batcher, scoring.rollout_prompts and training_batch, microbatches.stack, the sampler's
 input preparation), so the shapes and layouts are the ones a run produces.
 """
 
@@ -246,7 +246,8 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
     import numpy as np
     from flax import nnx
 
-    from jaxvrl import microbatches, rl_batch, run_plan, steps
+    from jaxvrl import microbatches, run_plan, steps
+    from jaxvrl.objectives import scoring
     from jaxvrl.parallel import placement
     from model.sharding import state_shardings
 
@@ -285,8 +286,8 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         batches = [batch] * micro
     else:
         batch = pipeline_batch(stage_cfg, model_config, largest, sft=False)
-        rl_settings = rl_batch.RLSettings.from_config(config.rl)
-        prompts, counts, _ = rl_batch.rollout_prompts(batch, rl_settings, model_config.vision)
+        rl_settings = scoring.RLSettings.from_config(config.rl)
+        prompts, counts, _ = scoring.rollout_prompts(batch, rl_settings, model_config.vision)
         sampler = _abstract_sampler(model, mesh, config)
         static, args, _ = sampler.prepare(
             params, prompts, counts, run_plan.sampling_params(config), seed=0
@@ -303,7 +304,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         p = len(batch["example_mask"])
         rollout = _fake_rollout(batch, p * g, int(config.rl.max_completion_tokens))
         scored = {"ordered": np.arange(p * g), "advantages": np.zeros((p * g,), np.float32)}
-        batches = [rl_batch.training_batch(batch, rollout, scored)] * micro
+        batches = [scoring.training_batch(batch, rollout, scored)] * micro
     stacked = microbatches.stack(  # the trainer's call (Trainer._run_stage)
         batches,
         model_config.vision,

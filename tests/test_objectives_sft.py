@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvrl import sft
+from jaxvrl.objectives import sft
 
 LOGP = np.array([[-1.0, -2.0, -3.0, -4.0, -5.0], [-0.5, -1.5, -2.5, -3.5, -4.5]], np.float32)
 PROMPT = np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], np.float32)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvrl import dapo, grpo
+from jaxvrl.objectives import dapo, grpo
 from jaxvrl.rewards import registry
 from jaxvrl.rollout.group_decode import FINISH_STOP
 from jaxvrl.rollout.prompt_batch import Prompts

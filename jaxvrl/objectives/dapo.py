@@ -41,7 +41,7 @@ def soft_overlong_penalty(
 @dataclasses.dataclass
 class Candidate:
     """One rolled-out pipeline batch: its raw batch (host `meta` with each row's vision grids),
-    its training batch (rl_batch.training_batch layout) and which prompt rows to drop [P]."""
+    its training batch (scoring.training_batch layout) and which prompt rows to drop [P]."""
 
     raw: dict[str, Any]
     train: dict[str, Any]
@@ -122,7 +122,7 @@ def assemble(
     vision_config: VisionConfig,
     patch_buckets: Sequence[int],
 ) -> dict[str, Any]:
-    """One training batch (rl_batch.training_batch layout) of the picked prompt rows with their
+    """One training batch (scoring.training_batch layout) of the picked prompt rows with their
     G completions each; `masked` rows keep their arrays but get no loss weight (mask 0,
     advantage 0). Token axes are padded on the right to the longest source; vision is re-packed."""
     g = len(candidates[0].train["sample_to_prompt"]) // len(candidates[0].drop)

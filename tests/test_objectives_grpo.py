@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvrl import grpo
+from jaxvrl.objectives import grpo
 
 MODES = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "token_sum_norm"]
 

@@ -1,4 +1,4 @@
-"""DAPO's dynamic sampling and overlong shaping (jaxvrl/dapo.py, their wiring in rl_batch)."""
+"""DAPO's dynamic sampling and overlong shaping (jaxvrl/objectives/dapo.py, wired in scoring.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from model_fixtures import tiny_port
 from test_train import REPO, short_overrides
 
 from configs import demo
-from jaxvrl import dapo, rl_batch, steps
+from jaxvrl import steps
 from jaxvrl.data import synthetic
 from jaxvrl.metrics import read_metrics
+from jaxvrl.objectives import dapo, scoring
 from jaxvrl.rollout.group_decode import FINISH_LENGTH, FINISH_STOP
 from jaxvrl.rollout.sampler import Rollout
 from model import parity
@@ -163,7 +164,7 @@ def _jnp(batch):
     return out
 
 
-# ------------------------------------------------------------------------- rl_batch wiring
+# -------------------------------------------------------------------------- scoring wiring
 
 
 def _rollout(finish, lengths, texts):
@@ -207,10 +208,10 @@ BAD = "<think>x</think><answer>B</answer>"
 def test_masking_truncated_completions_changes_exactly_their_tokens_weights():
     finish = [FINISH_STOP, FINISH_LENGTH, FINISH_LENGTH, FINISH_STOP]
     rollout = _rollout(finish, [3, 6, 6, 2], [GOOD, BAD, GOOD, BAD])
-    settings = rl_batch.RLSettings(num_generations=2, temporal=False)
-    scored = rl_batch.score_rollout(_batch(2), rollout, [], settings)
-    plain = rl_batch.training_batch(_batch(2), rollout, scored)
-    masked = rl_batch.training_batch(_batch(2), rollout, scored, mask_truncated=True)
+    settings = scoring.RLSettings(num_generations=2, temporal=False)
+    scored = scoring.score_rollout(_batch(2), rollout, [], settings)
+    plain = scoring.training_batch(_batch(2), rollout, scored)
+    masked = scoring.training_batch(_batch(2), rollout, scored, mask_truncated=True)
     changed = (plain["completion_mask"] != masked["completion_mask"]).any(axis=1)
     np.testing.assert_array_equal(changed, [False, True, True, False])
     assert not masked["completion_mask"][[1, 2]].any()
@@ -227,12 +228,12 @@ def test_the_overlong_penalty_enters_the_group_reward_and_its_std():
         [FINISH_STOP, FINISH_LENGTH, FINISH_STOP, FINISH_STOP], [3, 6, 2, 2], [GOOD] * 4
     )
     base = dict(num_generations=2, temporal=False, rewards=(("accuracy", 1.0),))
-    settings = rl_batch.RLSettings(**base, max_completion_tokens=6, overlong_buffer=2)
-    scored = rl_batch.score_rollout(_batch(2), rollout, [], settings)
+    settings = scoring.RLSettings(**base, max_completion_tokens=6, overlong_buffer=2)
+    scored = scoring.score_rollout(_batch(2), rollout, [], settings)
     assert scored["metrics"]["reward/overlong"] == pytest.approx(-0.25)
     assert scored["metrics"]["reward/total"] == pytest.approx(0.75)
     np.testing.assert_allclose(scored["group_std"], [0.5, 0.0])
-    off = rl_batch.score_rollout(_batch(2), rollout, [], rl_batch.RLSettings(**base))
+    off = scoring.score_rollout(_batch(2), rollout, [], scoring.RLSettings(**base))
     np.testing.assert_allclose(off["group_std"], [0.0, 0.0])
     assert "reward/overlong" not in off["metrics"]
 

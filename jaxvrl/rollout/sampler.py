@@ -50,12 +50,12 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
 from jaxvrl.data.batching import bucket
-from jaxvrl.parallel import multihost
+from jaxvrl.parallel import multihost, placement
 from jaxvrl.rollout import group_decode, vision_chunks
 from jaxvrl.rollout.group_decode import Static, logical_sharding
 from jaxvrl.rollout.prompt_batch import Prompts
 from model.config import ModelConfig, VisionConfig
-from model.sharding import DEFAULT_RULES, Rules, axis_size, logical_to_spec, state_shardings
+from model.sharding import DEFAULT_RULES, Rules, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,7 @@ class Sampler:
         self.stop_tokens = default_stop_tokens(self.model_config, tokenizer, checkpoint_dir)
         rules = self.config.decode_rules or decode_rules(self.config.rules)
         self.decode_shardings = state_shardings(abstract_state, mesh, rules)
-        spec = logical_to_spec(("batch",), self.config.rules, mesh)[0]
-        self.batch_axis_size = axis_size(mesh, spec)
+        self.batch_axis_size = placement.batch_axis_size(mesh, self.config.rules)
         self.num_compilations = 0
         self.compile_seconds = 0.0
         self._programs: dict[Any, Any] = {}

@@ -21,6 +21,8 @@ from typing import Any
 
 from jax.extend import core as jex_core
 
+from model.sharding import axis_size
+
 
 def _inner_jaxprs(value: Any) -> list:
     if isinstance(value, jex_core.ClosedJaxpr):
@@ -50,7 +52,7 @@ def _shards(eqn) -> int:
     if mesh is None:
         return 1
     axes = eqn.params.get("manual_axes") or eqn.params.get("axis_names") or mesh.axis_names
-    return math.prod(mesh.shape[a] for a in axes)
+    return axis_size(mesh, tuple(axes))
 
 
 def matmul_flops(jaxpr, while_trips: int = 1) -> float:

@@ -50,6 +50,9 @@ def run_seed(seed: int, out: str, extra: list[str]) -> dict:
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     minutes = (time.perf_counter() - start) / 60
+    # What the run printed (its terminal), for reading beside train.log.
+    with open(os.path.join(workdir, "terminal.txt"), "w") as f:
+        f.write(result.stdout + result.stderr)
     if result.returncode != 0:
         raise SystemExit(f"seed {seed} failed:\n{result.stderr[-3000:]}")
     with open(os.path.join(workdir, "demo_eval.json")) as f:

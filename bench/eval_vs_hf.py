@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import demo  # noqa: E402
-from jaxvrl import run_plan, train  # noqa: E402
+from jaxvrl import policy, run_plan  # noqa: E402
 from jaxvrl.data import pipeline, synthetic  # noqa: E402
 from jaxvrl.eval import runner  # noqa: E402
 from jaxvrl.rollout.prompt_batch import Prompts  # noqa: E402
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     config.eval.batch_size = args.batch_size
     config.eval.max_new_tokens = args.new_tokens
     config.eval.num_examples = args.examples
-    model, tokenizer, mesh = train.load_model_for(config)
+    model, tokenizer, mesh = policy.load_model_for(config)
     cfg = model.config
     _, state = nnx.split(model)
     hf_dir = tempfile.mkdtemp(prefix="jaxvrl_bench_eval_")

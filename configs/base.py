@@ -122,9 +122,7 @@ def rl_config() -> ml_collections.ConfigDict:
             "temporal": {"alpha": 0.3, "mu": 0.8, "rule": "ratio", "threshold": 0.1},
             # The "length_bonus" reward (Video-R1): `bonus` for a correct sample (accuracy >
             # `threshold`) of min_length..max_length completion tokens, when more than one sample
-            # of its group is correct. Today's values of jaxvrl/rewards.py length_bonus_reward's
-            # keyword defaults, which the reward still reads: until rl_batch passes these fields
-            # to it (issue 24), changing them changes nothing.
+            # of its group is correct (passed to that reward alone: objectives/scoring.py).
             "length_bonus": {"min_length": 320, "max_length": 512, "bonus": 0.2, "threshold": 0.1},
             "policy_loss": "grpo",
             "aggregation": "seq_mean_token_mean",

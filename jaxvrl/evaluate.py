@@ -120,7 +120,7 @@ def run(argv) -> None:
     from absl import flags
     from flax import nnx
 
-    from jaxvrl import run_plan, train
+    from jaxvrl import policy, run_plan
     from jaxvrl.checkpoint import Checkpointer
     from jaxvrl.data import synthetic
     from jaxvrl.parallel.mesh import rules_from_config
@@ -137,7 +137,7 @@ def run(argv) -> None:
     only = [b.strip() for b in (f.benchmarks or "").split(",") if b.strip()]
     synthetic.ensure_from_config(config)  # a synthetic set is (re)built before it is read
     suite = runner.load_suite(config, only)
-    model, tokenizer, mesh = train.load_model_for(config)
+    model, tokenizer, mesh = policy.load_model_for(config)
     graphdef, state = nnx.split(model)
     checkpointer = Checkpointer(f.workdir, async_save=False)
     step = f.step if f.step is not None else checkpointer.latest_step()

@@ -2,21 +2,28 @@
 from the config alone (no model, no devices), and the checks that stop a run before any work when
 its record files are missing or its batches do not split over the processes.
 
-jaxvrl/train.py's Trainer runs this plan; jaxvrl/fit/ compiles the programs it implies.
+`plan_stage` builds, once per stage, everything the stage runs (`StagePlan`: its pipeline
+config, micro-batches, optimizer, loss and scoring settings, the jitted train step and log-prob
+programs): jaxvrl/train.py's Trainer runs that plan and jaxvrl/fit/ compiles the same plan's
+programs, so the fit check compiles exactly what a run compiles.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
 from jax.sharding import NamedSharding
 
 from jaxvrl import cli, steps
 from jaxvrl.data import records
+from jaxvrl.objectives.scoring import RLSettings
 from jaxvrl.parallel import multihost, placement
 from jaxvrl.parallel.mesh import rules_from_config
 from jaxvrl.rollout.sampler import RolloutConfig, SamplingParams
@@ -187,12 +194,87 @@ def loss_settings(config: ml_collections.ConfigDict, stage: Stage) -> steps.Loss
 
 
 # ------------------------------------------------------------------------------------------------
+# A stage's plan.
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicSampling:
+    """DAPO dynamic sampling (`rl.dynamic_sampling`): drop groups whose reward std is at most
+    `min_std`, refilling the step with up to `max_extra_rounds` more batches."""
+
+    enabled: bool = False
+    min_std: float = 0.0
+    max_extra_rounds: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """Everything one stage runs, built once by `plan_stage` for the trainer and the fit check.
+
+    `train_step(params, opt_state, stacked)` is the jitted update; `logprobs(params, stacked)`
+    the jitted log-prob program (the reference model's, and the old policy's when `passes` > 1).
+    RL only: `scoring` (rewards and advantages), `sampling` (the rollout's sampling) and
+    `dynamic_sampling`; None / off for SFT."""
+
+    stage: Stage
+    data: ml_collections.ConfigDict  # the stage's pipeline config (stage_config)
+    micro_batches: int  # pipeline batches per update
+    passes: int  # updates per batch: rl.num_iterations (1 for SFT)
+    tx: Any  # optax.GradientTransformation
+    schedule: Callable[[int], Any]  # learning rate at update i of the stage
+    loss: steps.LossSettings
+    with_reference: bool  # a frozen reference copy for the KL term (RL with beta > 0)
+    train_step: Callable
+    logprobs: Callable
+    scoring: RLSettings | None = None
+    sampling: SamplingParams | None = None
+    dynamic_sampling: DynamicSampling = DynamicSampling()
+
+    @property
+    def is_rl(self) -> bool:
+        return self.stage.name == "rl"
+
+
+def plan_stage(config: ml_collections.ConfigDict, stage: Stage, graphdef, params) -> StagePlan:
+    """The plan of one stage of `config` for a model (`graphdef`, and `params`: arrays or
+    ShapeDtypeStructs with the shardings the run keeps them in)."""
+    tx, schedule = optimizer_for(config, stage, params)
+    loss = loss_settings(config, stage)
+    rl = stage.name == "rl"
+    ds = config.rl.dynamic_sampling
+    return StagePlan(
+        stage=stage,
+        data=stage_config(config, stage.name),
+        micro_batches=micro_batches_for(config, stage.name),
+        passes=int(config.rl.num_iterations) if rl else 1,
+        tx=tx,
+        schedule=schedule,
+        loss=loss,
+        with_reference=rl and loss.beta > 0,
+        train_step=steps.jit_train_step(graphdef, tx, loss, params),
+        # One compiled program per batch shape (a lambda made per step would recompile).
+        logprobs=jax.jit(
+            functools.partial(steps.stacked_reference_logprobs, graphdef, settings=loss)
+        ),
+        scoring=RLSettings.from_config(config.rl) if rl else None,
+        sampling=sampling_params(config) if rl else None,
+        dynamic_sampling=DynamicSampling(
+            enabled=bool(ds.enabled),
+            min_std=float(ds.min_std),
+            max_extra_rounds=int(ds.max_extra_rounds),
+        )
+        if rl
+        else DynamicSampling(),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # Model and rollout.
 
 
 def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Keyword arguments of the policy model's constructor from the config (beyond its shape
-    and dtypes); jaxvrl.train.load_model_for and jaxvrl.fit both build the model with them."""
+    and dtypes); jaxvrl.policy.load_model_for and jaxvrl.fit both build the model with them."""
     m = config.model
     return {
         "remat": bool(m.remat),

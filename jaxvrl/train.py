@@ -3,12 +3,13 @@
     python -m jaxvrl.train --config=configs/video_r1.py --workdir=RUN_DIR \
         [--config.rl.num_generations=8 --config.data.max_frames=32 ...]
 
-Top to bottom: flags and config -> mesh -> model (pretrained or random) -> per stage: data,
-optimizer, step functions, resume -> the loop. What the config asks for (the stages, their
-optimizer, loss and rollout settings) is read in jaxvrl/run_plan.py. One RL step reads:
+Top to bottom: flags and config -> mesh -> model (pretrained or random, jaxvrl/policy.py) ->
+per stage: its plan (run_plan.plan_stage: data, optimizer, loss and scoring settings, the jitted
+programs; jaxvrl.fit compiles the same plan), resume -> the loop (`Trainer._run_stage`). One RL
+step reads:
 
     batch -> rollout (with shuffled-frame companions) -> rewards -> advantages
-          -> sharded train step -> metrics -> checkpoint
+          -> (DAPO refill) -> sharded train step -> metrics -> checkpoint
 
 An unknown override key stops the run before any work (the config is locked).
 """
@@ -20,7 +21,7 @@ if __name__ == "__main__":  # before JAX loads: its C++ libraries' lines go to t
 
     native_logs.hold()
 
-import functools
+import dataclasses
 import json
 import logging
 import os
@@ -32,16 +33,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxvrl import (
-    cli,
-    demo_report,
-    microbatches,
-    run_paths,
-    run_plan,
-    steps,
-)
+from jaxvrl import cli, demo_report, microbatches, policy, run_paths, run_plan, steps
 from jaxvrl.checkpoint import Checkpointer, data_state_for_process
-from jaxvrl.data import pipeline, prompts, synthetic
+from jaxvrl.data import pipeline, synthetic
 from jaxvrl.eval import report as eval_report
 from jaxvrl.eval import runner as eval_runner
 from jaxvrl.fit import hardware
@@ -57,59 +51,10 @@ from jaxvrl.parallel.mesh import (
 )
 from jaxvrl.rollout.sampler import Sampler
 from model.config import ModelConfig
-from model.hf import load_pretrained, save_pretrained
-from model.qwen2_vl import Qwen2VL
-from model.sharding import activation_layout, shard_model
+from model.hf import save_pretrained
+from model.sharding import activation_layout
 
 log = logging.getLogger("jaxvrl.train")  # not "__main__" under python -m
-
-
-# ------------------------------------------------------------------------------------------------
-# The model.
-
-
-def has_weights(directory: str) -> bool:
-    return any(
-        os.path.isfile(os.path.join(directory, name))
-        for name in ("model.safetensors", "model.safetensors.index.json")
-    )
-
-
-def load_model_for(config: ml_collections.ConfigDict, mesh=None, rules=None):
-    """The policy model (pretrained from `model.path`, or random with `model.init="random"`),
-    its tokenizer and the mesh it lives on."""
-    if mesh is None:
-        mesh = make_mesh(dict(config.mesh.shape))
-        rules = rules_from_config(config.mesh.rules)
-    m = config.model
-    if not m.path or not os.path.isfile(os.path.join(m.path, "config.json")):
-        raise FileNotFoundError(f"model.path {m.path!r} has no config.json")
-    if m.init == "pretrained":
-        if not has_weights(m.path):
-            raise FileNotFoundError(
-                f"model.path {m.path} has no safetensors weights; set model.init='random' to "
-                "start from a random model of that config"
-            )
-        model = load_pretrained(
-            m.path,
-            param_dtype=m.param_dtype,
-            dtype=m.dtype,
-            mesh=mesh,
-            rules=rules,
-            **run_plan.model_options(config),
-        )
-    elif m.init == "random":
-        model_config = ModelConfig.from_pretrained(m.path).replace(
-            param_dtype=m.param_dtype, dtype=m.dtype
-        )
-        model = Qwen2VL(
-            model_config, rngs=nnx.Rngs(int(config.seed)), **run_plan.model_options(config)
-        )
-        shard_model(model, mesh, rules)
-    else:
-        raise ValueError(f"model.init must be 'pretrained' or 'random', got {m.init!r}")
-    tokenizer = prompts.load_tokenizer(m.tokenizer_path or m.path)
-    return model, tokenizer, mesh
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,7 +78,7 @@ class Trainer:
         run_plan.check_input_files(config)
         check_trackers(config)
         run_plan.check_batch_split(config, self.mesh, self.rules)
-        model, self.tokenizer, _ = load_model_for(config, self.mesh, self.rules)
+        model, self.tokenizer, _ = policy.load_model_for(config, self.mesh, self.rules)
         self.model_config: ModelConfig = model.config
         self.graphdef, self.params = nnx.split(model)
         self.sampler = Sampler(
@@ -325,217 +270,261 @@ class Trainer:
         return eval_runner.flat_metrics(result) if result else {}
 
     def _run_stage(self, stage: run_plan.Stage, latest: int | None, writer: MetricsWriter) -> None:
-        config = self.config
+        """One stage, step by step: data -> (RL: rollout -> rewards -> advantages -> DAPO
+        refill) -> update -> metrics -> checkpoint."""
         log.info("stage %s: steps %d to %d", stage.name, stage.first + 1, stage.last)
-        tx, schedule = run_plan.optimizer_for(config, stage, self.params)
-        settings = run_plan.loss_settings(config, stage)
-        dataset = pipeline.build_dataset(run_plan.stage_config(config, stage.name))
-        iterator = iter(dataset)
-        with_ref = stage.name == "rl" and settings.beta > 0
-        opt_state = steps.init_optimizer_state(tx, self.params)
-        ref_params = (
-            steps.reference_parameters(self.params, self.model_config.dtype) if with_ref else None
-        )
-        step = stage.first
-        if latest is not None and latest > stage.first:
-            abstract = _abstract(
-                {
-                    "params": self.params,
-                    "opt_state": opt_state,
-                    **({"ref_params": ref_params} if with_ref else {}),
-                }
-            )
-            state, self.rng, data_state, step = self.checkpointer.restore(latest, abstract)
-            self.params, opt_state = state["params"], state["opt_state"]
-            ref_params = state.get("ref_params")
-            iterator.set_state(
-                data_state_for_process(
-                    data_state,
-                    int(run_plan.stage_config(config, stage.name).data.batch_size),
-                    multihost.count(),
-                    multihost.index(),
-                )
-            )
-            log.info("resumed %s at step %d", stage.name, step)
-        train_fn = steps.jit_train_step(self.graphdef, tx, settings, self.params)
-        # One compiled program per batch shape (a lambda made per step would recompile).
-        ref_fn = jax.jit(
-            functools.partial(steps.stacked_reference_logprobs, self.graphdef, settings=settings)
-        )
-        micro = run_plan.micro_batches_for(config, stage.name)
-        while step < stage.last:
-            t0 = time.perf_counter()
-            raw = [next(iterator) for _ in range(micro)]
-            t_data = time.perf_counter() - t0
-            if stage.name == "sft":
-                batches, metrics = raw, {}
-                t_rollout = 0.0
+        plan = run_plan.plan_stage(self.config, stage, self.graphdef, self.params)
+        iterator = iter(pipeline.build_dataset(plan.data))
+        state = self._start_stage(plan, latest, iterator)
+        while state.step < stage.last:
+            clock = _Clock()
+            raw = [next(iterator) for _ in range(plan.micro_batches)]
+            clock.lap("data")
+            if plan.is_rl:
+                batches, metrics = self._rl_batches(plan, raw, state.step, iterator)
+                clock.lap("rollout")
             else:
-                batches, metrics = self._rollouts(raw, step, iterator)
-                t_rollout = time.perf_counter() - t0 - t_data
-            stacked = self._stack(batches)
-            if with_ref:
-                stacked["ref_logp"] = ref_fn(ref_params, stacked)
-            t1 = time.perf_counter()
-            passes = int(config.rl.num_iterations) if stage.name == "rl" else 1
-            if passes > 1:
-                stacked["old_logp"] = ref_fn(self.params, stacked)
-            self._count_program(stage.name, stacked)
-            flops = self._step_flops(train_fn, opt_state, stacked) * passes
-            for _ in range(passes):
-                self.params, opt_state, out = train_fn(self.params, opt_state, stacked)
-            out = {k: multihost.replicated_scalar(v) for k, v in out.items()}
-            t_train = time.perf_counter() - t1
-            step += 1
-            self.nonfinite_skips += int(out["skipped"] > 0)
-            # Counts summed over the processes, times of the slowest.
-            counts = multihost.sum_over_processes(
-                {
-                    "tokens": sum(
-                        int(
-                            np.asarray(
-                                b["completion_mask" if stage.name == "rl" else "attention_mask"]
-                            ).sum()
-                        )
-                        for b in batches
-                    ),
-                    "skipped": int(raw[-1]["meta"].get("skipped", 0)),
-                    **{
-                        f"data/skipped/{k}": v
-                        for k, v in raw[-1]["meta"].get("skip_counts", {}).items()
-                    },
-                }
-            )
-            tokens = counts.pop("tokens")
-            skipped_records = counts.pop("skipped")
-            t_data, t_rollout, t_train = multihost.max_over_processes(t_data, t_rollout, t_train)
-            total_time = time.perf_counter() - t0
-            evaluated = self._evaluate_at(step) if step in self.eval_steps else {}
-            row = {
-                "stage": stage.name,
-                **metrics,
-                **{
-                    k if k in ("loss", "grad_norm", "skipped") else f"train/{k}": float(v)
-                    for k, v in out.items()
-                },
-                "learning_rate": float(schedule(step - stage.first - 1)),
-                "tokens_per_second": tokens / max(total_time, 1e-9),
-                "step_time/data": t_data,
-                "step_time/rollout": t_rollout,
-                "step_time/train": t_train,
-                **self._mfu(flops, t_train),
-                "step_time/total": total_time,
-                "compilations/sampler": self.sampler.num_compilations,
-                "compilations/train": len(self.train_programs),
-                "nonfinite_skips": self.nonfinite_skips,
-                "data/skipped_records": int(skipped_records),
-                **{k: int(v) for k, v in counts.items()},
-                **evaluated,
-            }
-            writer.write(step, row)
-            self.history.append(
-                {
-                    "step": step,
-                    **{
-                        k: row.get(k)
-                        for k in (
-                            "stage",
-                            "reward/total",
-                            "accuracy",
-                            "temporal/bonus_rate",
-                            "loss",
-                        )
-                    },
-                }
-            )
-            # Every process's iterator state (each reads its own block of the global batches).
-            data_state = {"processes": multihost.gather_objects(iterator.get_state())}
-            saved_state = {
-                "params": self.params,
-                "opt_state": opt_state,
-                **({"ref_params": ref_params} if with_ref else {}),
-            }
-            self.checkpointer.save(
-                step, saved_state, self.rng, data_state, force=step == stage.last
-            )
+                batches, metrics = raw, {}
+                clock.laps["rollout"] = 0.0
+            out, flops, clock.laps["train"] = self._update(plan, state, batches)
+            state.step += 1
+            row = self._step_row(plan, state.step, raw, batches, {**metrics, **out}, clock, flops)
+            writer.write(state.step, row)
+            self._save(plan, state, iterator)
         self.checkpointer.wait()
 
-    def _rollouts(
-        self, raw: list[dict[str, Any]], step: int, iterator=None
-    ) -> tuple[list[dict], dict[str, Any]]:
-        """Samples each micro-batch's prompts (and T-GRPO companions), scores them, and returns
-        the training batches and the averaged metrics. With DAPO dynamic sampling, groups whose
-        rewards all agree are dropped and further batches from `iterator` are rolled out to
-        refill the step (module jaxvrl/objectives/dapo.py)."""
-        settings = scoring.RLSettings.from_config(self.config.rl)
-        params = run_plan.sampling_params(self.config)
-        ds = self.config.rl.dynamic_sampling
-        candidates, rows, completions = [], [], []
-
-        def roll_out(batch: dict[str, Any], seed: int) -> dapo.Candidate:
-            prompts_, counts, companions = scoring.rollout_prompts(
-                batch, settings, self.model_config.vision
+    def _start_stage(self, plan: run_plan.StagePlan, latest: int | None, iterator) -> _StageState:
+        """A fresh optimizer state (and reference copy), or the checkpoint `latest` of this
+        stage with the data iterator's position and the stream key."""
+        opt_state = steps.init_optimizer_state(plan.tx, self.params)
+        ref_params = None
+        if plan.with_reference:
+            ref_params = steps.reference_parameters(self.params, self.model_config.dtype)
+        state = _StageState(plan.stage.first, opt_state, ref_params)
+        if latest is None or latest <= plan.stage.first:
+            return state
+        saved, self.rng, data_state, state.step = self.checkpointer.restore(
+            latest, _abstract(state.saved(self.params))
+        )
+        self.params, state.opt_state = saved["params"], saved["opt_state"]
+        state.ref_params = saved.get("ref_params")
+        iterator.set_state(
+            data_state_for_process(
+                data_state, int(plan.data.data.batch_size), multihost.count(), multihost.index()
             )
-            rollout = self.sampler.sample(self.params, prompts_, counts, params, seed=seed)
-            scored = scoring.score_rollout(batch, rollout, companions, settings)
-            train = scoring.training_batch(
-                batch, rollout, scored, mask_truncated=settings.mask_truncated
+        )
+        log.info("resumed %s at step %d", plan.stage.name, state.step)
+        return state
+
+    def _update(
+        self, plan: run_plan.StagePlan, state: _StageState, batches: list[dict[str, Any]]
+    ) -> tuple[dict[str, float], float, float]:
+        """The optimizer step(s) on a step's micro-batches: they are stacked and placed on the
+        mesh, the reference (and, with several passes, old-policy) log-probs computed, then
+        `plan.passes` updates. Returns the step's loss metrics, its matmul FLOPs and the
+        seconds of the updates alone."""
+        stacked = self._stack(batches)
+        if plan.with_reference:
+            stacked["ref_logp"] = plan.logprobs(state.ref_params, stacked)
+        if plan.passes > 1:
+            stacked["old_logp"] = plan.logprobs(self.params, stacked)
+        self._count_program(plan.stage.name, stacked)
+        start = time.perf_counter()
+        flops = self._step_flops(plan.train_step, state.opt_state, stacked) * plan.passes
+        for _ in range(plan.passes):
+            self.params, state.opt_state, out = plan.train_step(
+                self.params, state.opt_state, stacked
             )
-            # Tagged with the sampler call (micro-batches first, then DAPO refill rounds).
-            completions.extend({"rollout": len(rows), **c} for c in scored["completions"])
-            drop = scored["group_std"] < 0  # filler rows
-            if ds.enabled:
-                drop = drop | (scored["group_std"] <= float(ds.min_std))
-            rows.append(scored["metrics"])
-            return dapo.Candidate(raw=batch, train=train, drop=drop)
+        out = {k: multihost.replicated_scalar(v) for k, v in out.items()}
+        seconds = time.perf_counter() - start
+        self.nonfinite_skips += int(out["skipped"] > 0)
+        names = {k: k if k in ("loss", "grad_norm", "skipped") else f"train/{k}" for k in out}
+        return {names[k]: float(v) for k, v in out.items()}, flops, seconds
 
-        for i, batch in enumerate(raw):
-            candidates.append(roll_out(batch, seed=self.rollout_seed(step, i)))
-        if ds.enabled:
+    def _save(self, plan: run_plan.StagePlan, state: _StageState, iterator) -> None:
+        """The checkpoint of the step (every `checkpoint.every` steps and at the stage's end),
+        with every process's data-iterator state (each reads its own block of the batches)."""
+        data_state = {"processes": multihost.gather_objects(iterator.get_state())}
+        self.checkpointer.save(
+            state.step,
+            state.saved(self.params),
+            self.rng,
+            data_state,
+            force=state.step == plan.stage.last,
+        )
 
-            def roll_out_more(round_: int) -> dapo.Candidate | None:
-                batch = next(iterator, None)
-                if multihost.agree_any(batch is None):  # the data ran out on some process
-                    return None
-                return roll_out(batch, seed=self.rollout_seed(step, len(raw) + round_))
+    def _step_row(
+        self,
+        plan: run_plan.StagePlan,
+        step: int,
+        raw: list[dict[str, Any]],
+        batches: list[dict[str, Any]],
+        metrics: dict[str, Any],
+        clock: _Clock,
+        flops: float,
+    ) -> dict[str, Any]:
+        """The step's metrics.jsonl row: the step's own metrics, then throughput, the slowest
+        process's times, token and skipped-record counts summed over the processes, compile
+        counts, and the evaluation when one is due."""
+        mask = "completion_mask" if plan.is_rl else "attention_mask"
+        meta = raw[-1]["meta"]
+        counts = multihost.sum_over_processes(
+            {
+                "tokens": sum(int(np.asarray(b[mask]).sum()) for b in batches),
+                "skipped": int(meta.get("skipped", 0)),
+                **{f"data/skipped/{k}": v for k, v in meta.get("skip_counts", {}).items()},
+            }
+        )
+        tokens, skipped_records = counts.pop("tokens"), counts.pop("skipped")
+        t_data, t_rollout, t_train = multihost.max_over_processes(
+            clock.laps["data"], clock.laps["rollout"], clock.laps["train"]
+        )
+        total_time = clock.total()
+        row = {
+            "stage": plan.stage.name,
+            **metrics,
+            "learning_rate": float(plan.schedule(step - plan.stage.first - 1)),
+            "tokens_per_second": tokens / max(total_time, 1e-9),
+            "step_time/data": t_data,
+            "step_time/rollout": t_rollout,
+            "step_time/train": t_train,
+            **self._mfu(flops, t_train),
+            "step_time/total": total_time,
+            "compilations/sampler": self.sampler.num_compilations,
+            "compilations/train": len(self.train_programs),
+            "nonfinite_skips": self.nonfinite_skips,
+            "data/skipped_records": int(skipped_records),
+            **{k: int(v) for k, v in counts.items()},
+            **(self._evaluate_at(step) if step in self.eval_steps else {}),
+        }
+        keys = ("stage", "reward/total", "accuracy", "temporal/bonus_rate", "loss")
+        self.history.append({"step": step, **{k: row.get(k) for k in keys}})
+        return row
 
-            # Each process refills its own rows; a round runs while any process needs one.
-            extra_rounds = dapo.refill(
-                candidates, roll_out_more, int(ds.max_extra_rounds), multihost.agree_any
-            )
-            p = len(raw[0]["example_mask"])
-            selection = dapo.select_rows(candidates, len(raw), p)
-            batches = [
-                dapo.assemble(
-                    candidates,
-                    picks,
-                    [i * p + j >= selection.kept_groups for j in range(len(picks))],
-                    self.model_config.vision,
-                    self.config.data.patch_buckets,
-                )
-                for i, picks in enumerate(selection.picks)
-            ]
+    # -- an RL step's batches --------------------------------------------------------------------
+
+    def _rl_batches(
+        self, plan: run_plan.StagePlan, raw: list[dict[str, Any]], step: int, iterator
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Each micro-batch rolled out, rewarded and given advantages; with DAPO dynamic sampling
+        the groups without signal dropped and the step refilled from `iterator`. Returns the
+        training batches and the step's rollout metrics (averaged over the sampler calls and
+        the processes)."""
+        rolled = [
+            self._roll_out(plan, batch, self.rollout_seed(step, i)) for i, batch in enumerate(raw)
+        ]
+        dynamic = {}
+        if plan.dynamic_sampling.enabled:
+            batches, dynamic = self._refill(plan, rolled, len(raw), step, iterator)
         else:
-            batches = [c.train for c in candidates]
-        self._write_completions(step, completions)
+            batches = [candidate.train for candidate, _ in rolled]
+        self._write_completions(
+            step, [{"rollout": i, **c} for i, (_, s) in enumerate(rolled) for c in s["completions"]]
+        )
+        rows = [s["metrics"] for _, s in rolled]
         metrics = {}
         for key in rows[0]:
             values = [r[key] for r in rows if r.get(key) is not None]
             metrics[key] = float(np.mean(values)) if values else None
-        metrics = multihost.mean_metrics(metrics)  # every process holds as many rows
-        if ds.enabled:
-            counts = multihost.sum_over_processes(
-                {
-                    "dropped_groups": dapo.dropped_groups(candidates),
-                    "kept_groups": selection.kept_groups,
-                    "rows": len(raw) * p,
-                }
+        # Every process holds as many rows.
+        return batches, {**multihost.mean_metrics(metrics), **dynamic}
+
+    def _roll_out(
+        self, plan: run_plan.StagePlan, batch: dict[str, Any], seed: int
+    ) -> tuple[dapo.Candidate, dict[str, Any]]:
+        """One pipeline batch: rollout (with T-GRPO's shuffled-frame companions) -> rewards ->
+        advantages -> the training batch. Returns it as a DAPO candidate (its groups without
+        signal marked to drop) and the scored rollout (metrics, completions)."""
+        vision = self.model_config.vision
+        prompts_, counts, companions = scoring.rollout_prompts(batch, plan.scoring, vision)
+        rollout = self.sampler.sample(self.params, prompts_, counts, plan.sampling, seed=seed)
+        rewards = scoring.rewards(batch, rollout, companions, plan.scoring)
+        advantages = scoring.advantages(rewards, plan.scoring)
+        scored = scoring.scored(batch, rewards, advantages)
+        train = scoring.training_batch(
+            batch, rollout, scored, mask_truncated=plan.scoring.mask_truncated
+        )
+        drop = scored["group_std"] < 0  # filler rows
+        if plan.dynamic_sampling.enabled:
+            drop = drop | (scored["group_std"] <= plan.dynamic_sampling.min_std)
+        return dapo.Candidate(raw=batch, train=train, drop=drop), scored
+
+    def _refill(
+        self, plan: run_plan.StagePlan, rolled: list, micro: int, step: int, iterator
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """DAPO dynamic sampling (jaxvrl/objectives/dapo.py): rolls out further batches from
+        `iterator` (up to `max_extra_rounds`) while groups were dropped, then lays the kept
+        groups out over the step's micro-batches. Appends the extra rollouts to `rolled`."""
+        candidates = [candidate for candidate, _ in rolled]
+
+        def roll_out_more(round_: int) -> dapo.Candidate | None:
+            batch = next(iterator, None)
+            if multihost.agree_any(batch is None):  # the data ran out on some process
+                return None
+            rolled.append(self._roll_out(plan, batch, self.rollout_seed(step, micro + round_)))
+            return rolled[-1][0]
+
+        # Each process refills its own rows; a round runs while any process needs one.
+        extra_rounds = dapo.refill(
+            candidates,
+            roll_out_more,
+            plan.dynamic_sampling.max_extra_rounds,
+            multihost.agree_any,
+        )
+        p = len(candidates[0].raw["example_mask"])
+        selection = dapo.select_rows(candidates, micro, p)
+        batches = [
+            dapo.assemble(
+                candidates,
+                picks,
+                [i * p + j >= selection.kept_groups for j in range(len(picks))],
+                self.model_config.vision,
+                self.config.data.patch_buckets,
             )
-            metrics["dynamic/dropped_groups"] = counts["dropped_groups"]
-            metrics["dynamic/extra_rounds"] = extra_rounds
-            metrics["dynamic/kept_groups"] = counts["kept_groups"]
-            metrics["dynamic/filled_fraction"] = counts["kept_groups"] / counts["rows"]
-        return batches, metrics
+            for i, picks in enumerate(selection.picks)
+        ]
+        counts = multihost.sum_over_processes(
+            {
+                "dropped_groups": dapo.dropped_groups(candidates),
+                "kept_groups": selection.kept_groups,
+                "rows": micro * p,
+            }
+        )
+        return batches, {
+            "dynamic/dropped_groups": counts["dropped_groups"],
+            "dynamic/extra_rounds": extra_rounds,
+            "dynamic/kept_groups": counts["kept_groups"],
+            "dynamic/filled_fraction": counts["kept_groups"] / counts["rows"],
+        }
+
+
+@dataclasses.dataclass
+class _StageState:
+    """What a stage carries from step to step beside the parameters (Trainer.params)."""
+
+    step: int
+    opt_state: Any
+    ref_params: Any = None
+
+    def saved(self, params: Any) -> dict[str, Any]:
+        """The tree a checkpoint holds."""
+        tree = {"params": params, "opt_state": self.opt_state}
+        return tree if self.ref_params is None else {**tree, "ref_params": self.ref_params}
+
+
+class _Clock:
+    """A step's wall-clock laps (data, rollout, train) and total."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self.last = now - self.last, now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _abstract(tree: Any) -> Any:

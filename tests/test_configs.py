@@ -3,6 +3,7 @@ data) on a tiny stand-in model, so a typo in a recipe fails here, not on a pod; 
 command-line override stops the trainer before any work."""
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import json
@@ -305,13 +306,26 @@ def test_assigned_keys_reads_aliased_and_direct_assignments():
     assert "rl.beta" not in keys  # Video-R1's 0.04 is the base's
 
 
-def test_length_bonus_fields_hold_the_values_the_reward_uses():
-    # rl.length_bonus is not yet passed to the reward (configs/base.py); until it is, the
-    # fields must equal the reward's keyword defaults, which are what a run uses.
-    params = inspect.signature(registry.get("length_bonus")).parameters
-    fields = video_r1.get_config().rl.length_bonus.to_dict()
-    assert fields == {name: params[name].default for name in fields}
-    assert fields == {"min_length": 320, "max_length": 512, "bonus": 0.2, "threshold": 0.1}
+def test_length_bonus_fields_reach_the_length_bonus_reward_alone():
+    config = video_r1.get_config()
+    settings = scoring.RLSettings.from_config(config.rl)
+    assert dict(dict(settings.reward_options)["length_bonus"]) == config.rl.length_bonus.to_dict()
+    good = "<think>ok</think><answer>A</answer>"
+    args = ([good] * 2, ["<answer>A</answer>"] * 2)
+    fields = {
+        "completion_lengths": [400, 100],
+        "group_ids": [0, 0],
+        "problem_type": ["multiple choice"] * 2,
+    }
+    _, released = registry.combine([("length_bonus", 1.0)], *args, **fields)
+    np.testing.assert_allclose(released["length_bonus"], [0.2, 0.0])  # 320..512 tokens
+    config.rl.length_bonus.update(min_length=64, bonus=0.5)
+    options = {n: dict(v) for n, v in scoring.RLSettings.from_config(config.rl).reward_options}
+    _, moved = registry.combine(
+        [("length_bonus", 1.0), ("accuracy", 1.0)], *args, options=options, **fields
+    )
+    np.testing.assert_allclose(moved["length_bonus"], [0.5, 0.5])
+    np.testing.assert_allclose(moved["accuracy"], [1.0, 1.0])  # the options reach no other reward
 
 
 # What each paper recipe resolves to, inherited from the base or set by the recipe (the values
@@ -364,3 +378,78 @@ def test_each_paper_recipe_resolves_to_its_released_values(name):
     config = importlib.import_module(f"configs.{name}").get_config().to_dict()
     got = {key: lookup(config, key) for key in RELEASED[name]}
     assert got == RELEASED[name]
+
+
+def _programs(gen) -> list:
+    """Every Program a fit stage generator yields (None sent back: no compiled sharding)."""
+    out, value = [], next(gen)
+    while True:
+        out.append(value)
+        try:
+            value = gen.send(None)
+        except StopIteration:
+            return out[1:]  # ("state", ...) first
+
+
+@pytest.mark.parametrize("name", [*RECIPES, "seed_bench_r1_sft"])
+def test_trainer_and_fit_check_run_one_plan_per_stage(name, media, tmp_path, monkeypatch):
+    """The trainer and jaxvrl.fit take each stage's plan from run_plan.plan_stage: the same
+    pipeline config, micro-batches, passes, optimizer, loss, scoring and sampling settings, and
+    the fit check compiles the plan's own train-step and log-prob programs with that many
+    micro-batches (SEED-Bench-R1's SFT baseline: 16, sft.micro_batches)."""
+    from jaxvrl.fit import programs
+    from jaxvrl.parallel.mesh import make_mesh, rules_from_config
+
+    root, files = media
+    config = recipe(name.removesuffix("_sft"), root, files)
+    if name == "seed_bench_r1_sft":
+        config.rl.steps, config.sft.steps = 0, 47
+        config.sft.train_files = files["video_r1"]
+    plans: dict[str, list] = {"trainer": [], "fit": []}
+    plan_stage = run_plan.plan_stage
+    caller = {"now": "trainer"}
+
+    def recording(*args, **kwargs):
+        plan = plan_stage(*args, **kwargs)
+        plans[caller["now"]].append(plan)
+        return plan
+
+    monkeypatch.setattr(run_plan, "plan_stage", recording)
+    trainer = train.Trainer(config, str(tmp_path / "run"))
+    for stage in trainer.stages:  # the trainer's own stage start, with no step to take
+        trainer._run_stage(dataclasses.replace(stage, last=stage.first), None, None)
+    trainer.checkpointer.close()
+    caller["now"] = "fit"
+    mesh = make_mesh(dict(config.mesh.shape))
+    largest = programs.largest_example(config.data, trainer.model_config.vision, "video", 16, 8)
+    fitted = []
+    for stage in trainer.stages:
+        fitted.append(
+            _programs(
+                programs.stage_programs(
+                    config,
+                    stage,
+                    trainer.model_config,
+                    mesh,
+                    rules_from_config(config.mesh.rules),
+                    largest,
+                )  # fmt: skip
+            )
+        )
+    assert len(plans["trainer"]) == len(plans["fit"]) == len(trainer.stages)
+    for ours, theirs, stage_programs in zip(plans["trainer"], plans["fit"], fitted, strict=True):
+        assert ours.stage.name == theirs.stage.name
+        for field in ("micro_batches", "passes", "loss", "with_reference", "scoring",
+                      "sampling", "dynamic_sampling"):  # fmt: skip
+            assert getattr(ours, field) == getattr(theirs, field), field
+        assert ours.data.to_dict() == theirs.data.to_dict()
+        assert ours.micro_batches == run_plan.micro_batches_for(config, ours.stage.name)
+        step = next(p for p in stage_programs if p.name.endswith("/train_step"))
+        assert step.jitted is theirs.train_step and step.runs_per_step == theirs.passes
+        stacked = step.args[2]["prompt_ids" if theirs.is_rl else "input_ids"]
+        assert stacked.shape[0] == theirs.micro_batches
+        for p in stage_programs:
+            if p.name.endswith("logprobs"):
+                assert p.jitted is theirs.logprobs
+    if name == "seed_bench_r1_sft":
+        assert [p.micro_batches for p in plans["fit"]] == [16]

@@ -11,7 +11,7 @@ from flax import nnx
 from PIL import Image
 
 from configs import demo
-from jaxvrl import evaluate, run_plan, train
+from jaxvrl import evaluate, policy, run_plan
 from jaxvrl.data import synthetic
 from jaxvrl.eval import report, runner
 from jaxvrl.rollout.sampler import Sampler
@@ -119,7 +119,7 @@ def evaluated(tmp_path_factory):
     config.eval.max_new_tokens = 12
     config.data.token_buckets = (256, 384)
     config.data.patch_buckets = (512, 1024)
-    model, tokenizer, mesh = train.load_model_for(config)
+    model, tokenizer, mesh = policy.load_model_for(config)
     sampler = Sampler(model, mesh=mesh, tokenizer=tokenizer, config=run_plan.rollout_config(config))
     suite = runner.load_suite(config)
     workdir = str(tmp_path_factory.mktemp("run"))

@@ -205,11 +205,17 @@ GOOD = "<think>x</think><answer>A</answer>"
 BAD = "<think>x</think><answer>B</answer>"
 
 
+def _score(batch, rollout, settings):
+    """The trainer's scoring of a rollout without companions: rewards -> advantages -> layout."""
+    rewards = scoring.rewards(batch, rollout, [], settings)
+    return scoring.scored(batch, rewards, scoring.advantages(rewards, settings))
+
+
 def test_masking_truncated_completions_changes_exactly_their_tokens_weights():
     finish = [FINISH_STOP, FINISH_LENGTH, FINISH_LENGTH, FINISH_STOP]
     rollout = _rollout(finish, [3, 6, 6, 2], [GOOD, BAD, GOOD, BAD])
     settings = scoring.RLSettings(num_generations=2, temporal=False)
-    scored = scoring.score_rollout(_batch(2), rollout, [], settings)
+    scored = _score(_batch(2), rollout, settings)
     plain = scoring.training_batch(_batch(2), rollout, scored)
     masked = scoring.training_batch(_batch(2), rollout, scored, mask_truncated=True)
     changed = (plain["completion_mask"] != masked["completion_mask"]).any(axis=1)
@@ -229,11 +235,11 @@ def test_the_overlong_penalty_enters_the_group_reward_and_its_std():
     )
     base = dict(num_generations=2, temporal=False, rewards=(("accuracy", 1.0),))
     settings = scoring.RLSettings(**base, max_completion_tokens=6, overlong_buffer=2)
-    scored = scoring.score_rollout(_batch(2), rollout, [], settings)
+    scored = _score(_batch(2), rollout, settings)
     assert scored["metrics"]["reward/overlong"] == pytest.approx(-0.25)
     assert scored["metrics"]["reward/total"] == pytest.approx(0.75)
     np.testing.assert_allclose(scored["group_std"], [0.5, 0.0])
-    off = scoring.score_rollout(_batch(2), rollout, [], scoring.RLSettings(**base))
+    off = _score(_batch(2), rollout, scoring.RLSettings(**base))
     np.testing.assert_allclose(off["group_std"], [0.0, 0.0])
     assert "reward/overlong" not in off["metrics"]
 

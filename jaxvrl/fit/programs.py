@@ -254,11 +254,11 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
     model = _abstract_model(config, model_config)
     graphdef, state = nnx.split(model)
     params = _abstract(state, state_shardings(state, mesh, rules))
-    tx, _ = run_plan.optimizer_for(config, stage, params)
-    settings = run_plan.loss_settings(config, stage)
+    plan = run_plan.plan_stage(config, stage, graphdef, params)  # the trainer's own plan
+    tx = plan.tx
     opt_shardings = steps.optimizer_state_shardings(tx, params)
     opt_state = _abstract(jax.eval_shape(tx.init, _shape_only(params)), opt_shardings)
-    with_ref = stage.name == "rl" and settings.beta > 0
+    with_ref = plan.with_reference
     resident = {"params": params, "opt_state": opt_state}
     if with_ref:  # the trainer's reference copy (steps.reference_parameters), same layout
         ref_params = _abstract(
@@ -279,19 +279,17 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         makes=("opt_state",),
         runs_per_step=0,
     )
-    stage_cfg = run_plan.stage_config(config, stage.name)
-    micro = int(config.train.micro_batches)
+    stage_cfg = plan.data
+    micro = plan.micro_batches
     if stage.name == "sft":
         batch = pipeline_batch(stage_cfg, model_config, largest, sft=True)
         batches = [batch] * micro
     else:
         batch = pipeline_batch(stage_cfg, model_config, largest, sft=False)
-        rl_settings = scoring.RLSettings.from_config(config.rl)
+        rl_settings = plan.scoring
         prompts, counts, _ = scoring.rollout_prompts(batch, rl_settings, model_config.vision)
         sampler = _abstract_sampler(model, mesh, config)
-        static, args, _ = sampler.prepare(
-            params, prompts, counts, run_plan.sampling_params(config), seed=0
-        )
+        static, args, _ = sampler.prepare(params, prompts, counts, plan.sampling, seed=0)
         yield Program(
             "rl/rollout",
             sampler.jitted(static),
@@ -313,10 +311,8 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
     )
     inputs = _abstract(_shape_only(stacked), placement.stacked_shardings(stacked, mesh, rules))
     if stage.name == "rl":
-        passes = int(config.rl.num_iterations)
-        ref_jit = jax.jit(
-            functools.partial(steps.stacked_reference_logprobs, graphdef, settings=settings)
-        )
+        passes = plan.passes
+        ref_jit = plan.logprobs
         logp_sharding = None
         if with_ref:
             logp_sharding = yield Program(
@@ -343,8 +339,8 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
             )
     yield Program(
         f"{stage.name}/train_step",
-        steps.jit_train_step(graphdef, tx, settings, params),
+        plan.train_step,
         (params, opt_state, inputs),
         ("params", "opt_state"),
-        runs_per_step=int(config.rl.num_iterations) if stage.name == "rl" else 1,
+        runs_per_step=plan.passes,
     )

@@ -36,6 +36,8 @@ class RLSettings:
     temporal: bool = True  # T-GRPO (needs the pipeline's shuffled-frame companions)
     rewards: tuple[tuple[str, float], ...] = (("accuracy", 1.0), ("format", 1.0))
     accuracy_reward: str = "accuracy"
+    # Keyword options of single rewards, (reward name, ((option, value), ...)): rl.length_bonus.
+    reward_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     advantage: str = "grpo"
     advantage_eps: float = 1e-4
     unbiased_std: bool = True
@@ -58,6 +60,7 @@ class RLSettings:
             temporal=rl.algorithm == "tgrpo",
             rewards=tuple((str(n), float(w)) for n, w in rl.rewards),
             accuracy_reward=str(rl.accuracy_reward),
+            reward_options=(("length_bonus", tuple(sorted(rl.length_bonus.to_dict().items()))),),
             advantage=str(rl.advantage),
             advantage_eps=float(rl.advantage_eps),
             unbiased_std=bool(rl.unbiased_std),
@@ -105,19 +108,28 @@ def _fields(meta: dict[str, Any], rows: np.ndarray) -> dict[str, list]:
     return {f: [meta[f][r] for r in rows] for f in REWARD_FIELDS if f in meta}
 
 
-def score_rollout(
-    batch: dict[str, Any],
-    rollout: Rollout,
-    companion_rows: Sequence[int],
-    settings: RLSettings,
-) -> dict[str, Any]:
-    """Rewards, accuracies and advantages of one batch's rollout.
+@dataclasses.dataclass(frozen=True)
+class Rewards:
+    """One pipeline batch's rewards, per group (a real prompt row's G ordered samples)."""
 
-    Returns host arrays: `advantages` [P * G] (0 for filler rows), `ordered` [P * G] indices of
-    the ordered samples in the rollout (filler rows: -1), `group_std` [P] the std of the rewards
-    each group's advantages come from (temporal bonus included; -1 for filler rows), per-reward
-    means and the T-GRPO diagnostics.
-    """
+    total: np.ndarray  # [groups, G] the reward the advantages come from (overlong shaping in)
+    per_reward: dict[str, np.ndarray]  # name -> [groups * G]
+    accuracy: np.ndarray  # [groups, G]
+    shuffled_accuracy: np.ndarray  # [groups, G~] T-GRPO companions' accuracy (0 where none)
+    is_video: np.ndarray  # [groups] the group has a shuffled-frame companion
+    rows: np.ndarray  # [groups] the prompt rows of the batch the groups belong to
+    ordered: np.ndarray  # [groups, G] the ordered samples' indices in the rollout
+    lengths: np.ndarray  # [groups * G] completion lengths
+    stopped: np.ndarray  # [groups * G] the completion ended with a stop token
+    texts: list[str]  # [groups * G]
+    uids: list[str]  # [groups * G]
+
+
+def rewards(
+    batch: dict[str, Any], rollout: Rollout, companion_rows: Sequence[int], settings: RLSettings
+) -> Rewards:
+    """The recipe's rewards (jaxvrl/rewards registry, weighted and summed) of a batch's ordered
+    samples, DAPO's overlong penalty, and the accuracy of every sample, companions included."""
     meta = batch["meta"]
     keep = np.asarray(batch["example_mask"], bool)
     p, g = len(keep), settings.num_generations
@@ -127,10 +139,12 @@ def score_rollout(
     ordered_idx = np.flatnonzero(s2p < p)
     rows = s2p[ordered_idx]
     solutions = [meta["solution"][r] for r in rows]
+    ordered_texts = [texts[i] for i in ordered_idx]
     total, per_reward = registry.combine(
         list(settings.rewards),
-        [texts[i] for i in ordered_idx],
+        ordered_texts,
         solutions,
+        options={name: dict(values) for name, values in settings.reward_options},
         completion_lengths=lengths[ordered_idx].tolist(),
         group_ids=rows.tolist(),
         **_fields(meta, rows),
@@ -145,13 +159,9 @@ def score_rollout(
         total = np.asarray(total, np.float32) + penalty
         per_reward["overlong"] = penalty
     accuracy_fn = registry.get(settings.accuracy_reward)
-    accuracy = np.asarray(
-        accuracy_fn([texts[i] for i in ordered_idx], solutions, **_fields(meta, rows)), np.float32
-    )
+    accuracy = np.asarray(accuracy_fn(ordered_texts, solutions, **_fields(meta, rows)), np.float32)
     valid_rows = np.flatnonzero(keep)
     groups = len(valid_rows)
-    total = np.asarray(total, np.float32).reshape(groups, g)
-    accuracy_g = accuracy.reshape(groups, g)
     # Shuffled-frame companions: [groups, G~] accuracies, zeros where a row has none.
     shuffled = np.zeros((groups, max(settings.shuffled_generations, 1)), np.float32)
     is_video = np.zeros((groups,), bool)
@@ -170,71 +180,107 @@ def score_rollout(
         for j, r in enumerate(companion_rows):
             shuffled[position[r]] = comp_acc[j]
             is_video[position[r]] = True
-    estimator_options = {"eps": settings.advantage_eps, "unbiased_std": settings.unbiased_std}
+    finish = np.asarray(jax.device_get(rollout.finish_reason))[ordered_idx]
+    return Rewards(
+        total=np.asarray(total, np.float32).reshape(groups, g),
+        per_reward=per_reward,
+        accuracy=accuracy.reshape(groups, g),
+        shuffled_accuracy=shuffled,
+        is_video=is_video,
+        rows=valid_rows,
+        ordered=ordered_idx.reshape(groups, g),
+        lengths=lengths[ordered_idx],
+        stopped=finish == FINISH_STOP,
+        texts=ordered_texts,
+        uids=[meta["uid"][int(r)] for r in rows],
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Advantages:
+    """Group advantages of a batch's rewards: `values` [groups, G], the T-GRPO temporal bonus
+    added to the rewards before normalising (`bonus` [groups, G], zeros for GRPO) and the
+    T-GRPO diagnostics (`temporal`: metric name -> value)."""
+
+    values: np.ndarray
+    bonus: np.ndarray
+    temporal: dict[str, float | None]
+
+
+def advantages(r: Rewards, settings: RLSettings) -> Advantages:
+    """GRPO's group-normalised advantages (`rl.advantage` estimator), with T-GRPO's temporal
+    bonus when the recipe is T-GRPO."""
+    options = {"eps": settings.advantage_eps, "unbiased_std": settings.unbiased_std}
     if settings.advantage != "grpo":
-        estimator_options = {}
-    if settings.temporal:
-        adv, tb = grpo.t_grpo_advantages(
-            jnp.asarray(total),
-            jnp.asarray(accuracy_g),
-            jnp.asarray(shuffled),
-            jnp.asarray(is_video),
-            estimator=settings.advantage,
-            estimator_options=estimator_options,
-            alpha=settings.temporal_alpha,
-            mu=settings.temporal_mu,
-            rule=settings.temporal_rule,
-            threshold=settings.temporal_threshold,
-        )
-        bonus = np.asarray(tb.bonus)
-        applied = np.asarray(tb.applied)
-        temporal = {
-            "temporal/p": float(np.asarray(tb.p)[is_video].mean()) if is_video.any() else None,
-            "temporal/p_shuffled": float(np.asarray(tb.p_shuffled)[is_video].mean())
-            if is_video.any()
-            else None,
-            "temporal/bonus_rate": float(applied[is_video].mean()) if is_video.any() else None,
-            "temporal/bonus_mean": float(bonus.mean()),
-        }
-    else:
-        adv = grpo.ADVANTAGE_ESTIMATORS.get(settings.advantage)(
-            jnp.asarray(total), **estimator_options
-        )
-        bonus = np.zeros_like(total)
-        temporal = {}
-    # Lay the groups out over all P rows (filler rows: no samples, advantage 0).
-    advantages = np.zeros((p, g), np.float32)
-    advantages[valid_rows] = np.asarray(adv)
-    ordered = np.full((p, g), -1, np.int64)
-    ordered[valid_rows] = ordered_idx.reshape(groups, g)
-    group_std = np.full((p,), -1.0, np.float64)
-    group_std[valid_rows] = (total.astype(np.float64) + bonus).std(axis=1)
-    metrics = {
-        "reward/total": float(total.mean()),
-        **{f"reward/{name}": float(np.mean(v)) for name, v in per_reward.items()},
-        "accuracy": float(accuracy.mean()),
-        "reward/std_within_group": float(total.std(axis=1).mean()),
-        "completion_length": float(lengths[ordered_idx].mean()),
-        "completion_stopped": float(
-            (np.asarray(jax.device_get(rollout.finish_reason))[ordered_idx] == 1).mean()
-        ),
-        **temporal,
+        options = {}
+    if not settings.temporal:
+        values = grpo.ADVANTAGE_ESTIMATORS.get(settings.advantage)(jnp.asarray(r.total), **options)
+        return Advantages(np.asarray(values), np.zeros_like(r.total), {})
+    values, tb = grpo.t_grpo_advantages(
+        jnp.asarray(r.total),
+        jnp.asarray(r.accuracy),
+        jnp.asarray(r.shuffled_accuracy),
+        jnp.asarray(r.is_video),
+        estimator=settings.advantage,
+        estimator_options=options,
+        alpha=settings.temporal_alpha,
+        mu=settings.temporal_mu,
+        rule=settings.temporal_rule,
+        threshold=settings.temporal_threshold,
+    )
+    bonus, video = np.asarray(tb.bonus), r.is_video
+
+    def over_videos(x) -> float | None:
+        return float(np.asarray(x)[video].mean()) if video.any() else None
+
+    temporal = {
+        "temporal/p": over_videos(tb.p),
+        "temporal/p_shuffled": over_videos(tb.p_shuffled),
+        "temporal/bonus_rate": over_videos(tb.applied),
+        "temporal/bonus_mean": float(bonus.mean()),
     }
+    return Advantages(np.asarray(values), bonus, temporal)
+
+
+def scored(batch: dict[str, Any], r: Rewards, a: Advantages) -> dict[str, Any]:
+    """A batch's rewards and advantages laid out over its P prompt rows, for training_batch and
+    DAPO: `advantages` [P * G] (0 for filler rows), `ordered` [P * G] the ordered samples'
+    indices in the rollout (filler rows: -1), `group_std` [P] the std of the rewards each
+    group's advantages come from (temporal bonus included; -1 for filler rows), the step's
+    `metrics` and its `completions` (one record per ordered sample)."""
+    p, g = len(batch["example_mask"]), r.total.shape[1]
+    advantages_ = np.zeros((p, g), np.float32)
+    advantages_[r.rows] = a.values
+    ordered = np.full((p, g), -1, np.int64)
+    ordered[r.rows] = r.ordered
+    group_std = np.full((p,), -1.0, np.float64)
+    group_std[r.rows] = (r.total.astype(np.float64) + a.bonus).std(axis=1)
+    metrics = {
+        "reward/total": float(r.total.mean()),
+        **{f"reward/{name}": float(np.mean(v)) for name, v in r.per_reward.items()},
+        "accuracy": float(r.accuracy.mean()),
+        "reward/std_within_group": float(r.total.std(axis=1).mean()),
+        "completion_length": float(r.lengths.mean()),
+        "completion_stopped": float(r.stopped.mean()),
+        **a.temporal,
+    }
+    total, accuracy = r.total.reshape(-1), r.accuracy.reshape(-1)
+    completions = [
+        {
+            "uid": r.uids[k],
+            "sample": k % g,
+            "text": r.texts[k],
+            "reward": float(total[k]),
+            "accuracy": float(accuracy[k]),
+        }
+        for k in range(len(r.texts))
+    ]
     return {
-        "advantages": advantages.reshape(-1),
+        "advantages": advantages_.reshape(-1),
         "ordered": ordered.reshape(-1),
         "group_std": group_std,
         "metrics": metrics,
-        "completions": [
-            {
-                "uid": meta["uid"][int(r)],
-                "sample": k % g,
-                "text": texts[i],
-                "reward": float(total.reshape(-1)[k]),
-                "accuracy": float(accuracy[k]),
-            }
-            for k, (i, r) in enumerate(zip(ordered_idx, rows, strict=True))
-        ],
+        "completions": completions,
     }
 
 

@@ -82,9 +82,12 @@ def combine(
     names_and_weights: Mapping[str, float] | Sequence[tuple[str, float]],
     completions: Sequence[Any],
     solutions: Sequence[Any],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     **fields: Any,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Weighted sum of named rewards: (total [n], {name: reward [n]}), float32, as a recipe asks."""
+    """Weighted sum of named rewards: (total [n], {name: reward [n]}), float32, as a recipe asks.
+    `options`: keyword arguments for one reward only, by name (e.g. rl.length_bonus's
+    {"length_bonus": {"min_length": 320, ...}}); `fields` go to every reward."""
     items = list(
         names_and_weights.items() if isinstance(names_and_weights, Mapping) else names_and_weights
     )
@@ -92,7 +95,8 @@ def combine(
     total = np.zeros(n, np.float32)
     per_reward: dict[str, np.ndarray] = {}
     for name, weight in items:
-        values = np.asarray(get(name)(completions, solutions, **fields), dtype=np.float32)
+        own = dict((options or {}).get(name, {}))
+        values = np.asarray(get(name)(completions, solutions, **fields, **own), dtype=np.float32)
         if values.shape != (n,) or not np.all(np.isfinite(values)):
             raise ValueError(f"reward {name!r} must return {n} finite floats, got {values!r}")
         per_reward[name] = values

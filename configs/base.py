@@ -251,6 +251,8 @@ def get_config() -> ml_collections.ConfigDict:
         {
             # Sizes of the mesh axes; one may be -1 (all remaining devices).
             "shape": {"data": -1, "fsdp": 1, "tensor": 1},
+            # Devices the mesh takes from each process: 0 = all; k = the first k of each.
+            "devices_per_process": 0,
             # Logical axis -> mesh axis rules; [] = model/sharding.py DEFAULT_RULES.
             "rules": [],
             # Multi-host start-up (jaxvrl/mesh.py): True / False, or None = from the environment

@@ -89,13 +89,9 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
 
     config.demo = True
     config.model.init = "random"
-    # One device; under launch/local.sh (JAX_NUM_PROCESSES) one device of each process, data
-    # parallel, so the multi-host path runs the same demo.
-    config.mesh.shape = {
-        "data": int(os.environ.get("JAX_NUM_PROCESSES", 1)),
-        "fsdp": 1,
-        "tensor": 1,
-    }
+    # One device of each process: one device alone, and under launch/local.sh (several
+    # processes) data parallel over one device of each, so the multi-host path runs the same demo.
+    config.mesh.devices_per_process = 1
 
     # SFT cold start: the images and 64 of the videos with their reasoning (Video-R1's CoT
     # subset), then T-GRPO on all 512 videos.

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxvrl import run_plan
 from jaxvrl.data import prompts
-from jaxvrl.parallel.mesh import make_mesh, rules_from_config
+from jaxvrl.parallel.mesh import mesh_from_config, rules_from_config
 from model.config import ModelConfig
 from model.hf import load_pretrained
 from model.qwen2_vl import Qwen2VL
@@ -29,7 +29,7 @@ def load_model_for(config: ml_collections.ConfigDict, mesh=None, rules=None):
     """The policy model (pretrained from `model.path`, or random with `model.init="random"`),
     its tokenizer and the mesh it lives on."""
     if mesh is None:
-        mesh = make_mesh(dict(config.mesh.shape))
+        mesh = mesh_from_config(config.mesh)
         rules = rules_from_config(config.mesh.rules)
     m = config.model
     if not m.path or not os.path.isfile(os.path.join(m.path, "config.json")):

@@ -46,7 +46,7 @@ from jaxvrl.parallel import multihost, placement
 from jaxvrl.parallel.mesh import (
     distributed_summary,
     initialize_from_config,
-    make_mesh,
+    mesh_from_config,
     rules_from_config,
 )
 from jaxvrl.rollout.sampler import Sampler
@@ -69,7 +69,7 @@ class Trainer:
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         initialize_from_config(config.mesh)
-        self.mesh = make_mesh(dict(config.mesh.shape))
+        self.mesh = mesh_from_config(config.mesh)
         self.rules = rules_from_config(config.mesh.rules)
         if multihost.index() == 0:  # one writer; the others wait, then find it there
             synthetic.ensure_from_config(config)

@@ -214,6 +214,17 @@ HEARTBEAT_ERROR = (
 )
 
 
+def test_devices_per_process_takes_the_first_devices_of_each_process():
+    import jax
+
+    config = base.get_config().mesh
+    config.devices_per_process = 2
+    two = mesh.mesh_from_config(config)  # data -1: the devices it was given
+    assert list(two.devices.reshape(-1)) == jax.devices()[:2] and two.shape["data"] == 2
+    config.devices_per_process = 0
+    assert mesh.mesh_from_config(config).devices.size == jax.device_count()
+
+
 def test_lost_process_messages_become_one_line():
     line = lost_process_message(GLOO_ERROR)
     assert line is not None and "\n" not in line

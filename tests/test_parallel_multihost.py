@@ -66,6 +66,7 @@ def overrides(root: str, workdir: str, *extra: str) -> list[str]:
         "--config.mesh.shape.data=2",
         "--config.mesh.shape.fsdp=2",
         "--config.mesh.shape.tensor=2",
+        "--config.mesh.devices_per_process=0",  # every device (the demo takes one of each)
         *extra,
     )
 

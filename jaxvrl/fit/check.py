@@ -184,11 +184,11 @@ def fit_report(
 ) -> dict[str, Any]:
     """Compiles every program of `config`'s run for `target` (hardware.Target); the report."""
     from jaxvrl import run_plan
-    from jaxvrl.parallel.mesh import make_mesh, rules_from_config
+    from jaxvrl.parallel.mesh import mesh_from_config, rules_from_config
     from model.sharding import activation_layout
 
     model_config = model_shape(config)
-    mesh = make_mesh(dict(config.mesh.shape), devices=target.devices)
+    mesh = mesh_from_config(config.mesh, devices=target.devices)
     rules = rules_from_config(config.mesh.rules)
     largest = largest_example(config.data, model_config.vision, **(largest_options or {}))
     results: list[Result] = []

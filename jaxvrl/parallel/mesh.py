@@ -387,9 +387,20 @@ def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over `devices` (default: all) with axes (data, fsdp, tensor)."""
+def make_mesh(
+    shape: Mapping[str, int],
+    devices: Sequence[jax.Device] | None = None,
+    devices_per_process: int = 0,
+) -> Mesh:
+    """A mesh over `devices` (default: all) with axes (data, fsdp, tensor); with
+    `devices_per_process` k > 0, over the first k devices of each process."""
     devices = list(jax.devices() if devices is None else devices)
+    if devices_per_process > 0:
+        devices = [
+            d
+            for p in sorted({d.process_index for d in devices})
+            for d in [d for d in devices if d.process_index == p][:devices_per_process]
+        ]
     fixed = [int(shape.get(axis, 1)) for axis in MESH_AXES]
     if -1 not in fixed and math.prod(fixed) < len(devices):
         wanted, processes = math.prod(fixed), jax.process_count()
@@ -444,3 +455,12 @@ def rules_from_config(rules: Sequence[Sequence] | None) -> Rules:
             raise ValueError(f"rule {list(rule)}: mesh axes are {MESH_AXES}")
         out.append((str(name), target))
     return tuple(out)
+
+
+def mesh_from_config(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh a config's `mesh` section asks for (`shape`, `devices_per_process`)."""
+    return make_mesh(
+        dict(mesh_config.shape),
+        devices=devices,
+        devices_per_process=int(mesh_config.get("devices_per_process", 0)),
+    )

@@ -113,7 +113,7 @@ def rl_config() -> ml_collections.ConfigDict:
             "temperature": 1.0,
             "top_p": 1.0,
             "top_k": 0,
-            # Rewards by name (jaxvrl/rewards.py) with weights; summed into the group reward.
+            # Rewards by name (jaxvrl/rewards/) with weights; summed into the group reward.
             "rewards": [["accuracy", 1.0], ["format", 1.0]],
             "accuracy_reward": "accuracy",  # the reward the temporal contrast and eval read
             "advantage": "grpo",  # "grpo" or "dr_grpo"
@@ -255,7 +255,7 @@ def get_config() -> ml_collections.ConfigDict:
             "devices_per_process": 0,
             # Logical axis -> mesh axis rules; [] = model/sharding.py DEFAULT_RULES.
             "rules": [],
-            # Multi-host start-up (jaxvrl/mesh.py): True / False, or None = from the environment
+            # Multi-host start-up (jaxvrl/parallel/mesh.py): True / False, or None = from the environment
             # (JAX_COORDINATOR_ADDRESS, an srun job step of several tasks, a multi-host TPU
             # slice).
             "distributed": ml_collections.FieldReference(None, field_type=bool),

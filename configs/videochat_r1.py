@@ -23,7 +23,7 @@ What the released code did (OpenGVLab/VideoChat-R1; file:line), and the fields t
   577): temporal grounding = tg_iou + tg_format; grounded QA = gqa_iou (glue intervals of the
   record) + gqa_format (think, answer and glue tags, a valid glue list) + gqa_reward (option
   letter); tracking = tracking_iou + tracking_format (a list of 8 boxes): rl.rewards
-  task_accuracy + task_format + task_glue (jaxvrl/rewards.py).
+  task_accuracy + task_format + task_glue (jaxvrl/rewards/).
 - Prompts: QUESTION_TEMPLATE_TG / _GQA / _TRACK word for word with the options as
   str(list) and the tracking prompt's initial box str(gt[0]) (grpo_tasks_trainer.py:66-99,
   418-427), the text BEFORE the video, no system message (:428-439); Charades sentences

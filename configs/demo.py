@@ -9,14 +9,15 @@ The optional argument after the colon is the directory of the synthetic set (vid
 record files and model/ with the tokenizer and a tiny config.json); it is generated on first use
 (`data.synthetic`), nothing is downloaded.
 
-The Video-R1 recipe in miniature on a 2-core CPU (9 to 11 minutes): a tiny random model, an
+The Video-R1 recipe in miniature on a 2-core CPU (about 6 minutes): a tiny random model, an
 SFT cold start on the image questions and 64 of the 512 videos with their reasoning (it learns
-the <think>/<answer> format, to answer with an option letter and part of the task), then T-GRPO on
-all training videos, 16 prompts per step. The task: does the square grow, shrink, brighten or
-darken? Without the frame order only the pair (size or brightness) can be told, so shuffled frames
-cap accuracy at about 0.5 (chance 0.25). 128 held-out videos are evaluated before and after RL
-(`--config.seed` 0-4 on an AMD VM, 8.6-10.9 minutes: 0.80 -> 0.88, 0.74 -> 0.99, 0.81 -> 1.00,
-0.72 -> 1.00, 0.49 -> 0.84; seed 0 misses the 0.95 promised from above 0.75: docs/demo.md).
+the <think>/<answer> format, to answer with an option letter and part of the task), then 200
+T-GRPO steps on all training videos, 16 prompts per step. The task: does the square grow, shrink,
+brighten or darken? Without the frame order only the pair (size or brightness) can be told, so
+shuffled frames cap accuracy at about 0.5 (chance 0.25). 128 held-out videos are evaluated before
+and after RL (`--config.seed` 0-4 on an AMD VM, 5.6-6.4 minutes: 0.88 -> 1.00, 0.52 -> 0.94,
+0.78 -> 0.92, 0.75 -> 1.00, 0.71 -> 1.00; seed 2 misses the 0.95 promised from above 0.75:
+docs/demo.md).
 """
 
 from __future__ import annotations

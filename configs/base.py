@@ -255,9 +255,9 @@ def get_config() -> ml_collections.ConfigDict:
             "devices_per_process": 0,
             # Logical axis -> mesh axis rules; [] = model/sharding.py DEFAULT_RULES.
             "rules": [],
-            # Multi-host start-up (jaxvrl/parallel/mesh.py): True / False, or None = from the environment
-            # (JAX_COORDINATOR_ADDRESS, an srun job step of several tasks, a multi-host TPU
-            # slice).
+            # Multi-host start-up (jaxvrl/parallel/mesh.py): True / False, or None = from the
+            # environment (JAX_COORDINATOR_ADDRESS, an srun job step of several tasks, a
+            # multi-host TPU slice).
             "distributed": ml_collections.FieldReference(None, field_type=bool),
             # Seconds without a heartbeat after which a process counts as lost and every other
             # process of the run ends (JAX's default; a host busy decoding video must not be

@@ -387,6 +387,12 @@ def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
+def _first_of_each_process(devices: Sequence[jax.Device], k: int) -> list[jax.Device]:
+    """The first `k` of `devices` of each process, process by process."""
+    processes = sorted({d.process_index for d in devices})
+    return [d for p in processes for d in [d for d in devices if d.process_index == p][:k]]
+
+
 def make_mesh(
     shape: Mapping[str, int],
     devices: Sequence[jax.Device] | None = None,
@@ -396,11 +402,7 @@ def make_mesh(
     `devices_per_process` k > 0, over the first k devices of each process."""
     devices = list(jax.devices() if devices is None else devices)
     if devices_per_process > 0:
-        devices = [
-            d
-            for p in sorted({d.process_index for d in devices})
-            for d in [d for d in devices if d.process_index == p][:devices_per_process]
-        ]
+        devices = _first_of_each_process(devices, devices_per_process)
     fixed = [int(shape.get(axis, 1)) for axis in MESH_AXES]
     if -1 not in fixed and math.prod(fixed) < len(devices):
         wanted, processes = math.prod(fixed), jax.process_count()
@@ -414,11 +416,7 @@ def make_mesh(
                     "axis -1 (e.g. --config.mesh.shape.data=-1) or the mesh a multiple of the "
                     "processes"
                 )
-            devices = [
-                d
-                for p in range(processes)
-                for d in [d for d in devices if d.process_index == p][: wanted // processes]
-            ]
+            devices = _first_of_each_process(devices, wanted // processes)
         else:
             # A mesh smaller than the machine (e.g. the demo's single device): the first devices.
             devices = devices[:wanted]

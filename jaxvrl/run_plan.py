@@ -217,7 +217,7 @@ class StagePlan:
     `dynamic_sampling`; None / off for SFT."""
 
     stage: Stage
-    data: ml_collections.ConfigDict  # the stage's pipeline config (stage_config)
+    stage_config: ml_collections.ConfigDict  # the config its pipeline reads (stage_config())
     micro_batches: int  # pipeline batches per update
     passes: int  # updates per batch: rl.num_iterations (1 for SFT)
     tx: Any  # optax.GradientTransformation
@@ -244,7 +244,7 @@ def plan_stage(config: ml_collections.ConfigDict, stage: Stage, graphdef, params
     ds = config.rl.dynamic_sampling
     return StagePlan(
         stage=stage,
-        data=stage_config(config, stage.name),
+        stage_config=stage_config(config, stage.name),
         micro_batches=micro_batches_for(config, stage.name),
         passes=int(config.rl.num_iterations) if rl else 1,
         tx=tx,

@@ -274,7 +274,7 @@ class Trainer:
         refill) -> update -> metrics -> checkpoint."""
         log.info("stage %s: steps %d to %d", stage.name, stage.first + 1, stage.last)
         plan = run_plan.plan_stage(self.config, stage, self.graphdef, self.params)
-        iterator = iter(pipeline.build_dataset(plan.data))
+        iterator = iter(pipeline.build_dataset(plan.stage_config))
         state = self._start_stage(plan, latest, iterator)
         while state.step < stage.last:
             clock = _Clock()
@@ -310,7 +310,10 @@ class Trainer:
         state.ref_params = saved.get("ref_params")
         iterator.set_state(
             data_state_for_process(
-                data_state, int(plan.data.data.batch_size), multihost.count(), multihost.index()
+                data_state,
+                int(plan.stage_config.data.batch_size),
+                multihost.count(),
+                multihost.index(),
             )
         )
         log.info("resumed %s at step %d", plan.stage.name, state.step)

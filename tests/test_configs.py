@@ -443,7 +443,7 @@ def test_trainer_and_fit_check_run_one_plan_per_stage(name, media, tmp_path, mon
         for field in ("micro_batches", "passes", "loss", "with_reference", "scoring",
                       "sampling", "dynamic_sampling"):  # fmt: skip
             assert getattr(ours, field) == getattr(theirs, field), field
-        assert ours.data.to_dict() == theirs.data.to_dict()
+        assert ours.stage_config.to_dict() == theirs.stage_config.to_dict()
         assert ours.micro_batches == run_plan.micro_batches_for(config, ours.stage.name)
         step = next(p for p in stage_programs if p.name.endswith("/train_step"))
         assert step.jitted is theirs.train_step and step.runs_per_step == theirs.passes

@@ -279,7 +279,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         makes=("opt_state",),
         runs_per_step=0,
     )
-    stage_cfg = plan.data
+    stage_cfg = plan.stage_config
     micro = plan.micro_batches
     if stage.name == "sft":
         batch = pipeline_batch(stage_cfg, model_config, largest, sft=True)

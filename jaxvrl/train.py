@@ -278,6 +278,7 @@ class Trainer:
         state = self._start_stage(plan, latest, iterator)
         while state.step < stage.last:
             clock = _Clock()
+            sampled = self.sampler.device_seconds
             raw = [next(iterator) for _ in range(plan.micro_batches)]
             clock.lap("data")
             if plan.is_rl:
@@ -287,6 +288,8 @@ class Trainer:
                 batches, metrics = raw, {}
                 clock.laps["rollout"] = 0.0
             out, flops, clock.laps["train"] = self._update(plan, state, batches)
+            # Time inside device programs (the rollouts' and the updates'); the rest is the host's.
+            clock.device = self.sampler.device_seconds - sampled + clock.laps["train"]
             state.step += 1
             row = self._step_row(plan, state.step, raw, batches, {**metrics, **out}, clock, flops)
             writer.write(state.step, row)
@@ -379,10 +382,13 @@ class Trainer:
             }
         )
         tokens, skipped_records = counts.pop("tokens"), counts.pop("skipped")
-        t_data, t_rollout, t_train = multihost.max_over_processes(
-            clock.laps["data"], clock.laps["rollout"], clock.laps["train"]
-        )
         total_time = clock.total()
+        t_data, t_rollout, t_train, t_host = multihost.max_over_processes(
+            clock.laps["data"],
+            clock.laps["rollout"],
+            clock.laps["train"],
+            total_time - clock.device,
+        )
         row = {
             "stage": plan.stage.name,
             **metrics,
@@ -391,6 +397,7 @@ class Trainer:
             "step_time/data": t_data,
             "step_time/rollout": t_rollout,
             "step_time/train": t_train,
+            "step_time/host": t_host,
             **self._mfu(flops, t_train),
             "step_time/total": total_time,
             "compilations/sampler": self.sampler.num_compilations,
@@ -516,11 +523,13 @@ class _StageState:
 
 
 class _Clock:
-    """A step's wall-clock laps (data, rollout, train) and total."""
+    """A step's wall-clock laps (data, rollout, train), its seconds inside device programs and
+    its total."""
 
     def __init__(self):
         self.start = self.last = time.perf_counter()
         self.laps: dict[str, float] = {}
+        self.device = 0.0  # seconds inside device programs
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()

@@ -82,6 +82,10 @@ def test_short_demo_trains_both_stages_and_reports(uninterrupted):
                 "step_time/train", "compilations/sampler", "temporal/p", "temporal/p_shuffled",
                 "temporal/bonus_rate", "completion_length", "data/skipped_records"):  # fmt: skip
         assert key in rl, key
+    # The host's share: the step's time outside the rollouts' and the updates' device programs.
+    for row in rows[1:]:
+        assert 0.0 < row["step_time/host"] < row["step_time/total"], row
+    assert rl["step_time/host"] + rl["step_time/train"] < rl["step_time/total"]
     with open(os.path.join(workdir, "demo_eval.json")) as f:
         report = json.load(f)
     assert 0.0 <= report["accuracy_before"] <= 1.0 and 0.0 <= report["accuracy_after"] <= 1.0

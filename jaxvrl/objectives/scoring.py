@@ -140,11 +140,19 @@ def rewards(
     rows = s2p[ordered_idx]
     solutions = [meta["solution"][r] for r in rows]
     ordered_texts = [texts[i] for i in ordered_idx]
+    # Each sample's accuracy once: the recipe's reward of that name and the length bonus (whose
+    # "correct" is the "accuracy" reward's) take it instead of parsing the answers again.
+    accuracy_fn = registry.get(settings.accuracy_reward)
+    accuracy = np.asarray(accuracy_fn(ordered_texts, solutions, **_fields(meta, rows)), np.float32)
+    options = {name: dict(values) for name, values in settings.reward_options}
+    if settings.accuracy_reward == "accuracy":
+        options.setdefault("length_bonus", {})["accuracies"] = accuracy
     total, per_reward = registry.combine(
         list(settings.rewards),
         ordered_texts,
         solutions,
-        options={name: dict(values) for name, values in settings.reward_options},
+        options=options,
+        precomputed={settings.accuracy_reward: accuracy},
         completion_lengths=lengths[ordered_idx].tolist(),
         group_ids=rows.tolist(),
         **_fields(meta, rows),
@@ -158,8 +166,6 @@ def rewards(
         )
         total = np.asarray(total, np.float32) + penalty
         per_reward["overlong"] = penalty
-    accuracy_fn = registry.get(settings.accuracy_reward)
-    accuracy = np.asarray(accuracy_fn(ordered_texts, solutions, **_fields(meta, rows)), np.float32)
     valid_rows = np.flatnonzero(keep)
     groups = len(valid_rows)
     # Shuffled-frame companions: [groups, G~] accuracies, zeros where a row has none.

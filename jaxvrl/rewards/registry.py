@@ -83,11 +83,13 @@ def combine(
     completions: Sequence[Any],
     solutions: Sequence[Any],
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    precomputed: Mapping[str, np.ndarray] | None = None,
     **fields: Any,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Weighted sum of named rewards: (total [n], {name: reward [n]}), float32, as a recipe asks.
     `options`: keyword arguments for one reward only, by name (e.g. rl.length_bonus's
-    {"length_bonus": {"min_length": 320, ...}}); `fields` go to every reward."""
+    {"length_bonus": {"min_length": 320, ...}}); `precomputed`: rewards already computed on these
+    completions, by name (taken as they are, not computed again); `fields` go to every reward."""
     items = list(
         names_and_weights.items() if isinstance(names_and_weights, Mapping) else names_and_weights
     )
@@ -95,8 +97,11 @@ def combine(
     total = np.zeros(n, np.float32)
     per_reward: dict[str, np.ndarray] = {}
     for name, weight in items:
-        own = dict((options or {}).get(name, {}))
-        values = np.asarray(get(name)(completions, solutions, **fields, **own), dtype=np.float32)
+        if precomputed is not None and name in precomputed:
+            values = np.asarray(precomputed[name], dtype=np.float32)
+        else:
+            own = dict((options or {}).get(name, {}))
+            values = np.asarray(get(name)(completions, solutions, **fields, **own), np.float32)
         if values.shape != (n,) or not np.all(np.isfinite(values)):
             raise ValueError(f"reward {name!r} must return {n} finite floats, got {values!r}")
         per_reward[name] = values

@@ -192,6 +192,9 @@ class Sampler:
 
     `num_compilations` and `compile_seconds` count the programs built so far (for the trainer's
     logs); every compilation is also logged at INFO level with its shapes and compile time.
+    `device_seconds` sums the time of every call's program until its outputs are ready
+    (compiles excluded), so that a caller can tell the host's share of a step from the
+    device's.
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class Sampler:
         self.batch_axis_size = placement.batch_axis_size(mesh, self.config.rules)
         self.num_compilations = 0
         self.compile_seconds = 0.0
+        self.device_seconds = 0.0
         self._programs: dict[Any, Any] = {}
 
     # -- host-side preparation -------------------------------------------------------------------
@@ -459,7 +463,10 @@ class Sampler:
         if isinstance(state, nnx.Module):
             state = nnx.state(state)
         static, args, active = self.prepare(state, prompts, samples_per_prompt, params, seed)
-        out = self._program(static, args)(*args)
+        program = self._program(static, args)
+        start = time.perf_counter()
+        out = jax.block_until_ready(program(*args))
+        self.device_seconds += time.perf_counter() - start
         group = active.shape[1]
         slots = np.flatnonzero(active.reshape(-1)).astype(np.int32)
         if multihost.count() > 1:

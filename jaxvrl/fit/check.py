@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jaxvrl.fit import compiler_log
 from jaxvrl.fit.peak import PeakBuffer, assigned_bytes, dump_options, peak_buffers, short_op
 from jaxvrl.fit.programs import Program, largest_example, per_device_bytes, stage_programs
 
@@ -74,6 +75,10 @@ class Result:
     peak_buffers: list[PeakBuffer] = dataclasses.field(default_factory=list)
     # The device memory of the compiler's own buffer assignment, arguments included.
     assigned: int | None = None
+    # The partitioner's involuntary full rematerialisations (each a whole tensor replicated on
+    # every device before it is split again), with their warnings.
+    involuntary_remats: int = 0
+    remat_lines: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def program_bytes(self) -> int:
@@ -132,9 +137,12 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
         runs_per_step=program.runs_per_step,
     )  # fmt: skip
     dump = tempfile.mkdtemp(prefix="jaxvrl_fit_")
+    log_ = compiler_log.Captured()
     try:
-        compiled = traced.lower().compile(compiler_options=dump_options(dump))
+        with compiler_log.captured() as log_:
+            compiled = traced.lower().compile(compiler_options=dump_options(dump))
     except Exception as e:  # the TPU compiler's out-of-memory refusal
+        _read_remats(result, log_.text)
         message = str(e)
         if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
             shutil.rmtree(dump, ignore_errors=True)
@@ -145,6 +153,7 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
         _read_dump(result, dump)
         return result, None
     result.compile_seconds = time.perf_counter() - start
+    _read_remats(result, log_.text)
     _read_dump(result, dump)
     memory = compiled.memory_analysis()
     if memory is not None:
@@ -162,6 +171,11 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
     if cost and "flops" in cost:
         result.xla_flops_per_chip = float(cost["flops"])
     return result, compiled
+
+
+def _read_remats(result: Result, text: str) -> None:
+    result.involuntary_remats = compiler_log.involuntary_remats(text)
+    result.remat_lines = compiler_log.remat_lines(text)
 
 
 def _read_dump(result: Result, dump: str) -> None:
@@ -237,6 +251,7 @@ def fit_report(
         "programs": [_result_dict(r, chip) for r in results],
         "peak_gib": max((r.peak for r in results), default=0) / GIB,
         "step_flops": step_flops,
+        "involuntary_remats": sum(r.involuntary_remats for r in results),
         "fits": fits,
     }
 
@@ -257,6 +272,8 @@ def _result_dict(r: Result, chip) -> dict[str, Any]:
         "compile_seconds": round(r.compile_seconds, 2),
         "assigned_gib": None if r.assigned is None else r.assigned / GIB,
         "peak_buffers": [b.as_dict() for b in r.peak_buffers],
+        "involuntary_remats": r.involuntary_remats,
+        "remat_lines": r.remat_lines,
     }
     if r.refused is not None:
         out["refused"] = r.refused
@@ -331,9 +348,17 @@ def format_report(report: dict[str, Any]) -> str:
         for b in p.get("peak_buffers", [])[:6]:
             count = f"{b['count']} x " if b["count"] > 1 else ""
             lines.append(f"  {b['gib']:8.2f}  {count}{b['shape'] or '?'}  {short_op(b['op'], 4)}")
+    remats = [p for p in report["programs"] if p["involuntary_remats"]]
+    if remats:
+        lines.append("")
+        lines.append("involuntary full rematerialisations (the partitioner replicates a tensor):")
+        for p in remats:
+            lines.append(f"  {p['name']}: {p['involuntary_remats']}")
+            lines.extend(f"    {line[:200]}" for line in p["remat_lines"][:3])
     lines.append("")
     for stage, flops in report["step_flops"].items():
         lines.append(f"{stage} step: {flops / 1e12:.4g} TFLOP (all chips, every program it runs)")
+    lines.append(f"involuntary rematerialisations: {report['involuntary_remats']}")
     lines.append(
         f"peak {report['peak_gib']:.2f} GiB per chip of {report['chip_memory_gib']:.1f}: "
         + ("FITS" if report["fits"] else "DOES NOT FIT")

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxvrl.fit import compiler_log
+from jaxvrl.fit import compiler_log, hlo_cost
 from jaxvrl.fit.peak import PeakBuffer, assigned_bytes, dump_options, peak_buffers, short_op
 from jaxvrl.fit.programs import Program, largest_example, per_device_bytes, stage_programs
 
@@ -79,6 +79,14 @@ class Result:
     # every device before it is split again), with their warnings.
     involuntary_remats: int = 0
     remat_lines: list[str] = dataclasses.field(default_factory=list)
+    # Per chip, with every loop at its trip count (hlo_cost.py): device-memory bytes read and
+    # written, bytes sent by collectives (and by kind); XLA's own bytes and (TPU) optimal
+    # seconds, which count a loop body once.
+    hbm_bytes: float | None = None
+    collective_bytes: float | None = None
+    collectives: dict[str, float] = dataclasses.field(default_factory=dict)
+    xla_bytes_per_chip: float | None = None
+    xla_optimal_seconds: float | None = None
 
     @property
     def program_bytes(self) -> int:
@@ -170,7 +178,43 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
         cost = cost[0] if cost else None
     if cost and "flops" in cost:
         result.xla_flops_per_chip = float(cost["flops"])
+    if cost:
+        result.xla_bytes_per_chip = _float_or_none(cost.get("bytes accessed"))
+        result.xla_optimal_seconds = _float_or_none(cost.get("optimal_seconds"))
+    traffic = hlo_cost.hlo_cost(compiled.as_text(), while_trips=program.while_trips)
+    result.hbm_bytes = traffic.hbm_bytes
+    result.collective_bytes = traffic.collective_bytes
+    result.collectives = traffic.collectives
     return result, compiled
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def roofline(r: Result, chip, chips: int) -> dict[str, float | str | None]:
+    """Seconds of one run of a program per chip at the chip's peaks: compute (its matmul FLOPs
+    / peak bf16 FLOP/s), memory (its HBM bytes / bandwidth), `roofline_seconds` the larger of
+    the two and `bound` which; collectives (bytes sent / interconnect bandwidth) beside them.
+    None where the chip has no such figure (a CPU) or the program was refused."""
+    out: dict[str, float | str | None] = {
+        "compute_seconds": None,
+        "memory_seconds": None,
+        "collective_seconds": None,
+        "roofline_seconds": None,
+        "bound": None,
+    }
+    if chip.peak_bf16_flops > 0:
+        out["compute_seconds"] = r.flops / chips / chip.peak_bf16_flops
+    if chip.hbm_bytes_per_second and r.hbm_bytes is not None:
+        out["memory_seconds"] = r.hbm_bytes / chip.hbm_bytes_per_second
+    if chip.interconnect_bytes_per_second and r.collective_bytes is not None:
+        out["collective_seconds"] = r.collective_bytes / chip.interconnect_bytes_per_second
+    if out["compute_seconds"] is not None and out["memory_seconds"] is not None:
+        compute, memory = out["compute_seconds"], out["memory_seconds"]
+        out["roofline_seconds"] = max(compute, memory)
+        out["bound"] = "compute" if compute >= memory else "memory"
+    return out
 
 
 def _read_remats(result: Result, text: str) -> None:
@@ -248,7 +292,7 @@ def fit_report(
             "sft_tokens": largest.sft_tokens,
         },
         "resident_gib": {k: v / GIB for k, v in resident_bytes.items()},
-        "programs": [_result_dict(r, chip) for r in results],
+        "programs": [_result_dict(r, chip, len(target.devices)) for r in results],
         "peak_gib": max((r.peak for r in results), default=0) / GIB,
         "step_flops": step_flops,
         "involuntary_remats": sum(r.involuntary_remats for r in results),
@@ -256,7 +300,7 @@ def fit_report(
     }
 
 
-def _result_dict(r: Result, chip) -> dict[str, Any]:
+def _result_dict(r: Result, chip, chips: int) -> dict[str, Any]:
     out = {
         "name": r.name,
         "fits": r.refused is None and r.peak <= chip.memory_bytes,
@@ -274,6 +318,12 @@ def _result_dict(r: Result, chip) -> dict[str, Any]:
         "peak_buffers": [b.as_dict() for b in r.peak_buffers],
         "involuntary_remats": r.involuntary_remats,
         "remat_lines": r.remat_lines,
+        "hbm_bytes_per_chip": r.hbm_bytes,
+        "collective_bytes_per_chip": r.collective_bytes,
+        "collectives": r.collectives,
+        "xla_bytes_per_chip": r.xla_bytes_per_chip,
+        "xla_optimal_seconds": r.xla_optimal_seconds,
+        **roofline(r, chip, chips),
     }
     if r.refused is not None:
         out["refused"] = r.refused
@@ -348,6 +398,29 @@ def format_report(report: dict[str, Any]) -> str:
         for b in p.get("peak_buffers", [])[:6]:
             count = f"{b['count']} x " if b["count"] > 1 else ""
             lines.append(f"  {b['gib']:8.2f}  {count}{b['shape'] or '?'}  {short_op(b['op'], 4)}")
+    timed = [p for p in report["programs"] if p.get("roofline_seconds") is not None]
+    if timed:
+        lines.append("")
+        lines.append(
+            f"{'per chip, one run':<24}{'HBM GB':>9}{'coll GB':>9}{'compute':>10}{'memory':>10}"
+            f"{'coll':>10}{'roofline':>10}{'XLA opt':>10}  bound"
+        )
+        lines.append(
+            "(HBM and collective bytes with loops at their trip counts; seconds at the chip's "
+            "peak FLOP/s, HBM and interconnect bandwidth; XLA's optimal seconds count a loop "
+            "body once)"
+        )
+        for p in timed:
+            optimal = p["xla_optimal_seconds"]
+            collective = p["collective_seconds"]
+            lines.append(
+                f"{p['name']:<24}{p['hbm_bytes_per_chip'] / 1e9:9.2f}"
+                f"{(p['collective_bytes_per_chip'] or 0) / 1e9:9.2f}"
+                f"{p['compute_seconds']:10.4f}{p['memory_seconds']:10.4f}"
+                f"{'-' if collective is None else f'{collective:.4f}':>10}"
+                f"{p['roofline_seconds']:10.4f}"
+                f"{'-' if optimal is None else f'{optimal:.4f}':>10}  {p['bound']}"
+            )
     remats = [p for p in report["programs"] if p["involuntary_remats"]]
     if remats:
         lines.append("")

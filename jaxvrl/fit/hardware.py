@@ -24,24 +24,41 @@ GIB = 1 << 30
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """One accelerator chip: its memory for a program (bytes) and its peak bf16 FLOP/s."""
+    """One accelerator chip: its memory for a program (bytes), its peak bf16 FLOP/s, its HBM
+    bandwidth and its interconnect bandwidth to the other chips (bytes/s; None where no figure
+    is published)."""
 
     name: str
     memory_bytes: int
     peak_bf16_flops: float
     device_kinds: tuple[str, ...]  # jax Device.device_kind values of this chip
+    hbm_bytes_per_second: float | None = None
+    interconnect_bytes_per_second: float | None = None
 
 
 # Memory: the HBM a program may use (v5p: what the TPU compiler reports as available; H100 /
 # A100: the 76 GiB of an 80 GB card left after the CUDA context and XLA's reserve, the limit the
-# project plans with). Peaks: dense bf16 from the vendors' data sheets.
+# project plans with). Peaks: dense bf16 from the vendors' data sheets. Bandwidths: HBM per chip,
+# and the chip's bidirectional inter-chip bandwidth (TPU ICI; GPU NVLink), from:
+# - v4: cloud.google.com/tpu/docs/v4 (275 TFLOP/s, 32 GiB, 1,200 GB/s; the page gives no ICI
+#   figure per chip, so none here);
+# - v5e: cloud.google.com/tpu/docs/v5e (197 TFLOP/s, 16 GB, 819 GB/s, ICI 400 GB/s);
+# - v5p: cloud.google.com/tpu/docs/v5p (459 TFLOP/s, 95 GB, 2,765 GB/s, ICI 1,200 GB/s);
+# - v6e: cloud.google.com/tpu/docs/v6e (918 TFLOP/s, 32 GB, 1,638 GB/s, ICI 800 GB/s);
+# - H100 SXM5: NVIDIA H100 Tensor Core GPU data sheet (989 TFLOP/s dense bf16, 3.35 TB/s HBM3,
+#   NVLink 900 GB/s);
+# - A100 SXM4 80GB: NVIDIA A100 data sheet (312 TFLOP/s bf16, 2,039 GB/s HBM2e, NVLink 600 GB/s).
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("TPU v4", 32 * GIB, 275e12, ("TPU v4",)),
-    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, ("TPU v5 lite", "TPU v5e")),
-    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, ("TPU v5", "TPU v5p")),
-    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, ("TPU v6 lite", "TPU v6e")),
-    "h100": Chip("H100 80GB", 76 * GIB, 989e12, ("NVIDIA H100 80GB HBM3", "NVIDIA H100")),
-    "a100": Chip("A100 80GB", 76 * GIB, 312e12, ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB")),
+    "v4": Chip("TPU v4", 32 * GIB, 275e12, ("TPU v4",), 1200e9, None),
+    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, ("TPU v5 lite", "TPU v5e"), 819e9, 400e9),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, ("TPU v5", "TPU v5p"), 2765e9, 1200e9),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, ("TPU v6 lite", "TPU v6e"), 1638e9, 800e9),
+    "h100": Chip(
+        "H100 80GB", 76 * GIB, 989e12, ("NVIDIA H100 80GB HBM3", "NVIDIA H100"), 3.35e12, 900e9
+    ),
+    "a100": Chip(
+        "A100 80GB", 76 * GIB, 312e12, ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB"), 2039e9, 600e9
+    ),
 }
 
 GPU_TARGETS = os.path.join(os.path.dirname(__file__), "gpu_targets")

@@ -18,7 +18,6 @@ from model.config import ModelConfig
 from model.layers import RMSNorm, dtype_of, normal_init, rematerialised
 from model.logprobs import chunked_token_logprobs
 from model.rope import mrope_cos_sin
-from model.sharding import constrain
 from model.text import DecoderLayer, KVCache, cache_mask, causal_mask
 from model.vision import VisionTower
 
@@ -89,13 +88,7 @@ class Qwen2VL(nnx.Module):
         """Token embeddings with vision `features` [F, hidden] (the tower's output, computed
         elsewhere: e.g. in chunks) placed at the image/video pad tokens in flattened-batch order.
         input_ids: [batch, seq]. Returns [batch, seq, hidden]."""
-        # The table gathered whole along `embed` first (as FSDP gathers every weight before
-        # use; vocab stays split over `tensor`) and the rows laid out by batch: gathering from
-        # the FSDP-split table yields rows split along `embed`, which the partitioner can only
-        # turn into batch-split rows by replicating them (an involuntary full
-        # rematerialisation, in the forward pass and again in the gradient).
-        table = constrain(self.embed_tokens[...], ("vocab", None))
-        x = constrain(jnp.take(table, input_ids, axis=0), ("batch", None, None)).astype(self.dtype)
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
         if features is None:
             return x
         features = features.astype(self.dtype)

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxvrl.fit import compiler_log, hlo_cost
+from jaxvrl.fit import compiler_log, hlo_cost, predict
 from jaxvrl.fit.peak import PeakBuffer, assigned_bytes, dump_options, peak_buffers, short_op
 from jaxvrl.fit.programs import Program, largest_example, per_device_bytes, stage_programs
 
@@ -248,7 +248,10 @@ def fit_report(
     model_config = model_shape(config)
     mesh = mesh_from_config(config.mesh, devices=target.devices)
     rules = rules_from_config(config.mesh.rules)
-    largest = largest_example(config.data, model_config.vision, **(largest_options or {}))
+    options = dict(largest_options or {})
+    maximum = int(config.rl.max_completion_tokens)
+    completion_tokens = min(int(options.pop("completion_tokens", 0) or maximum), maximum)
+    largest = largest_example(config.data, model_config.vision, **options)
     results: list[Result] = []
     resident_bytes: dict[str, int] = {}
     for stage in run_plan.plan_stages(config):
@@ -263,6 +266,8 @@ def fit_report(
                 program = gen.send(send)
             except StopIteration:
                 break
+            if program.name == "rl/rollout":  # the decode loop at the tokens asked for
+                program = dataclasses.replace(program, while_trips=max(completion_tokens - 1, 1))
             log.info("compiling %s", program.name)
             with activation_layout(mesh, rules):
                 result, compiled = compile_program(program, resident)
@@ -277,6 +282,14 @@ def fit_report(
         step_flops[stage] = sum(
             r.flops * r.runs_per_step for r in results if r.name.startswith(stage + "/")
         )
+    programs = [_result_dict(r, chip, len(target.devices)) for r in results]
+    stages = {}
+    for stage in run_plan.plan_stages(config):
+        tokens = predict.tokens_per_step(stage.name, config, largest, completion_tokens)
+        stages[stage.name] = predict.predict_stage(
+            programs, stage.name, len(target.devices), chip.peak_bf16_flops, tokens
+        )
+    main = stages.get("rl") or stages.get("sft") or {}
     return {
         "config": "",
         "topology": target.name,
@@ -292,10 +305,17 @@ def fit_report(
             "sft_tokens": largest.sft_tokens,
         },
         "resident_gib": {k: v / GIB for k, v in resident_bytes.items()},
-        "programs": [_result_dict(r, chip, len(target.devices)) for r in results],
+        "programs": programs,
         "peak_gib": max((r.peak for r in results), default=0) / GIB,
         "step_flops": step_flops,
         "involuntary_remats": sum(r.involuntary_remats for r in results),
+        "completion_tokens": completion_tokens,
+        # The RL step's prediction (the SFT step's when there is no RL stage), and each stage's.
+        "predicted_step_seconds": main.get("predicted_step_seconds"),
+        "tokens_per_step": main.get("tokens_per_step"),
+        "predicted_tokens_per_second_per_chip": main.get("predicted_tokens_per_second_per_chip"),
+        "predicted_mfu": main.get("predicted_mfu"),
+        "predicted": stages,
         "fits": fits,
     }
 
@@ -431,6 +451,17 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("")
     for stage, flops in report["step_flops"].items():
         lines.append(f"{stage} step: {flops / 1e12:.4g} TFLOP (all chips, every program it runs)")
+    for stage, guess in report.get("predicted", {}).items():
+        if not guess:
+            continue
+        split = ", ".join(f"{k} {v:.3f} s" for k, v in guess["split_seconds"].items())
+        lines.append(
+            f"{stage} step predicted at the roofline: {guess['predicted_step_seconds']:.3f} s "
+            f"({split}; decode at {report['completion_tokens']} tokens), "
+            f"{guess['tokens_per_step']} tokens, "
+            f"{guess['predicted_tokens_per_second_per_chip']:.0f} tokens/s per chip, "
+            f"MFU {guess['predicted_mfu']:.1%} (host work not included)"
+        )
     lines.append(f"involuntary rematerialisations: {report['involuntary_remats']}")
     lines.append(
         f"peak {report['peak_gib']:.2f} GiB per chip of {report['chip_memory_gib']:.1f}: "
@@ -447,7 +478,10 @@ def _split_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """Our own flags, and the --config / --config.x ones left for ml_collections."""
     ours: dict[str, str] = {}
     rest: list[str] = []
-    known = ("topology", "json", "media", "text_tokens", "target_tokens", "memory_gib")
+    known = (
+        "topology", "json", "media", "text_tokens", "target_tokens", "memory_gib",
+        "completion_tokens",
+    )  # fmt: skip
     for arg in argv:
         name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
         if name in known:
@@ -510,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "media": ours.get("media", "video"),
             "text_tokens": int(ours.get("text_tokens", 512)),
             "target_tokens": int(ours.get("target_tokens", 512)),
+            "completion_tokens": int(ours.get("completion_tokens", 0)),
         }
         model_shape(config)
     except Exception as e:  # bad input: unknown topology, config key, shape; absl flag errors

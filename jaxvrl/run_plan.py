@@ -280,6 +280,7 @@ def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "remat": bool(m.remat),
         "vision_remat": bool(m.vision_remat),
         "remat_policy": str(m.remat_policy),
+        "attention": str(m.attention),
     }
 
 

@@ -249,11 +249,12 @@ def load_pretrained(
     remat: bool = False,
     vision_remat: bool = False,
     remat_policy: str = "full",
+    attention: str = "auto",
 ) -> Qwen2VL:
     """Loads a Qwen2-VL / Qwen2.5-VL checkpoint directory into the port.
 
     param_dtype / dtype default to float32 (the checkpoint's own dtype is converted); remat,
-    vision_remat and remat_policy are Qwen2VL's. With a mesh,
+    vision_remat, remat_policy and attention are Qwen2VL's. With a mesh,
     every parameter is placed directly on its shards. Raises on a missing file, a missing or
     misshapen tensor, or an unknown model type, naming it.
     """
@@ -270,6 +271,7 @@ def load_pretrained(
             remat=remat,
             vision_remat=vision_remat,
             remat_policy=remat_policy,
+            attention=attention,
         )
     )
     graphdef, state = nnx.split(abstract)

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Large negative instead of -inf: a fully masked row (padding) then softmaxes to a harmless
-# uniform distribution rather than NaN.
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+# MASK_VALUE: large negative instead of -inf, so a fully masked row (padding) softmaxes to a
+# harmless uniform distribution rather than NaN.
+from model.flash import MASK_VALUE, Mask, flash_attention, implementation_for
 
 
 def dtype_of(name: str) -> jnp.dtype:
@@ -140,21 +140,29 @@ def attention(
     q: jnp.ndarray,
     k: jnp.ndarray,
     v: jnp.ndarray,
-    mask: jnp.ndarray,
+    mask: jnp.ndarray | Mask,
     scale: float,
     query_chunk: int = 0,
+    implementation: str = "auto",
 ) -> jnp.ndarray:
     """Masked grouped-query attention, softmax in float32.
 
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
-    mask: [batch, q_len, kv_len] bool (True = may attend). Returns [batch, q_len, heads, head_dim].
-    With `query_chunk` > 0 and q_len above it, the queries go through in blocks of that many
+    mask: a model.flash.Mask, or [batch, q_len, kv_len] bool (True = may attend; dense only).
+    Returns [batch, q_len, heads, head_dim]. `implementation` (config `model.attention`,
+    model.flash.IMPLEMENTATIONS): "xla_flash" never holds the scores (model.flash); "dense" below.
+
+    Dense: with `query_chunk` > 0 and q_len above it, the queries go through in blocks of that many
     (a lax.map), so a forward pass holds the scores of one block, [batch, heads, query_chunk,
     kv_len], at a time: on the CPU the blocks stay in cache (a prefill of 4 x 1,088 tokens runs
     1.3x faster with blocks of 128, bench/RESULTS.md). Under differentiation the map keeps every
     block's weights for the backward pass, so training holds all pairs either way (plus the
     padding of the last block).
     """
+    if isinstance(mask, Mask):
+        if implementation_for(implementation) == "xla_flash":
+            return flash_attention(q, k, v, mask, scale, query_chunk)
+        mask = mask.allowed()
     return in_query_blocks(
         lambda q_blk, mask_blk: _attention_block(q_blk, k, v, mask_blk, scale),
         query_chunk,

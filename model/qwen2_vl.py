@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.config import ModelConfig
+from model.flash import Mask
 from model.layers import RMSNorm, dtype_of, normal_init, rematerialised
 from model.logprobs import chunked_token_logprobs
 from model.rope import mrope_cos_sin
@@ -31,9 +32,12 @@ class Qwen2VL(nnx.Module):
         remat: bool = False,
         vision_remat: bool = False,
         remat_policy: str = "full",
+        attention: str = "auto",
     ):
         """remat / vision_remat: recompute each decoder layer's / vision block's activations in
-        the backward pass, keeping what `remat_policy` (model.layers.REMAT_POLICIES) names."""
+        the backward pass, keeping what `remat_policy` (model.layers.REMAT_POLICIES) names.
+        attention: the attention implementation of every layer and block (config
+        `model.attention`, model.flash.IMPLEMENTATIONS or "auto")."""
         self.config = config
         t = config.text
         param_dtype, dtype = dtype_of(config.param_dtype), dtype_of(config.dtype)
@@ -44,6 +48,7 @@ class Qwen2VL(nnx.Module):
             dtype=dtype,
             remat=vision_remat,
             remat_policy=remat_policy,
+            attention=attention,
             rngs=rngs,
         )
         self.embed_tokens = nnx.Param(
@@ -54,7 +59,9 @@ class Qwen2VL(nnx.Module):
         )
         self.layers = nnx.List(
             [
-                DecoderLayer(t, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+                DecoderLayer(
+                    t, param_dtype=param_dtype, dtype=dtype, attention=attention, rngs=rngs
+                )
                 for _ in range(t.num_layers)
             ]
         )
@@ -163,12 +170,16 @@ class Qwen2VL(nnx.Module):
         rope_p = self._rope(prompt_positions)
         rope_c = self._rope(completion_positions)
         mask_p = causal_mask(prompt_mask)
-        lc = completion_mask.shape[1]
-        sees_prompt = jnp.broadcast_to(
-            prompt_mask[sample_to_prompt][:, None, :],
-            (completion_mask.shape[0], lc, prompt_mask.shape[1]),
+        # A completion's queries see their prompt's valid keys (positions 0: before every
+        # query) and their own causally (positions Lp + j).
+        samples, lc = completion_mask.shape
+        lp = prompt_mask.shape[1]
+        own = jnp.broadcast_to(lp + jnp.arange(lc), (samples, lc))
+        mask_c = Mask(
+            jnp.concatenate([prompt_mask[sample_to_prompt], completion_mask], axis=1),
+            q_pos=own,
+            kv_pos=jnp.concatenate([jnp.zeros((samples, lp), own.dtype), own], axis=1),
         )
-        mask_c = jnp.concatenate([sees_prompt, causal_mask(completion_mask)], axis=2)
         xp, xc = prompt_x, completion_x
         for layer in self.layers:
             if self.remat:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from model.config import TextConfig
+from model.flash import Mask
 from model.layers import Dense, RMSNorm, activation, attention
 from model.rope import apply_rotary
 from model.sharding import constrain
@@ -44,9 +45,12 @@ class KVCache:
 
 
 class Attention(nnx.Module):
-    """Grouped-query attention: q, k, v with bias, o without (Qwen2)."""
+    """Grouped-query attention: q, k, v with bias, o without (Qwen2). `implementation`: config
+    `model.attention` (model.layers.attention)."""
 
-    def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: TextConfig, *, param_dtype, dtype, implementation: str = "auto", rngs: nnx.Rngs
+    ):
         d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
         self.q_proj = Dense(d, h * hd, axes=("embed", "heads"), **kw)
@@ -60,6 +64,7 @@ class Attention(nnx.Module):
         # blocks would keep every block's weights anyway, +37% attention memory at 1,024 tokens
         # (bench/RESULTS.md).
         self.query_chunk = 128
+        self.implementation = implementation
 
     def project(self, x, cos, sin):
         """Rotated queries [b, len, heads, d] and keys, and values [b, len, kv_heads, d]."""
@@ -88,23 +93,25 @@ class Attention(nnx.Module):
             kv_cache = (k_all, v_all)
             k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
         chunk = self.query_chunk if kv_cache is not None else 0
-        return self.output(attention(q, k, v, mask, hd**-0.5, chunk)), kv_cache
+        out = attention(q, k, v, mask, hd**-0.5, chunk, self.implementation)
+        return self.output(out), kv_cache
 
     def shared_prefix(self, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt):
         """Attention for completions that continue shared prompts, the prompts computed once.
 
         xp: [P, Lp, hidden] prompts; xc: [S, Lc, hidden] completions, completion s continuing
-        prompt `sample_to_prompt[s]`. rope_p / rope_c: (cos, sin) of each. mask_p: [P, Lp, Lp];
-        mask_c: [S, Lc, Lp + Lc] over the prompt's keys, then the completion's own keys.
+        prompt `sample_to_prompt[s]`. rope_p / rope_c: (cos, sin) of each. mask_p: the prompts' Mask
+        (or [P, Lp, Lp]); mask_c: the completions' [S, Lc] queries over the prompt's keys, then
+        their own keys (a Mask, or [S, Lc, Lp + Lc]).
         Returns the residual updates of both. Equal to attention over each concatenated
         prompt + completion, without running the prompt once per completion."""
         hd = self.shape[2]
         qp, kp, vp = self.project(xp, *rope_p)
         qc, kc, vc = self.project(xc, *rope_c)
-        out_p = attention(qp, kp, vp, mask_p, hd**-0.5)
+        out_p = attention(qp, kp, vp, mask_p, hd**-0.5, implementation=self.implementation)
         k = _heads(jnp.concatenate([kp[sample_to_prompt], kc], axis=1), "kv_heads")
         v = _heads(jnp.concatenate([vp[sample_to_prompt], vc], axis=1), "kv_heads")
-        out_c = attention(qc, k, v, mask_c, hd**-0.5)
+        out_c = attention(qc, k, v, mask_c, hd**-0.5, implementation=self.implementation)
         return self.output(out_p), self.output(out_c)
 
 
@@ -129,9 +136,13 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: TextConfig, *, param_dtype, dtype, attention: str = "auto", rngs: nnx.Rngs
+    ):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
-        self.self_attn = Attention(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(
+            cfg, param_dtype=param_dtype, dtype=dtype, implementation=attention, rngs=rngs
+        )
         self.post_attention_layernorm = RMSNorm(
             cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype
         )
@@ -173,17 +184,14 @@ def _heads(x: jnp.ndarray, heads: str) -> jnp.ndarray:
     return constrain(x, ("batch", None, heads, None))
 
 
-def causal_mask(attention_mask: jnp.ndarray) -> jnp.ndarray:
-    """[batch, seq] validity -> [batch, seq, seq] causal mask over valid keys."""
-    length = attention_mask.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    return causal[None] & attention_mask[:, None, :].astype(bool)
+def causal_mask(attention_mask: jnp.ndarray) -> Mask:
+    """[batch, seq] validity -> the causal Mask over valid keys (dense: Mask.allowed())."""
+    return Mask.causal(attention_mask)
 
 
-def cache_mask(valid: jnp.ndarray, index: jnp.ndarray, length: int) -> jnp.ndarray:
+def cache_mask(valid: jnp.ndarray, index: jnp.ndarray, length: int) -> Mask:
     """Mask for `length` queries written at slots [index, index + length): each sees the valid
-    slots up to and including its own. valid: [batch, slots] -> [batch, length, slots]."""
-    slots = valid.shape[1]
-    query_slot = index + jnp.arange(length)
-    causal = jnp.arange(slots)[None, :] <= query_slot[:, None]
-    return causal[None] & valid[:, None, :]
+    slots up to and including its own. valid: [batch, slots]; queries [batch, length]."""
+    batch, slots = valid.shape
+    query_slot = jnp.broadcast_to(index + jnp.arange(length), (batch, length))
+    return Mask(valid, q_pos=query_slot, kv_pos=jnp.broadcast_to(jnp.arange(slots), valid.shape))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.config import VisionConfig
+from model.flash import Mask, flash_attention, implementation_for
 from model.layers import (
     MASK_VALUE,
     Dense,
@@ -35,13 +36,18 @@ def segment_attention(
     segments: jnp.ndarray,
     scale: float,
     query_chunk: int,
+    implementation: str = "auto",
 ) -> jnp.ndarray:
     """Attention restricted to equal, non-zero segment ids (block-diagonal), softmax in float32.
 
     q, k, v: [patches, heads, head_dim]; segments: [patches] int (0 = padding).
-    Queries are processed `query_chunk` at a time, so a forward pass holds the scores of one block
-    (under differentiation the map keeps every block's weights for the backward pass).
+    Queries are processed `query_chunk` at a time. "xla_flash" (model.flash): one key block's
+    scores at a time, also in the backward pass. "dense": a forward pass holds the scores of one
+    query block (under differentiation the map keeps every block's weights).
     """
+    if implementation_for(implementation) == "xla_flash":
+        mask = Mask.segments(segments[None])
+        return flash_attention(q[None], k[None], v[None], mask, scale, query_chunk)[0]
     k = k.transpose(1, 0, 2)  # [heads, patches, head_dim]: the matmuls need no transposes
     v = v.transpose(1, 0, 2)
 
@@ -66,13 +72,16 @@ def window_attention(
     windows: jnp.ndarray,
     scale: float,
     reach: int,
+    implementation: str = "auto",
 ) -> jnp.ndarray:
     """Attention restricted to equal, non-zero window ids, for ids that form contiguous runs of at
     most `reach` patches (Qwen2.5-VL's windows after the window permutation); softmax in float32.
 
     q, k, v: [patches, heads, head_dim]; windows: [patches] int (0 = padding). Queries go in blocks
     of `reach`; block b scores only the keys [(b - 1) * reach, (b + 2) * reach), which hold every
-    window that touches the block: 3 * reach keys per query instead of all patches.
+    window that touches the block: 3 * reach keys per query instead of all patches. "xla_flash"
+    (model.flash) goes over those keys in blocks with its own backward pass; "dense" holds
+    [blocks, heads, reach, 3 * reach] scores (under differentiation too).
     """
     n, heads, dim = q.shape
     blocks = -(-n // reach)
@@ -91,6 +100,15 @@ def window_attention(
     v_blk = neighbourhood(v).transpose(0, 2, 1, 3)
     ids_q = in_blocks(windows, 0, 0)  # [blocks, reach]
     ids_k = neighbourhood(windows)  # [blocks, 3 * reach]
+    if implementation_for(implementation) == "xla_flash":
+        out = flash_attention(
+            in_blocks(q, 0, 0),
+            neighbourhood(k),
+            neighbourhood(v),
+            Mask(ids_k > 0, ids_q, ids_k),
+            scale,
+        )  # [blocks, reach, heads, dim]
+        return out.reshape(blocks * reach, heads, dim)[:n]
     allowed = (ids_q[:, :, None] == ids_k[:, None, :]) & (ids_q[:, :, None] > 0)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q_blk, k_blk, preferred_element_type=jnp.float32)
     weights, total = softmax_parts(jnp.where(allowed[:, None], scores, MASK_VALUE))
@@ -106,7 +124,16 @@ class VisionAttention(nnx.Module):
     slices; `window_reach` 0), or among equal window ids whose windows hold at most `window_reach`
     patches (Qwen2.5-VL's window layers)."""
 
-    def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, window_reach: int, rngs):
+    def __init__(
+        self,
+        cfg: VisionConfig,
+        *,
+        param_dtype,
+        dtype,
+        window_reach: int,
+        implementation: str = "auto",
+        rngs,
+    ):
         d = cfg.hidden_size
         kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
         self.qkv = Dense(d, 3 * d, axes=("embed", "qkv"), **kw)
@@ -115,6 +142,7 @@ class VisionAttention(nnx.Module):
         self.head_dim = cfg.head_dim
         self.window_reach = window_reach
         self.query_chunk = 512  # queries per block of segment_attention
+        self.implementation = implementation  # config `model.attention` (model.flash)
 
     def __call__(self, x, cos, sin, ids):
         n = x.shape[0]
@@ -124,9 +152,9 @@ class VisionAttention(nnx.Module):
         k = apply_rotary(k, cos, sin)
         scale = self.head_dim**-0.5
         if self.window_reach:
-            out = window_attention(q, k, v, ids, scale, self.window_reach)
+            out = window_attention(q, k, v, ids, scale, self.window_reach, self.implementation)
         else:
-            out = segment_attention(q, k, v, ids, scale, self.query_chunk)
+            out = segment_attention(q, k, v, ids, scale, self.query_chunk, self.implementation)
         return self.proj(out.reshape(n, -1))
 
 
@@ -153,12 +181,26 @@ class VisionMLP(nnx.Module):
 
 
 class VisionBlock(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, window_reach: int, rngs):
+    def __init__(
+        self,
+        cfg: VisionConfig,
+        *,
+        param_dtype,
+        dtype,
+        window_reach: int,
+        attention: str = "auto",
+        rngs,
+    ):
         norm = RMSNorm if cfg.is_windowed else LayerNorm
         self.norm1 = norm(cfg.hidden_size, 1e-6, param_dtype=param_dtype)
         self.norm2 = norm(cfg.hidden_size, 1e-6, param_dtype=param_dtype)
         self.attn = VisionAttention(
-            cfg, param_dtype=param_dtype, dtype=dtype, window_reach=window_reach, rngs=rngs
+            cfg,
+            param_dtype=param_dtype,
+            dtype=dtype,
+            window_reach=window_reach,
+            implementation=attention,
+            rngs=rngs,
         )
         self.mlp = VisionMLP(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
@@ -196,10 +238,12 @@ class VisionTower(nnx.Module):
         dtype=jnp.float32,
         remat: bool = False,
         remat_policy: str = "full",
+        attention: str = "auto",
         rngs: nnx.Rngs,
     ):
         """remat: recompute each block's activations in the backward pass, keeping what
-        `remat_policy` names (model.layers.REMAT_POLICIES)."""
+        `remat_policy` names (model.layers.REMAT_POLICIES). attention: the blocks' attention
+        implementation (model.flash)."""
         self.cfg = cfg
         self.dtype = dtype
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
@@ -219,6 +263,7 @@ class VisionTower(nnx.Module):
                 VisionBlock(
                     cfg,
                     window_reach=window_patches if self._windowed(i) else 0,
+                    attention=attention,
                     **kw,
                 )
                 for i in range(cfg.depth)

@@ -1,6 +1,12 @@
 """The CPU demo shrunk to seconds, shared by the end-to-end trainer tests (test_train.py,
 test_parallel_multihost.py): the small synthetic set conftest's `small_demo_set` builds, and the
-overrides of a short run on it (each test adds its own steps, checkpoints and mesh)."""
+overrides of a short run on it (each test adds its own steps, checkpoints and mesh), and the
+environment those runs start in."""
+
+import atexit
+import os
+import shutil
+import tempfile
 
 # The demo's synthetic set cut down: 8 training videos, 4 images, 4 held-out videos.
 SMALL_SET = {"num_videos": 8, "num_images": 4, "num_eval_videos": 4}
@@ -22,3 +28,21 @@ def shrunk_demo(root: str, workdir: str, *extra: str) -> list[str]:
         "--config.metrics.progress=false",
         *extra,
     ]
+
+
+# JAX's persistent compilation cache, one directory per test process: the shrunk demo's runs
+# compile the same programs (a restarted run all of them again), so every run after the first
+# reads its executables back instead of compiling them. The test process itself does not use it.
+COMPILE_CACHE = tempfile.mkdtemp(prefix="jaxvrl_test_compile_cache_")
+atexit.register(shutil.rmtree, COMPILE_CACHE, ignore_errors=True)
+
+
+def trainer_env(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m jaxvrl.train` run a test starts: this process's, with the
+    shared compilation cache (every program cached, however quick its compile); then `extra`."""
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": COMPILE_CACHE,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        **extra,
+    }

@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from demo_fixtures import shrunk_demo
+from demo_fixtures import shrunk_demo, trainer_env
 from flax import nnx
 from safetensors.numpy import load_file
 
@@ -83,11 +83,10 @@ def start(root: str, workdir: str, processes: int, *extra: str) -> list[subproce
     os.makedirs(workdir, exist_ok=True)
     procs = []
     for i in range(processes):
-        env = {
-            **os.environ,
-            "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}",
-        }
+        env = trainer_env(
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+        )
         if processes > 1:
             env.update(
                 JAX_COORDINATOR_ADDRESS=f"localhost:{port}",

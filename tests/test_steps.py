@@ -273,9 +273,11 @@ def test_optimizer_state_has_the_parameters_shardings_and_step_two_reuses_step_o
     assert step._cache_size() == 1  # one compilation for three steps
 
 
+@functools.cache
 def _ten_small_steps(param_dtype: str, dtype: str):
     """Ten AdamW steps at lr 1e-6 (the recipes' optimizer) on one fixed RL batch: returns the
-    parameter changes (float64), the final optimizer state and the model."""
+    parameter changes (float64), the final optimizer state and the model. Cached: the float32
+    run is the reference of two tests (neither changes what it returns)."""
     model = load_pretrained(tiny_checkpoint("qwen2_vl")[0], param_dtype=param_dtype, dtype=dtype)
     _, batch = _rl_batch(model)
     graphdef, params = nnx.split(model)

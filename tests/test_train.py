@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from demo_fixtures import shrunk_demo
+from demo_fixtures import shrunk_demo, trainer_env
 from safetensors.numpy import load_file
 
 from jaxvrl.metrics import read_metrics
@@ -53,7 +53,12 @@ def root(small_demo_set):
 def uninterrupted(root, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run_a"))
     result = subprocess.run(
-        command(root, workdir), cwd=REPO, capture_output=True, text=True, timeout=600
+        command(root, workdir),
+        cwd=REPO,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir, result.stdout, result.stderr
@@ -134,8 +139,8 @@ def test_sigkill_and_restart_ends_bit_identical_to_an_uninterrupted_run(
     workdir_a, _, _ = uninterrupted
     workdir = str(tmp_path / "run_b")
     proc = subprocess.Popen(
-        command(root, workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
+        command(root, workdir), cwd=REPO, env=trainer_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     # Killed inside the RL stage, once its first checkpoint (step 4, saved in the background)
     # is complete: killed before that, the run restarts at the stage boundary (step 3) and
@@ -145,7 +150,12 @@ def test_sigkill_and_restart_ends_bit_identical_to_an_uninterrupted_run(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     result = subprocess.run(
-        command(root, workdir), cwd=REPO, capture_output=True, text=True, timeout=600
+        command(root, workdir),
+        cwd=REPO,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "resumed" in result.stderr
@@ -186,7 +196,9 @@ def test_another_seed_samples_other_completions(root, uninterrupted, tmp_path):
     workdir = str(tmp_path / "seed_1")
     cmd = [*command(root, workdir), "--config.rl.steps=1", "--config.seed=1",
            "--config.eval.files=", "--config.export.hf_dir="]  # fmt: skip
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        cmd, cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     seed_0 = [r["text"] for r in completions(workdir_a)[4] if r["rollout"] == 0]
     seed_1 = [r["text"] for r in completions(workdir)[4] if r["rollout"] == 0]
@@ -218,7 +230,9 @@ def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
     workdir = str(tmp_path / "run_c")
     sft_only = [*command(root, workdir), "--config.rl.steps=0"]
     for cmd in (sft_only, command(root, workdir)):
-        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            cmd, cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stderr[-4000:]
     with open(os.path.join(workdir_a, "eval", "3.json")) as f:
         before_a = json.load(f)["benchmarks"]["video_r1"]
@@ -248,7 +262,7 @@ def test_an_error_inside_the_data_pipeline_ends_the_run_with_one_line(root, tmp_
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(CRASHING_DECODER)
     workdir = str(tmp_path / "run")
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}"}
+    env = trainer_env(PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{REPO}")
     result = subprocess.run(
         command(root, workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )

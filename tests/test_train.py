@@ -44,6 +44,15 @@ def command(root: str, workdir: str) -> list[str]:
     return [sys.executable, "-m", "jaxvrl.train", *short_overrides(root, workdir)]
 
 
+def run_to_end(cmd: list[str]) -> subprocess.CompletedProcess:
+    """A trainer command run to its end; it must succeed."""
+    result = subprocess.run(
+        cmd, cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
 @pytest.fixture(scope="module")
 def root(small_demo_set):
     return small_demo_set
@@ -52,15 +61,7 @@ def root(small_demo_set):
 @pytest.fixture(scope="module")
 def uninterrupted(root, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run_a"))
-    result = subprocess.run(
-        command(root, workdir),
-        cwd=REPO,
-        env=trainer_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_to_end(command(root, workdir))
     return workdir, result.stdout, result.stderr
 
 
@@ -149,15 +150,7 @@ def test_sigkill_and_restart_ends_bit_identical_to_an_uninterrupted_run(
     _wait_for_path(os.path.join(workdir, "checkpoints", "4"), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    result = subprocess.run(
-        command(root, workdir),
-        cwd=REPO,
-        env=trainer_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_to_end(command(root, workdir))
     assert "resumed" in result.stderr
     a = load_file(os.path.join(workdir_a, "hf", "model.safetensors"))
     b = load_file(os.path.join(workdir, "hf", "model.safetensors"))
@@ -196,10 +189,7 @@ def test_another_seed_samples_other_completions(root, uninterrupted, tmp_path):
     workdir = str(tmp_path / "seed_1")
     cmd = [*command(root, workdir), "--config.rl.steps=1", "--config.seed=1",
            "--config.eval.files=", "--config.export.hf_dir="]  # fmt: skip
-    result = subprocess.run(
-        cmd, cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_to_end(cmd)
     seed_0 = [r["text"] for r in completions(workdir_a)[4] if r["rollout"] == 0]
     seed_1 = [r["text"] for r in completions(workdir)[4] if r["rollout"] == 0]
     assert len(seed_0) == len(seed_1) == 16
@@ -230,10 +220,7 @@ def test_restart_at_the_stage_boundary_evaluates_and_trains_from_the_sft_end(
     workdir = str(tmp_path / "run_c")
     sft_only = [*command(root, workdir), "--config.rl.steps=0"]
     for cmd in (sft_only, command(root, workdir)):
-        result = subprocess.run(
-            cmd, cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=600
-        )
-        assert result.returncode == 0, result.stderr[-4000:]
+        run_to_end(cmd)
     with open(os.path.join(workdir_a, "eval", "3.json")) as f:
         before_a = json.load(f)["benchmarks"]["video_r1"]
     with open(os.path.join(workdir, "eval", "3.json")) as f:

@@ -304,21 +304,22 @@ def hlo_cost(text: str, while_trips: int | None = None, partitions: int | None =
 def _result_bytes(inst: _Instruction) -> float:
     """A collective's result bytes; an asynchronous -start returns (operands, results, ...):
     its result is the tuple's second element."""
-    if inst.opcode.endswith("-start") and inst.type_text.startswith("(("):
-        depth, parts, start = 0, [], 1
-        body = inst.type_text[1:-1]
-        for i, ch in enumerate(body):
-            depth += ch in "({["
-            depth -= ch in ")}]"
-            if ch == "," and depth == 0:
-                parts.append(body[start - 1 : i])
-                start = i + 2
-        parts.append(body[start - 1 :])
-        if len(parts) >= 2:
-            return type_bytes(parts[1], False)
     if inst.opcode.endswith("-start") and inst.type_text.startswith("("):
-        arrays = _ARRAY.findall(inst.type_text)
-        if len(arrays) >= 2:
-            dtype, dims, _ = arrays[1]
-            return _DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
+        elements = _tuple_elements(inst.type_text)
+        if len(elements) >= 2:
+            return type_bytes(elements[1], False)
     return type_bytes(inst.type_text, False)
+
+
+def _tuple_elements(type_text: str) -> list[str]:
+    """The top-level elements of a tuple type `(a, (b, c), d)` -> ["a", "(b, c)", "d"]."""
+    depth, parts, start = 0, [], 0
+    body = type_text.strip()[1:-1]
+    for i, ch in enumerate(body):
+        depth += ch in "({["
+        depth -= ch in ")}]"
+        if ch == "," and depth == 0:
+            parts.append(body[start:i].strip())
+            start = i + 1
+    parts.append(body[start:].strip())
+    return [p for p in parts if p]

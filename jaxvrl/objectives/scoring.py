@@ -142,8 +142,9 @@ def rewards(
     ordered_texts = [texts[i] for i in ordered_idx]
     # Each sample's accuracy once: the recipe's reward of that name and the length bonus (whose
     # "correct" is the "accuracy" reward's) take it instead of parsing the answers again.
+    fields = _fields(meta, rows)
     accuracy_fn = registry.get(settings.accuracy_reward)
-    accuracy = np.asarray(accuracy_fn(ordered_texts, solutions, **_fields(meta, rows)), np.float32)
+    accuracy = np.asarray(accuracy_fn(ordered_texts, solutions, **fields), np.float32)
     options = {name: dict(values) for name, values in settings.reward_options}
     if settings.accuracy_reward == "accuracy":
         options.setdefault("length_bonus", {})["accuracies"] = accuracy
@@ -155,7 +156,7 @@ def rewards(
         precomputed={settings.accuracy_reward: accuracy},
         completion_lengths=lengths[ordered_idx].tolist(),
         group_ids=rows.tolist(),
-        **_fields(meta, rows),
+        **fields,
     )
     if settings.overlong_buffer > 0:
         penalty = dapo.soft_overlong_penalty(

@@ -105,3 +105,67 @@ def test_a_sample_stream_depends_only_on_seed_prompt_seed_and_sample_index():
     assert not np.array_equal(data[0], data[1]) and not np.array_equal(data[0], data[3])
     step1 = np.asarray(jax.random.key_data(sampling.step_keys(keys, 1)))
     assert not np.array_equal(step1[0], data[0])
+
+
+def zipf_logits(rows: int, vocab: int, exponent: float, seed: int) -> np.ndarray:
+    """Language-model-like rows: log-probabilities of a Zipf law over a shuffled vocabulary, plus
+    noise. A small exponent gives a flat row whose nucleus is thousands of tokens wide."""
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, vocab + 1, dtype=np.float64)
+    base = -exponent * np.log(ranks)
+    out = np.array([rng.permutation(base) for _ in range(rows)]).reshape(rows, vocab)
+    return (out + 0.3 * rng.standard_normal(out.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("exponent", [2.0, 1.2, 0.6])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
+def test_top_p_from_candidates_keeps_the_full_sorts_set(exponent, top_p):
+    """Peaky rows (the nucleus among the 64 candidates) and flat ones (the full sort's fallback)
+    keep exactly the tokens the full sort keeps."""
+    logits = jnp.asarray(zipf_logits(16, 4096, exponent, seed=int(10 * exponent)))
+    got = np.isfinite(np.asarray(sampling.filter_logits(logits, 0, top_p, candidates=64)))
+    want = np.isfinite(np.asarray(sampling.filter_logits(logits, 0, top_p, candidates=0)))
+    np.testing.assert_array_equal(got, want)
+    assert (want.sum(axis=-1) >= 1).all()
+
+
+def test_top_p_candidates_fall_back_to_the_sort_when_one_row_needs_it():
+    peaky = zipf_logits(3, 4096, 2.0, seed=1)
+    flat = zipf_logits(1, 4096, 0.3, seed=2)
+    logits = jnp.asarray(np.concatenate([peaky, flat]))
+    got = np.isfinite(np.asarray(sampling.filter_logits(logits, 0, 0.9, candidates=64)))
+    want = np.isfinite(np.asarray(sampling.filter_logits(logits, 0, 0.9, candidates=0)))
+    np.testing.assert_array_equal(got, want)
+    assert got[:3].sum(axis=-1).max() <= 64 < got[3].sum()
+
+
+@pytest.mark.parametrize("flat_rows", [0, 2])
+def test_top_p_candidates_sample_todays_tokens_at_qwens_vocabulary(flat_rows):
+    """Video-R1's sampling (top_p 0.95, temperature 1, no top-k) at Qwen2-VL's vocabulary size:
+    the same tokens from the same keys with and without the full sort, jitted as the rollout
+    runs it (top_p traced). Peaky rows alone take the candidates' branch; two flat rows (a
+    nucleus wider than the vocabulary's first 1,024) send the batch to the sort."""
+    vocab, rows = 151_936, 16
+    logits = jnp.asarray(
+        np.concatenate(
+            [
+                zipf_logits(rows - flat_rows, vocab, 1.5, seed=3),
+                zipf_logits(flat_rows, vocab, 1.1, 4),
+            ]
+        )
+    )
+
+    def draw(candidates):
+        fn = jax.jit(
+            lambda keys, x, p: sampling.sample_tokens(
+                keys, x, top_p=p, use_top_p=True, candidates=candidates
+            )
+        )
+        return np.stack(
+            [
+                np.asarray(fn(jax.random.split(jax.random.key(s), rows), logits, 0.95))
+                for s in range(8)
+            ]
+        )
+
+    np.testing.assert_array_equal(draw(sampling.TOP_P_CANDIDATES), draw(0))

@@ -22,17 +22,28 @@ import jax.numpy as jnp
 NEG_INF = -jnp.inf
 
 
+# Top-p over the whole vocabulary first looks among this many most probable tokens: when their
+# mass reaches top_p the nucleus lies among them and no sort of the vocabulary is needed.
+TOP_P_CANDIDATES = 1024
+
+
 def filter_logits(
     logits: jnp.ndarray,
     top_k: int = 0,
     top_p: float | jnp.ndarray = 1.0,
     use_top_p: bool | None = None,
+    candidates: int = TOP_P_CANDIDATES,
 ) -> jnp.ndarray:
     """Top-k then top-p filtering: dropped tokens get -inf.
 
     logits: [..., vocab] float32, already divided by the temperature. top_k: static, 0 = off.
     top_p: a float or a traced scalar in (0, 1]; `use_top_p` (static) says whether to apply it at
     all (default: top_p < 1 when top_p is a Python float, else True). Returns [..., vocab].
+
+    Top-p without top-k ranks only the `candidates` (static) most probable tokens (`lax.top_k`)
+    and sorts the whole vocabulary only when their mass is below top_p for some row: the kept set
+    is the one the full sort gives, since every token ranked below the candidates then has at
+    least top_p of mass above it. `candidates=0` always sorts.
     """
     vocab = logits.shape[-1]
     if use_top_p is None:
@@ -42,17 +53,39 @@ def filter_logits(
         return logits
     if k < vocab:
         ranked, _ = jax.lax.top_k(logits, k)  # [..., k], descending
+        threshold = _nucleus_threshold(ranked, top_p, use_top_p)
+    elif 0 < candidates < vocab:
+        head, _ = jax.lax.top_k(logits, candidates)  # [..., candidates], descending
+        # The candidates' probabilities under the softmax of the whole vocabulary.
+        unnormalised = jnp.exp(logits - head[..., :1])
+        head_probs = jnp.exp(head - head[..., :1]) / jnp.sum(unnormalised, axis=-1, keepdims=True)
+        head_mass = jnp.sum(head_probs, axis=-1)
+        enough = jnp.all(head_mass >= top_p) & (top_p < 1.0)
+        threshold = jax.lax.cond(
+            enough,
+            lambda: _threshold_from_probs(head, head_probs, top_p),
+            lambda: _nucleus_threshold(-jnp.sort(-logits, axis=-1), top_p, True),
+        )
     else:
-        ranked = -jnp.sort(-logits, axis=-1)
-    keep_ranked = jnp.ones(ranked.shape, bool)
-    if use_top_p:
-        probs = jax.nn.softmax(ranked, axis=-1)
-        mass_above = jnp.cumsum(probs, axis=-1) - probs
-        keep_ranked = (mass_above < top_p) | (top_p >= 1.0)
-    # The most probable token always stays; count >= 1.
-    count = jnp.maximum(jnp.sum(keep_ranked, axis=-1, keepdims=True), 1)
-    threshold = jnp.take_along_axis(ranked, count - 1, axis=-1)
+        threshold = _nucleus_threshold(-jnp.sort(-logits, axis=-1), top_p, True)
     return jnp.where(logits >= threshold, logits, NEG_INF)
+
+
+def _nucleus_threshold(ranked: jnp.ndarray, top_p, use_top_p: bool) -> jnp.ndarray:
+    """The smallest kept logit: ranked [..., n] descending holds every token still in the running
+    (the vocabulary, or top-k's survivors, whose softmax top-p is taken over). Returns [..., 1]."""
+    if not use_top_p:
+        return ranked[..., -1:]
+    return _threshold_from_probs(ranked, jax.nn.softmax(ranked, axis=-1), top_p)
+
+
+def _threshold_from_probs(ranked: jnp.ndarray, probs: jnp.ndarray, top_p) -> jnp.ndarray:
+    """A token stays when the mass ranked strictly above it is below top_p (all stay at
+    top_p >= 1); the most probable always stays. ranked, probs: [..., n]. Returns [..., 1]."""
+    mass_above = jnp.cumsum(probs, axis=-1) - probs
+    keep = (mass_above < top_p) | (top_p >= 1.0)
+    count = jnp.maximum(jnp.sum(keep, axis=-1, keepdims=True), 1)
+    return jnp.take_along_axis(ranked, count - 1, axis=-1)
 
 
 def suppress_tokens(
@@ -77,14 +110,16 @@ def sample_tokens(
     greedy: bool = False,
     suppress: tuple[int, ...] = (),
     suppress_active: jnp.ndarray | bool = False,
+    candidates: int = TOP_P_CANDIDATES,
 ) -> jnp.ndarray:
     """One token per row. keys: [rows] typed PRNG keys (one stream per row, so a row's draw does
     not depend on the other rows); logits: [rows, vocab] float32 (raw, not temperature-scaled).
-    Greedy takes the argmax of the raw logits. Returns [rows] int32."""
+    Greedy takes the argmax of the raw logits; `candidates` as in `filter_logits`. Returns [rows]
+    int32."""
     logits = suppress_tokens(logits, suppress, suppress_active)
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    scaled = filter_logits(logits / temperature, top_k, top_p, use_top_p)
+    scaled = filter_logits(logits / temperature, top_k, top_p, use_top_p, candidates)
     draw = jax.vmap(lambda key, row: jax.random.categorical(key, row))
     return draw(keys, scaled).astype(jnp.int32)
 

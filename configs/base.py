@@ -316,6 +316,9 @@ def get_config() -> ml_collections.ConfigDict:
             # step = data.batch_size x this.
             "micro_batches": 1,
             "logprob_chunk": 1024,  # tokens per chunk of the log-prob computation
+            # Compiled programs are written here and loaded by a restarted, resumed or evaluated
+            # run instead of compiled again (jaxvrl/compile_cache.py); "" = off.
+            "compilation_cache_dir": "~/.cache/jaxvrl/compilation_cache",
         }
     )
     config.rollout = ml_collections.ConfigDict(

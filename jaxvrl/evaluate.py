@@ -28,7 +28,7 @@ import json
 import sys
 from typing import Any
 
-from jaxvrl import run_paths
+from jaxvrl import compile_cache, run_paths
 from jaxvrl.eval import benchmarks, report, runner
 
 SUBCOMMANDS = ("score", "list", "report")
@@ -132,6 +132,7 @@ def run(argv) -> None:
     f = flags.FLAGS
     config = f.config
     run_paths.require_local_run(f.workdir, config)
+    compile_cache.enable(str(config.train.compilation_cache_dir))
     if not config.eval.files:
         raise ValueError("set --config.eval.files (benchmark=path,...) to evaluate")
     only = [b.strip() for b in (f.benchmarks or "").split(",") if b.strip()]

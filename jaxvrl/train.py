@@ -33,7 +33,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxvrl import cli, demo_report, microbatches, policy, run_paths, run_plan, steps
+from jaxvrl import (
+    cli,
+    compile_cache,
+    demo_report,
+    microbatches,
+    policy,
+    run_paths,
+    run_plan,
+    steps,
+)
 from jaxvrl.checkpoint import Checkpointer, data_state_for_process
 from jaxvrl.data import pipeline, synthetic
 from jaxvrl.eval import report as eval_report
@@ -67,6 +76,7 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         self.config = config
         self.workdir = workdir
+        self.compile_time = compile_cache.watch()
         os.makedirs(workdir, exist_ok=True)
         initialize_from_config(config.mesh)
         self.mesh = mesh_from_config(config.mesh)
@@ -402,6 +412,7 @@ class Trainer:
             "step_time/total": total_time,
             "compilations/sampler": self.sampler.num_compilations,
             "compilations/train": len(self.train_programs),
+            **self.compile_time.metrics(),
             "nonfinite_skips": self.nonfinite_skips,
             "data/skipped_records": int(skipped_records),
             **{k: int(v) for k, v in counts.items()},
@@ -554,6 +565,7 @@ def main(argv) -> None:
     # Before any JAX call (the log file's name asks for the process index).
     initialize_from_config(config.mesh)
     cli.open_log_file(workdir, console_level)
+    compile_cache.enable(str(config.train.compilation_cache_dir))
     if jax.process_count() > 1:
         log.info("%s", distributed_summary(int(config.mesh.heartbeat_timeout)))
     results = Trainer(config, workdir).run()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from demo_fixtures import trainer_env
 
 from configs import demo
 from jaxvrl import cli
@@ -15,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _train(tmp_path, *overrides):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = trainer_env(JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     return subprocess.run(
         [

@@ -10,6 +10,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from demo_fixtures import trainer_env
 from model_fixtures import tiny_port
 from test_train import REPO, short_overrides
 
@@ -263,7 +264,7 @@ def dapo_run(tmp_path_factory):
         "--config.rl.overlong.buffer=4",
         "--config.rl.overlong.mask_truncated=true",
     ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = trainer_env(JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     result = subprocess.run(
         [sys.executable, "-m", "jaxvrl.train", *overrides],

@@ -246,8 +246,8 @@ def get_config() -> ml_collections.ConfigDict:
             "remat_policy": "full",
             # Attention (model/flash.py): "xla_flash" (online softmax over key blocks with its
             # own backward pass: no [queries, keys] scores in either pass), "dense" (the scores
-            # materialised: memory grows with the square of the length) or "auto" (dense for
-            # now, until xla_flash has its own tests; the TPU/GPU kernels are not wired in).
+            # materialised: memory grows with the square of the length) or "auto" (xla_flash on
+            # every backend; the TPU splash and GPU cuDNN kernels are not wired in yet).
             "attention": "auto",
             "freeze_vision": False,  # no updates to the vision tower in any stage
         }

@@ -75,7 +75,7 @@ def flash_attention(
     mask: Mask,
     scale: float,
     query_chunk: int = 0,
-    key_block: int = KEY_BLOCK,
+    key_block: int | None = None,
 ) -> jnp.ndarray:
     """Masked grouped-query attention without the scores, softmax in float32.
 
@@ -83,12 +83,12 @@ def flash_attention(
     [batch, q_len, heads, head_dim], equal to model.layers.attention with mask.allowed(); a query
     that sees no key gets the mean of all values, as there. With `query_chunk` > 0 the queries also
     go in blocks of that many (a lax.map), so a block's scores are [batch, heads, query_chunk,
-    key_block].
+    key_block]. `key_block`: keys per block (default KEY_BLOCK, read at each call).
     """
     b, lq, h, d = q.shape
     lk, kvh = k.shape[1], k.shape[2]
     g = h // kvh
-    block = min(key_block, lk)
+    block = _block_size(lk, key_block or KEY_BLOCK)
     pad_k = (-lk) % block
     # Heads first (no transposes of the scores); scaling q: one pass less over the scores.
     qh = (q * scale).reshape(b, lq, kvh, g, d).transpose(0, 2, 3, 1, 4)  # [b, kvh, g, lq, d]
@@ -127,6 +127,17 @@ def flash_attention(
         )  # [n, b, kvh, g, query_chunk, d]
         out = out.transpose(1, 2, 3, 0, 4, 5).reshape(b, kvh, g, n * query_chunk, d)[:, :, :, :lq]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d)
+
+
+def _block_size(length: int, most: int) -> int:
+    """Keys per block, between half of `most` and `most`, in multiples of 128 (a TPU vector
+    register's lanes) when `most` allows: the size that pads the last block least, the larger on
+    a tie (600 keys: 2 x 384 = 768 padded, not 2 x 512 = 1,024)."""
+    if length <= most:
+        return length
+    multiple = 128 if most >= 256 else 1
+    sizes = range(max(multiple, most // 2 // multiple * multiple), most + 1, multiple)
+    return min(sizes, key=lambda size: (-(-length // size) * size, -size))
 
 
 def _scores(qh, k_blk, query_parts, key_parts, real_blk):
@@ -217,9 +228,8 @@ IMPLEMENTATIONS = ("dense", "xla_flash")
 
 def implementation_for(name: str) -> str:
     """The implementation that `name` ("auto" or one of IMPLEMENTATIONS) runs. "auto" is
-    "dense" for now: "xla_flash" has no tests of its own yet, the demo's five seeds and the fit
-    figures were measured with "dense", and the Pallas splash kernel (TPU) and cuDNN flash
-    attention (GPU) are not wired in. Ask for "xla_flash" by name."""
+    "xla_flash" on every backend: the Pallas splash kernel (TPU) and cuDNN flash attention (GPU)
+    are not wired in yet. "dense" by name keeps the scores (for comparison and debugging)."""
     if name not in ("auto", *IMPLEMENTATIONS):
         raise ValueError(f"unknown attention {name!r}; known: auto, {', '.join(IMPLEMENTATIONS)}")
-    return "dense" if name == "auto" else name
+    return "xla_flash" if name == "auto" else name

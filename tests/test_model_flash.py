@@ -1,0 +1,267 @@
+"""Blockwise attention (model/flash.py) equals the dense formulation (model/layers.py) in values and
+gradients on every mask the model builds: causal with padding, a KV cache, a shared prompt,
+packed vision segments, Qwen2.5-VL windows, grouped-query heads, odd lengths that leave a partial
+key block, queries that see no key; and a tiny model's logits, gradients and cached decoding.
+
+Tolerance: 1e-5 of the largest reference magnitude, in float32. The two differ only in the order
+of float32 sums (per key block with a running maximum vs. one pass), which moves results by a
+few units in the 7th digit at these sizes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from model_fixtures import tiny_port
+
+from model import flash, parity
+from model.flash import Mask, flash_attention, implementation_for
+from model.layers import attention
+from model.rope import rope_index
+from model.text import cache_mask
+from model.vision import segment_attention, window_attention
+
+TOLERANCE = 1e-5
+
+
+def close(got, want) -> None:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = max(float(np.abs(want).max()), 1e-30)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * scale)
+
+
+def qkv(batch, q_len, kv_len, heads=4, kv_heads=2, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((batch, q_len, heads, dim)).astype(np.float32)
+    k = rng.standard_normal((batch, kv_len, kv_heads, dim)).astype(np.float32)
+    v = rng.standard_normal((batch, kv_len, kv_heads, dim)).astype(np.float32)
+    return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+
+
+def values_and_grads(fn, q, k, v):
+    """fn(q, k, v) and the gradient of a fixed random projection of it (every output counts)."""
+    out = fn(q, k, v)
+    weights = jnp.asarray(np.random.default_rng(9).standard_normal(out.shape), out.dtype)
+    grads = jax.grad(lambda *a: jnp.sum(fn(*a) * weights), argnums=(0, 1, 2))(q, k, v)
+    return out, grads
+
+
+def same_as_dense(q, k, v, mask: Mask, key_block: int, query_chunk: int = 0) -> None:
+    scale = q.shape[-1] ** -0.5
+    flash = values_and_grads(
+        lambda q, k, v: flash_attention(q, k, v, mask, scale, query_chunk, key_block), q, k, v
+    )
+    dense = values_and_grads(
+        lambda q, k, v: attention(q, k, v, mask, scale, implementation="dense"), q, k, v
+    )
+    close(flash[0], dense[0])
+    for got, want in zip(flash[1], dense[1], strict=True):
+        close(got, want)
+
+
+@pytest.mark.parametrize("query_chunk", [0, 16])
+def test_causal_with_padding_odd_lengths_and_grouped_heads(query_chunk):
+    """37 tokens in key blocks of 16 (a partial last block), 4 query heads on 2 KV heads, one row
+    right-padded to 23 tokens: its padding queries see no valid key before them... except the
+    valid ones, and its padded keys are seen by nobody."""
+    q, k, v = qkv(2, 37, 37)
+    valid = jnp.arange(37)[None] < jnp.asarray([[37], [23]])
+    same_as_dense(q, k, v, Mask.causal(valid), key_block=16, query_chunk=query_chunk)
+
+
+def test_left_padding_gives_queries_that_see_no_key():
+    """Left-padded rows: the first queries see nothing (the dense formulation averages every
+    value there); both formulations must agree on them too."""
+    q, k, v = qkv(2, 21, 21, seed=1)
+    valid = jnp.arange(21)[None] >= jnp.asarray([[0], [6]])
+    mask = Mask.causal(valid)
+    assert not np.asarray(mask.allowed())[1, :6].any()
+    same_as_dense(q, k, v, mask, key_block=8)
+
+
+def test_queries_into_a_kv_cache():
+    """Five queries written at slots 11..15 of a 29-slot cache with holes (a padded prompt)."""
+    q, k, v = qkv(2, 5, 29, seed=2)
+    valid = jnp.asarray(np.random.default_rng(3).random((2, 29)) > 0.3).at[:, 11:16].set(True)
+    same_as_dense(q, k, v, cache_mask(valid, jnp.int32(11), 5), key_block=8)
+
+
+def test_completions_over_a_shared_prompt():
+    """model.qwen2_vl's completion mask: a completion sees its prompt's valid keys (position 0,
+    before every query) and its own tokens causally (positions Lp + j)."""
+    lp, lc = 13, 9
+    q, k, v = qkv(3, lc, lp + lc, heads=6, kv_heads=3, seed=4)
+    prompt_valid = jnp.arange(lp)[None] < jnp.asarray([[13], [7], [10]])
+    completion_valid = jnp.arange(lc)[None] < jnp.asarray([[9], [4], [1]])
+    own = jnp.broadcast_to(lp + jnp.arange(lc), (3, lc))
+    mask = Mask(
+        jnp.concatenate([prompt_valid, completion_valid], axis=1),
+        q_pos=own,
+        kv_pos=jnp.concatenate([jnp.zeros((3, lp), own.dtype), own], axis=1),
+    )
+    same_as_dense(q, k, v, mask, key_block=8)
+
+
+@pytest.mark.parametrize("query_chunk", [0, 16])
+def test_packed_segments_with_padding(query_chunk):
+    """Several images/videos packed in one row (segment ids 1..4, odd sizes), padding id 0."""
+    ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate([7, 13, 2, 11])] + [np.zeros(6)])
+    q, k, v = qkv(1, ids.size, ids.size, heads=4, kv_heads=4, seed=5)
+    mask = Mask.segments(jnp.asarray(ids[None], jnp.int32))
+    same_as_dense(q, k, v, mask, key_block=16, query_chunk=query_chunk)
+
+
+def vision_case(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(rng.standard_normal((n, 4, 8)), jnp.float32) for _ in range(3))
+    return q, k, v
+
+
+def test_vision_segment_attention():
+    ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate([9, 20, 5, 17])] + [np.zeros(3)])
+    q, k, v = vision_case(ids.size, 6)
+    segments = jnp.asarray(ids, jnp.int32)
+
+    def run(implementation):
+        return values_and_grads(
+            lambda q, k, v: segment_attention(q, k, v, segments, 0.35, 16, implementation), q, k, v
+        )
+
+    flash, dense = run("xla_flash"), run("dense")
+    for got, want in zip(jax.tree.leaves(flash), jax.tree.leaves(dense), strict=True):
+        close(got, want)
+
+
+def test_vision_window_attention():
+    """Qwen2.5-VL windows after the window permutation: contiguous runs of at most `reach`
+    patches (windows cut at image edges are shorter), padding id 0 at the end."""
+    reach = 8
+    sizes = [8, 8, 3, 8, 5, 8, 8, 2, 7]
+    ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(sizes)] + [np.zeros(5)])
+    q, k, v = vision_case(ids.size, 7)
+    windows = jnp.asarray(ids, jnp.int32)
+
+    def run(implementation):
+        return values_and_grads(
+            lambda q, k, v: window_attention(q, k, v, windows, 0.35, reach, implementation),
+            q,
+            k,
+            v,
+        )
+
+    flash, dense = run("xla_flash"), run("dense")
+    for got, want in zip(jax.tree.leaves(flash), jax.tree.leaves(dense), strict=True):
+        close(got, want)
+
+
+def test_bfloat16_inputs_stay_close_and_keep_their_dtype():
+    q, k, v = (x.astype(jnp.bfloat16) for x in qkv(2, 40, 40, seed=8))
+    valid = jnp.arange(40)[None] < jnp.asarray([[40], [31]])
+    mask = Mask.causal(valid)
+    got = flash_attention(q, k, v, mask, 8**-0.5, key_block=16)
+    want = attention(q, k, v, mask, 8**-0.5, implementation="dense")
+    assert got.dtype == jnp.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: the outputs (|x| <= ~3) agree to a few of its units.
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=0, atol=0.04
+    )
+
+
+def test_unknown_implementation_is_refused():
+    with pytest.raises(ValueError, match="unknown attention"):
+        implementation_for("splash!")
+
+
+# ------------------------------------------------------------------------------- a tiny model
+
+
+def with_attention(model, implementation: str):
+    """The model with every attention layer and vision block set to `implementation`."""
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "implementation"):
+            module.implementation = implementation
+    return model
+
+
+@pytest.fixture
+def small_key_blocks(monkeypatch):
+    """Key blocks of 8 in the model tests: the tiny inputs' 20-60 tokens and patches then span
+    several blocks, the last one partial, as a real model's thousands do with 512."""
+    monkeypatch.setattr(flash, "KEY_BLOCK", 8)
+
+
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+def test_a_tiny_models_logits_and_gradients(generation, small_key_blocks):
+    """A padded batch of two rows, an image in one and a video in the other, through vision
+    (packed segments; Qwen2.5-VL: windows too) and the decoder: logits and the gradient of every
+    parameter agree."""
+    cfg = tiny_port(generation).config
+    inp = next(i for i in parity.build_inputs(cfg) if i.name == "batch of two, padded")
+
+    def run(implementation):
+        model = with_attention(tiny_port(generation), implementation)
+        arrays = parity.port_arrays(model.config, inp)
+        graphdef, state = nnx.split(model)
+        mask = inp.attention_mask.astype(bool)
+
+        def loss(state):
+            m = nnx.merge(graphdef, state)
+            logits = m.logits(m(inp.input_ids, arrays["positions"], mask, arrays["vision"]))
+            return jnp.sum(jnp.where(mask[..., None], logits, 0.0) ** 2) / 1e3, logits
+
+        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(state)
+        return logits, grads
+
+    (flash_logits, flash_grads), (dense_logits, dense_grads) = run("xla_flash"), run("dense")
+    mask = np.asarray(inp.attention_mask, bool)
+    close(np.asarray(flash_logits)[mask], np.asarray(dense_logits)[mask])
+    for got, want in zip(jax.tree.leaves(flash_grads), jax.tree.leaves(dense_grads), strict=True):
+        close(got, want)
+
+
+def test_cached_decoding_equals_the_dense_full_forward(small_key_blocks):
+    """Prefill and six decode steps with the cache, blockwise, give the dense full forward's
+    logits (the model's own KV cache path: cache_mask queries over cache slots)."""
+    generation = "qwen2_vl"
+    flash_model = with_attention(tiny_port(generation), "xla_flash")
+    dense_model = with_attention(tiny_port(generation), "dense")
+    cfg = flash_model.config
+    inp = next(i for i in parity.build_inputs(cfg) if i.name == "batch of two, padded")
+    lengths = inp.attention_mask.sum(1)
+    steps = 6
+    new_tokens = np.random.default_rng(0).integers(20, cfg.text.vocab_size, size=(2, steps))
+    full_len = int(lengths.max()) + steps
+    full_ids = np.zeros((2, full_len), np.int64)
+    full_mask = np.zeros((2, full_len), bool)
+    for r in range(2):
+        n = int(lengths[r])
+        full_ids[r, :n] = inp.input_ids[r, :n]
+        full_ids[r, n : n + steps] = new_tokens[r]
+        full_mask[r, : n + steps] = True
+    arrays = parity.port_arrays(cfg, inp)
+    full_pos, _ = rope_index(
+        full_ids, full_mask, cfg, np.array([(1, 6, 10)]), np.array([(3, 4, 6)]), [1.0]
+    )
+    full = np.asarray(
+        dense_model.logits(dense_model(full_ids, full_pos, full_mask, arrays["vision"]))
+    )
+    cache = flash_model.init_cache(batch=2, slots=full_len + 4)
+    hidden, cache = jax.jit(lambda *a: flash_model.prefill(*a))(
+        inp.input_ids, arrays["positions"], inp.attention_mask.astype(bool), arrays["vision"], cache
+    )
+    got = [np.asarray(flash_model.logits(hidden))]
+    decode = jax.jit(lambda *a: flash_model.decode(*a))
+    for step in range(steps):
+        pos = (arrays["deltas"] + lengths + step).astype(np.int32)
+        hidden, cache = decode(
+            new_tokens[:, step : step + 1], np.broadcast_to(pos[None, :, None], (3, 2, 1)), cache
+        )
+        got.append(np.asarray(flash_model.logits(hidden)))
+    for r in range(2):
+        n = int(lengths[r])
+        close(got[0][r, :n], full[r, :n])
+        for step in range(steps):
+            close(got[step + 1][r, 0], full[r, n + step])

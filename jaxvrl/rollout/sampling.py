@@ -56,9 +56,12 @@ def filter_logits(
         threshold = _nucleus_threshold(ranked, top_p, use_top_p)
     elif 0 < candidates < vocab:
         head, _ = jax.lax.top_k(logits, candidates)  # [..., candidates], descending
-        # The candidates' probabilities under the softmax of the whole vocabulary.
-        unnormalised = jnp.exp(logits - head[..., :1])
-        head_probs = jnp.exp(head - head[..., :1]) / jnp.sum(unnormalised, axis=-1, keepdims=True)
+        # The candidates' probabilities under the softmax of the whole vocabulary. The maximum
+        # is taken apart: a second read of top_k's output would make XLA's CPU compiler run it
+        # as a sort of the whole vocabulary.
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        unnormalised = jnp.exp(logits - top)
+        head_probs = jnp.exp(head - top) / jnp.sum(unnormalised, axis=-1, keepdims=True)
         head_mass = jnp.sum(head_probs, axis=-1)
         enough = jnp.all(head_mass >= top_p) & (top_p < 1.0)
         threshold = jax.lax.cond(

@@ -5,7 +5,8 @@ the gain, and the minutes each run took, as a Markdown table (for bench/RESULTS.
 
 Each run is the README's command with `--config.seed=N` (every random stream of the run: the
 random init, the data order, the SFT stage's data stream, the frame shuffles and the sampling) in
-its own fresh work directory. Runs are sequential: the minutes are only meaningful on an
+its own fresh work directory and compilation cache (each run compiles everything, as on a fresh
+machine). Runs are sequential: the minutes are only meaningful on an
 otherwise idle machine.
 """
 
@@ -45,6 +46,8 @@ def run_seed(seed: int, out: str, extra: list[str]) -> dict:
         f"--workdir={workdir}",
         f"--config.seed={seed}",
         "--config.metrics.progress=false",
+        # A compilation cache of its own: every run compiles all it runs, as a first run does.
+        f"--config.train.compilation_cache_dir={os.path.join(workdir, 'compilation_cache')}",
         *extra,
     ]
     start = time.perf_counter()

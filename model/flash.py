@@ -9,6 +9,8 @@ per-token arrays (validity, segment ids, positions), never a [queries, keys] arr
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -140,6 +142,11 @@ def _block_size(length: int, most: int) -> int:
     return min(sizes, key=lambda size: (-(-length // size) * size, -size))
 
 
+# Checkpointed with nothing saved: when layers are scanned, JAX's linearisation of the layer scan
+# would otherwise hoist the masks (computed only from loop-invariant per-token arrays) out of the
+# loop as residuals, every key block's [queries, block] mask at once: pred[256, ..., 131072, 512],
+# 128 GiB, at 131,072 tokens. Recomputed here, a block's mask exists one block at a time.
+@functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
 def _scores(qh, k_blk, query_parts, key_parts, real_blk):
     """One key block's masked scores [b, kvh, g, lq, block] float32 and where they are allowed."""
     s = jnp.einsum("bkgqd,bksd->bkgqs", qh, k_blk, preferred_element_type=jnp.float32)
@@ -195,16 +202,25 @@ def _flash_backward(residuals, d_out):
     d_out32 = d_out.astype(jnp.float32)
     delta = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1)  # rowsum(dO * O)
 
+    f32 = jnp.float32
+    d_out = d_out.astype(vb.dtype)
+
     def step(dq, blk):
+        # Every matmul takes its operands in the compute dtype and accumulates in float32 (as the
+        # dense formulation's backward pass does); the softmax statistics stay float32.
         k_blk, v_blk, key_blk, real_blk = blk
         s, allowed = _scores(qh, k_blk, query_parts, key_blk, real_blk)
         p = jnp.exp(s - m[..., None]) / total[..., None]
-        dv = jnp.einsum("bkgqs,bkgqd->bksd", p, d_out32)
-        dp = jnp.einsum("bkgqd,bksd->bkgqs", d_out32, v_blk.astype(jnp.float32))
+        dv = jnp.einsum(
+            "bkgqs,bkgqd->bksd", p.astype(v_blk.dtype), d_out, preferred_element_type=f32
+        )
+        dp = jnp.einsum("bkgqd,bksd->bkgqs", d_out, v_blk, preferred_element_type=f32)
         # Masked scores are constants in the dense formulation: no gradient through them.
         ds = jnp.where(allowed, p * (dp - delta[..., None]), 0.0)
-        dq = dq + jnp.einsum("bkgqs,bksd->bkgqd", ds, k_blk.astype(jnp.float32))
-        dk = jnp.einsum("bkgqs,bkgqd->bksd", ds, qh.astype(jnp.float32))
+        dq = dq + jnp.einsum(
+            "bkgqs,bksd->bkgqd", ds.astype(k_blk.dtype), k_blk, preferred_element_type=f32
+        )
+        dk = jnp.einsum("bkgqs,bkgqd->bksd", ds.astype(qh.dtype), qh, preferred_element_type=f32)
         return dq, (dk.astype(k_blk.dtype), dv.astype(v_blk.dtype))
 
     dq, (dk, dv) = jax.lax.scan(step, jnp.zeros(qh.shape, jnp.float32), (kb, vb, key_parts, real))

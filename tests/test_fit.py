@@ -190,10 +190,12 @@ def test_gpu_node_compiles_from_its_target_description(tiny_model):
 
 @needs_libtpu
 def test_tpu_compiler_refusal_is_reported_as_not_fitting(tiny_model):
-    # SFT on 8 sequences of 131,072 tokens: the attention scores alone are hundreds of GiB per
-    # v5e chip (16 GiB), so the TPU compiler refuses the step.
+    # SFT on 8 sequences of 131,072 tokens with the dense attention: its scores alone are
+    # hundreds of GiB per v5e chip (16 GiB), so the TPU compiler refuses the step. (xla_flash,
+    # the default, fits it in 1.84 GiB: one key block's scores at a time.)
     done = _fit_subprocess(
         [
+            "--config.model.attention=dense",
             "--config.rl.steps=0",
             "--config.train.micro_batches=1",
             "--config.data.token_buckets=(131072,)",

@@ -249,6 +249,10 @@ def get_config() -> ml_collections.ConfigDict:
             # materialised: memory grows with the square of the length) or "auto" (xla_flash on
             # every backend; the TPU splash and GPU cuDNN kernels are not wired in yet).
             "attention": "auto",
+            # Decoder layers and vision blocks as stacked parameters run by one scan each
+            # (model/stack.py): the program holds one layer, so compile time does not grow with
+            # depth. false: one copy per layer (the layout of checkpoints saved before 2026-12-05).
+            "scan_layers": True,
             "freeze_vision": False,  # no updates to the vision tower in any stage
         }
     )

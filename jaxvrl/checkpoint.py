@@ -188,7 +188,8 @@ def export_step(workdir: str, out: str, base: str | None = None, step: int | Non
     with open(os.path.join(workdir, "model_config.json")) as f:
         run_model = json.load(f)
     config = ModelConfig.from_hf_dict(run_model["hf_config"])
-    abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0)))
+    scan = bool(run_model.get("scan_layers", False))  # runs before 2026-12-05: unrolled
+    abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0), scan_layers=scan))
     graphdef, params = nnx.split(abstract, nnx.Param)
     checkpointer = Checkpointer(workdir, async_save=False)
     step = checkpointer.latest_step() if step is None else step

@@ -281,6 +281,7 @@ def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "vision_remat": bool(m.vision_remat),
         "remat_policy": str(m.remat_policy),
         "attention": str(m.attention),
+        "scan_layers": bool(m.scan_layers),
     }
 
 

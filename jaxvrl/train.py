@@ -127,6 +127,7 @@ class Trainer:
                 {
                     "hf_config": self.model_config.to_hf_dict(),
                     "tokenizer_dir": config.model.tokenizer_path or config.model.path,
+                    "scan_layers": bool(config.model.scan_layers),
                 },
                 f,
                 indent=2,

@@ -225,6 +225,61 @@ def _path_to_hub_key(path: Path) -> tuple[str, str]:
     return f"{layer}.{p[2]}.{p[3]}.{'weight' if p[4] == 'kernel' else 'bias'}", "linear"
 
 
+# Stacked layers (model/stack.py, config model.scan_layers): the hub's tensors of layer i are
+# slice i of one parameter whose path has no layer index.
+_STACKS: tuple[Path, ...] = (("layers",), ("visual", "blocks"))
+
+
+def _split_layer(path: Path) -> tuple[Path, int] | None:
+    """("layers", 3, "mlp", ...) -> (("layers", "mlp", ...), 3); None outside the stacks."""
+    for prefix in _STACKS:
+        n = len(prefix)
+        if path[:n] == prefix and len(path) > n and isinstance(path[n], int):
+            return prefix + path[n + 1 :], path[n]
+    return None
+
+
+def _stacked_layers(path: Path, value_ndim: int) -> bool:
+    """Whether `path` names a stacked parameter (a stack prefix not followed by an index)."""
+    for prefix in _STACKS:
+        n = len(prefix)
+        if path[:n] == prefix and len(path) > n and not isinstance(path[n], int):
+            return value_ndim > 0
+    return False
+
+
+def _layer_path(stacked: Path, index: int) -> Path:
+    """Inverse of _split_layer."""
+    for prefix in _STACKS:
+        n = len(prefix)
+        if stacked[:n] == prefix:
+            return prefix + (index,) + stacked[n:]
+    raise ValueError(f"{stacked} is not a stacked parameter")
+
+
+class _StackedFill:
+    """Fills stacked parameters one layer slice at a time on their (sharded) device buffers, so
+    the host holds one tensor at a time as with unstacked ones."""
+
+    def __init__(self):
+        self._set = {}
+
+    def empty(self, shape, dtype, sharding) -> jax.Array:
+        make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+        return make()
+
+    def put(self, stacked: jax.Array, value: np.ndarray, index: int) -> jax.Array:
+        sharding = stacked.sharding
+        key = (stacked.shape, str(stacked.dtype), sharding)
+        if key not in self._set:
+            self._set[key] = jax.jit(
+                lambda a, v, i: jax.lax.dynamic_update_index_in_dim(a, v, i, 0),
+                out_shardings=sharding,
+                donate_argnums=0,
+            )
+        return self._set[key](stacked, value, np.int32(index))
+
+
 def _expected_hub_shape(port_shape: tuple[int, ...], conversion: str, config: ModelConfig):
     """A parameter's shape in the checkpoint's (PyTorch) layout."""
     if conversion == "linear":
@@ -250,11 +305,13 @@ def load_pretrained(
     vision_remat: bool = False,
     remat_policy: str = "full",
     attention: str = "auto",
+    scan_layers: bool = True,
 ) -> Qwen2VL:
     """Loads a Qwen2-VL / Qwen2.5-VL checkpoint directory into the port.
 
     param_dtype / dtype default to float32 (the checkpoint's own dtype is converted); remat,
-    vision_remat, remat_policy and attention are Qwen2VL's. With a mesh,
+    vision_remat, remat_policy, attention and scan_layers are Qwen2VL's (stacked layers are
+    filled one layer's tensor at a time). With a mesh,
     every parameter is placed directly on its shards. Raises on a missing file, a missing or
     misshapen tensor, or an unknown model type, naming it.
     """
@@ -272,6 +329,7 @@ def load_pretrained(
             vision_remat=vision_remat,
             remat_policy=remat_policy,
             attention=attention,
+            scan_layers=scan_layers,
         )
     )
     graphdef, state = nnx.split(abstract)
@@ -280,6 +338,8 @@ def load_pretrained(
     if mesh is not None:
         shardings = dict(nnx.to_flat_state(state_shardings(state, mesh, rules)))
     filled: dict[Path, jax.Array] = {}
+    layers_filled: dict[Path, set[int]] = {}  # stacked parameters: the layers read so far
+    stacks = _StackedFill()
     unexpected: list[str] = []
     for file in files:
         for raw_key, tensor in iter_safetensors(file):
@@ -287,26 +347,46 @@ def load_pretrained(
             if _IGNORED.fullmatch(key):
                 continue
             mapped = hub_key_to_path(key)
-            if mapped is None or mapped[0] not in flat:
+            split = None if mapped is None else _split_layer(mapped[0])
+            if mapped is not None and mapped[0] not in flat and split and split[0] in flat:
+                path, index = split
+            elif mapped is not None and mapped[0] in flat:
+                path, index = mapped[0], None
+            else:
                 if key == "lm_head.weight" and config.tie_word_embeddings:
                     continue  # tied: the embedding is the head
                 unexpected.append(raw_key)
                 continue
-            path, conversion = mapped
+            conversion = mapped[1]
             var = flat[path]
+            shape = var.get_value().shape
+            layer_shape = shape if index is None else shape[1:]
             value = _TO_PORT[conversion](tensor)
-            if value.shape != var.get_value().shape:
-                expected = _expected_hub_shape(var.get_value().shape, conversion, config)
+            if value.shape != layer_shape or (index is not None and index >= shape[0]):
+                expected = _expected_hub_shape(layer_shape, conversion, config)
                 raise ValueError(
                     f"{file}: tensor {raw_key} has shape {tuple(tensor.shape)}, expected shape "
-                    f"{expected} (parameter {'.'.join(map(str, path))})"
+                    f"{expected} (parameter {'.'.join(map(str, mapped[0]))})"
                 )
             value = np.asarray(value, dtype=var.get_value().dtype)
             target = shardings[path].get_value() if shardings is not None else None
-            filled[path] = (
-                jax.device_put(value, target) if target is not None else jnp.asarray(value)
-            )
-    missing = [path for path in flat if path not in filled]
+            if index is None:
+                filled[path] = (
+                    jax.device_put(value, target) if target is not None else jnp.asarray(value)
+                )
+                continue
+            if path not in filled:
+                filled[path] = stacks.empty(shape, value.dtype, target)
+            filled[path] = stacks.put(filled[path], value, index)
+            layers_filled.setdefault(path, set()).add(index)
+    missing = []
+    for path, var in flat.items():
+        shape = var.get_value().shape
+        if _stacked_layers(path, len(shape)):
+            read = layers_filled.get(path, set())
+            missing += [_layer_path(path, i) for i in range(shape[0]) if i not in read]
+        elif path not in filled:
+            missing.append(path)
     if missing:
         names = [_path_to_hub_key(p)[0] for p in missing]
         raise ValueError(f"{directory}: checkpoint is missing tensors: {names}")
@@ -325,20 +405,31 @@ def load_pretrained(
 
 
 def export_tensors(model: Qwen2VL, dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """(hub key, array) for every parameter, converted back to the PyTorch layout."""
+    """(hub key, array) for every parameter, converted back to the PyTorch layout; a stacked
+    parameter gives one tensor per layer."""
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        key, conversion = _path_to_hub_key(path)
-        value = np.asarray(jax.device_get(var.get_value()))
-        if conversion == "linear":
-            value = value.T
-        elif conversion == "patch":
-            v = model.config.vision
-            value = value.T.reshape(
-                v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size
-            )
-        if dtype is not None:
-            value = value.astype(jnp.dtype(dtype))
-        yield key, np.ascontiguousarray(value)
+        value = var.get_value()
+        if _stacked_layers(path, value.ndim):
+            for i in range(value.shape[0]):
+                yield _hub_tensor(model, _layer_path(path, i), value[i], dtype)
+        else:
+            yield _hub_tensor(model, path, value, dtype)
+
+
+def _hub_tensor(model: Qwen2VL, path: Path, value, dtype: str | None) -> tuple[str, np.ndarray]:
+    """One parameter (of one layer) as (hub key, array in the PyTorch layout)."""
+    key, conversion = _path_to_hub_key(path)
+    value = np.asarray(jax.device_get(value))
+    if conversion == "linear":
+        value = value.T
+    elif conversion == "patch":
+        v = model.config.vision
+        value = value.T.reshape(
+            v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size
+        )
+    if dtype is not None:
+        value = value.astype(jnp.dtype(dtype))
+    return key, np.ascontiguousarray(value)
 
 
 def save_pretrained(

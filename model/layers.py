@@ -29,21 +29,6 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
-def rematerialised(module: nnx.Module, method: str, *args, policy: str = "full"):
-    """`module.method(*args)` with its activations recomputed in the backward pass (jax.checkpoint
-    under the named REMAT_POLICIES entry). Functional (split state, checkpoint, merge inside), so
-    it works under any enclosing transform (jit, grad, vmap, scan over micro-batches), where
-    nnx.remat failed inside the micro-batch scan. Array arguments only."""
-    if policy not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {policy!r}; known: {sorted(REMAT_POLICIES)}")
-    graphdef, state = nnx.split(module)
-
-    def run(state, *args):
-        return getattr(nnx.merge(graphdef, state), method)(*args)
-
-    return jax.checkpoint(run, policy=REMAT_POLICIES[policy])(state, *args)
-
-
 def normal_init(std: float = 0.02) -> Callable:
     return jax.nn.initializers.normal(stddev=std)
 

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import stack
 from model.config import ModelConfig
 from model.flash import Mask
-from model.layers import RMSNorm, dtype_of, normal_init, rematerialised
+from model.layers import RMSNorm, dtype_of, normal_init
 from model.logprobs import chunked_token_logprobs
 from model.rope import mrope_cos_sin
 from model.text import DecoderLayer, KVCache, cache_mask, causal_mask
@@ -33,11 +34,14 @@ class Qwen2VL(nnx.Module):
         vision_remat: bool = False,
         remat_policy: str = "full",
         attention: str = "auto",
+        scan_layers: bool = True,
     ):
         """remat / vision_remat: recompute each decoder layer's / vision block's activations in
         the backward pass, keeping what `remat_policy` (model.layers.REMAT_POLICIES) names.
         attention: the attention implementation of every layer and block (config
-        `model.attention`, model.flash.IMPLEMENTATIONS or "auto")."""
+        `model.attention`, model.flash.IMPLEMENTATIONS or "auto"). scan_layers: the decoder
+        layers and vision blocks as stacks run by a scan (model/stack.py; config
+        `model.scan_layers`), else one copy of each in the program."""
         self.config = config
         t = config.text
         param_dtype, dtype = dtype_of(config.param_dtype), dtype_of(config.dtype)
@@ -49,6 +53,7 @@ class Qwen2VL(nnx.Module):
             remat=vision_remat,
             remat_policy=remat_policy,
             attention=attention,
+            scan_blocks=scan_layers,
             rngs=rngs,
         )
         self.embed_tokens = nnx.Param(
@@ -57,14 +62,12 @@ class Qwen2VL(nnx.Module):
             ),
             axes=("vocab", "embed"),
         )
-        self.layers = nnx.List(
-            [
-                DecoderLayer(
-                    t, param_dtype=param_dtype, dtype=dtype, attention=attention, rngs=rngs
-                )
-                for _ in range(t.num_layers)
-            ]
-        )
+        layers = [
+            DecoderLayer(t, param_dtype=param_dtype, dtype=dtype, attention=attention, rngs=rngs)
+            for _ in range(t.num_layers)
+        ]
+        self.scan_layers = scan_layers
+        self.layers = stack.stacked(layers) if scan_layers else nnx.List(layers)
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = (
             None
@@ -110,21 +113,32 @@ class Qwen2VL(nnx.Module):
         cos, sin = mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section)
         return cos, sin
 
+    def over_layers(self, body, carry, xs=None, *, remat: bool = False):
+        """body(layer, carry, x) -> (carry, y) through the decoder layers in order, `x` each
+        layer's slice of `xs` (arrays with a leading layer axis; None for none): a scan over the
+        stack, or the unrolled loop. With `remat` each layer's activations are recomputed in the
+        backward pass (the model's remat policy). Returns (carry, ys stacked, or None)."""
+        policy = self.remat_policy if remat else None
+        if self.scan_layers:
+            return stack.scan(self.layers, body, carry, xs, remat_policy=policy)
+        return stack.unrolled(list(self.layers), body, carry, xs, remat_policy=policy)
+
     def _layers(self, x, cos, sin, mask, cache: KVCache | None):
-        ks, vs = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
+        """The decoder layers and the final norm; with a cache, each layer writes its keys and
+        values at the cache's index. Returns hidden states and the caches' (keys, values)."""
+        remat = self.remat and cache is None
+
+        def body(layer, carry, i):
+            x, kv = carry
+            kv_layer = None if kv is None else (*kv, i)
             index = None if cache is None else cache.index
-            if self.remat and cache is None:
-                x, kv = rematerialised(
-                    layer, "__call__", x, cos, sin, mask, policy=self.remat_policy
-                )
-            else:
-                x, kv = layer(x, cos, sin, mask, kv, index)
-            if kv is not None:
-                ks.append(kv[0])
-                vs.append(kv[1])
-        return self.norm(x), (tuple(ks), tuple(vs))
+            x, kv_layer = layer(x, cos, sin, mask, kv_layer, index)
+            return (x, None if kv_layer is None else kv_layer[:2]), None
+
+        kv = None if cache is None else (cache.k, cache.v)
+        layers = jnp.arange(self.config.text.num_layers)
+        (x, kv), _ = self.over_layers(body, (x, kv), layers, remat=remat)
+        return self.norm(x), kv
 
     # --------------------------------------------------------------------------------------------
     # Forward passes.
@@ -180,25 +194,13 @@ class Qwen2VL(nnx.Module):
             q_pos=own,
             kv_pos=jnp.concatenate([jnp.zeros((samples, lp), own.dtype), own], axis=1),
         )
-        xp, xc = prompt_x, completion_x
-        for layer in self.layers:
-            if self.remat:
-                xp, xc = rematerialised(
-                    layer,
-                    "shared_prefix",
-                    xp,
-                    xc,
-                    rope_p,
-                    rope_c,
-                    mask_p,
-                    mask_c,
-                    sample_to_prompt,
-                    policy=self.remat_policy,
-                )
-            else:
-                xp, xc = layer.shared_prefix(
-                    xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt
-                )
+
+        def body(layer, carry, _):
+            return layer.shared_prefix(
+                *carry, rope_p, rope_c, mask_p, mask_c, sample_to_prompt
+            ), None
+
+        (xp, xc), _ = self.over_layers(body, (prompt_x, completion_x), remat=self.remat)
         return self.norm(xp), self.norm(xc)
 
     def prefill(
@@ -211,7 +213,15 @@ class Qwen2VL(nnx.Module):
     ) -> tuple[jnp.ndarray, KVCache]:
         """Writes a right-padded prompt into the cache at slots [index, index + seq).
         Returns hidden states [batch, seq, hidden] and the updated cache."""
-        x = self.embed(input_ids, vision)
+        return self.prefill_embedded(
+            self.embed(input_ids, vision), positions, attention_mask, cache
+        )
+
+    def prefill_embedded(
+        self, x: jnp.ndarray, positions: jnp.ndarray, attention_mask: jnp.ndarray, cache: KVCache
+    ) -> tuple[jnp.ndarray, KVCache]:
+        """`prefill` from input embeddings x [batch, seq, hidden] (vision features already in
+        place)."""
         return self._extend(x, positions, attention_mask.astype(bool), cache)
 
     def decode(
@@ -227,8 +237,8 @@ class Qwen2VL(nnx.Module):
         valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
         mask = cache_mask(valid, cache.index, length)
         cos, sin = self._rope(positions)
-        hidden, (ks, vs) = self._layers(x, cos, sin, mask, cache)
-        return hidden, KVCache(k=ks, v=vs, valid=valid, index=cache.index + length)
+        hidden, (k, v) = self._layers(x, cos, sin, mask, cache)
+        return hidden, KVCache(k=k, v=v, valid=valid, index=cache.index + length)
 
     def init_cache(self, batch: int, slots: int) -> KVCache:
         return KVCache.create(self.config.text, batch, slots, self.dtype)

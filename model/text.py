@@ -20,21 +20,20 @@ from model.sharding import constrain
 
 @struct.dataclass
 class KVCache:
-    """Per-layer keys and values [batch, slots, kv_heads, head_dim], the slot validity mask
-    [batch, slots] and the next slot to write (a scalar)."""
+    """Keys and values of every layer [layers, batch, slots, kv_heads, head_dim], the slot
+    validity mask [batch, slots] and the next slot to write (a scalar)."""
 
-    k: tuple[jnp.ndarray, ...]
-    v: tuple[jnp.ndarray, ...]
+    k: jnp.ndarray
+    v: jnp.ndarray
     valid: jnp.ndarray
     index: jnp.ndarray
 
     @classmethod
     def create(cls, cfg: TextConfig, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
-        shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
         return cls(
-            k=zeros,
-            v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
             valid=jnp.zeros((batch, slots), bool),
             index=jnp.zeros((), jnp.int32),
         )
@@ -81,17 +80,19 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(b, length, h * hd))
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
+        """kv_cache: (keys, values, layer) with the keys and values of every layer
+        [layers, batch, slots, kv_heads, head_dim] and this layer's index in them; the new keys
+        and values are written at slots [index, index + len) of that layer, and the attention
+        reads the layer's whole cache. Returns the residual update and the updated kv_cache."""
         hd = self.shape[2]
         q, k, v = self.project(x, cos, sin)
         if kv_cache is not None:
-            k_all = jax.lax.dynamic_update_slice(
-                kv_cache[0], k.astype(kv_cache[0].dtype), (0, index, 0, 0)
-            )
-            v_all = jax.lax.dynamic_update_slice(
-                kv_cache[1], v.astype(kv_cache[1].dtype), (0, index, 0, 0)
-            )
-            kv_cache = (k_all, v_all)
-            k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
+            k_all, v_all, layer = kv_cache
+            at = (layer, 0, index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+            kv_cache = (k_all, v_all, layer)
+            k, v = k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype)
         chunk = self.query_chunk if kv_cache is not None else 0
         out = attention(q, k, v, mask, hd**-0.5, chunk, self.implementation)
         return self.output(out), kv_cache

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from model import stack
 from model.config import VisionConfig
 from model.flash import Mask, flash_attention, implementation_for
 from model.layers import (
@@ -23,7 +25,6 @@ from model.layers import (
     RMSNorm,
     activation,
     in_query_blocks,
-    rematerialised,
     softmax_parts,
 )
 from model.rope import apply_rotary, vision_cos_sin
@@ -144,17 +145,31 @@ class VisionAttention(nnx.Module):
         self.query_chunk = 512  # queries per block of segment_attention
         self.implementation = implementation  # config `model.attention` (model.flash)
 
-    def __call__(self, x, cos, sin, ids):
+    def __call__(self, x, cos, sin, segments, windows, windowed):
+        """segments, windows: segment and window ids [patches]; windowed: whether this block
+        attends within windows (a Python bool, or a traced one inside the scan over blocks:
+        then both kinds are in the program and one runs)."""
         n = x.shape[0]
         q, k, v = jnp.split(self.qkv(x).reshape(n, 3, self.num_heads, self.head_dim), 3, axis=1)
         q, k, v = q[:, 0], k[:, 0], v[:, 0]
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
         scale = self.head_dim**-0.5
-        if self.window_reach:
-            out = window_attention(q, k, v, ids, scale, self.window_reach, self.implementation)
+
+        def in_windows(q, k, v):
+            return window_attention(q, k, v, windows, scale, self.window_reach, self.implementation)
+
+        def in_segments(q, k, v):
+            return segment_attention(
+                q, k, v, segments, scale, self.query_chunk, self.implementation
+            )
+
+        if not self.window_reach or windowed is False:
+            out = in_segments(q, k, v)
+        elif windowed is True:
+            out = in_windows(q, k, v)
         else:
-            out = segment_attention(q, k, v, ids, scale, self.query_chunk, self.implementation)
+            out = jax.lax.cond(windowed, in_windows, in_segments, q, k, v)
         return self.proj(out.reshape(n, -1))
 
 
@@ -204,9 +219,9 @@ class VisionBlock(nnx.Module):
         )
         self.mlp = VisionMLP(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, ids):
-        """ids: segment ids, or window ids in a window layer ([patches])."""
-        x = x + self.attn(self.norm1(x), cos, sin, ids)
+    def __call__(self, x, cos, sin, segments, windows, windowed):
+        """VisionAttention's ids and flag: attention within windows or within segments."""
+        x = x + self.attn(self.norm1(x), cos, sin, segments, windows, windowed)
         return x + self.mlp(self.norm2(x))
 
 
@@ -239,11 +254,13 @@ class VisionTower(nnx.Module):
         remat: bool = False,
         remat_policy: str = "full",
         attention: str = "auto",
+        scan_blocks: bool = True,
         rngs: nnx.Rngs,
     ):
         """remat: recompute each block's activations in the backward pass, keeping what
         `remat_policy` names (model.layers.REMAT_POLICIES). attention: the blocks' attention
-        implementation (model.flash)."""
+        implementation (model.flash). scan_blocks: the blocks as one stack run by a scan
+        (model/stack.py), else one copy of each in the program."""
         self.cfg = cfg
         self.dtype = dtype
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
@@ -258,17 +275,18 @@ class VisionTower(nnx.Module):
         # A Qwen2.5-VL window is `side` x `side` merge units (partial at the right and bottom).
         side = cfg.window_size // cfg.spatial_merge_size // cfg.patch_size
         window_patches = side * side * cfg.merge_unit
-        self.blocks = nnx.List(
-            [
-                VisionBlock(
-                    cfg,
-                    window_reach=window_patches if self._windowed(i) else 0,
-                    attention=attention,
-                    **kw,
-                )
-                for i in range(cfg.depth)
-            ]
-        )
+        # Every block knows the window size; `_windowed(i)` says which blocks use windows.
+        blocks = [
+            VisionBlock(
+                cfg,
+                window_reach=window_patches if cfg.is_windowed else 0,
+                attention=attention,
+                **kw,
+            )
+            for _ in range(cfg.depth)
+        ]
+        self.scan_blocks = scan_blocks
+        self.blocks = stack.stacked(blocks) if scan_blocks else nnx.List(blocks)
         self.merger = PatchMerger(cfg, **kw)
         self.remat = remat
         self.remat_policy = remat_policy
@@ -308,12 +326,20 @@ class VisionTower(nnx.Module):
                 return a.reshape(n // unit, unit, *a.shape[1:])[order].reshape(a.shape)
 
             x, cos, sin, segments, windows = map(permute, (x, cos, sin, segments, windows))
-        for i, block in enumerate(self.blocks):
-            ids = windows if self._windowed(i) else segments
-            if self.remat:
-                x = rematerialised(block, "__call__", x, cos, sin, ids, policy=self.remat_policy)
-            else:
-                x = block(x, cos, sin, ids)
+
+        def body(block, x, windowed):
+            if windowed is None or isinstance(windowed, np.bool_):
+                windowed = bool(windowed)  # decided when tracing: one kind in the program
+            return block(x, cos, sin, segments, windows, windowed), None
+
+        # Which blocks attend within windows; Qwen2-VL: none, so no flag and no cond in a scan.
+        kinds = np.array([self._windowed(i) for i in range(cfg.depth)])
+        policy = self.remat_policy if self.remat else None
+        if self.scan_blocks:
+            flags = jnp.asarray(kinds) if kinds.any() else None
+            x, _ = stack.scan(self.blocks, body, x, flags, remat_policy=policy)
+        else:
+            x, _ = stack.unrolled(list(self.blocks), body, x, kinds, remat_policy=policy)
         merged = self.merger(x)
         if cfg.is_windowed:
             merged = merged[jnp.argsort(order)]

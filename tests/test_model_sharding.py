@@ -7,7 +7,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from model_fixtures import tiny_checkpoint, tiny_port
 
-from model import parity
+from model import parity, stack
 from model.hf import load_pretrained
 from model.packing import pack_vision
 from model.rope import rope_index
@@ -70,8 +70,8 @@ def test_sharded_logits_equal_single_device_logits():
 
     mesh = _mesh()
     sharded = load_pretrained(directory, mesh=mesh)
-    kernel = sharded.layers[0].mlp.gate_proj.kernel[...]
-    assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor")
+    kernel = sharded.layers.mlp.gate_proj.kernel[...]  # all layers stacked (model/stack.py)
+    assert kernel.sharding.spec == PartitionSpec(None, "fsdp", "tensor")
     assert len(kernel.addressable_shards) == 8
     ids_s = jax.device_put(ids, batch_sharding(mesh, 2))
     mask_s = jax.device_put(mask, batch_sharding(mesh, 2))
@@ -132,7 +132,8 @@ def test_shared_prefix_layer_splits_completions_over_the_batch_axes():
 
     def run(m, xp, xc):
         rope_p, rope_c = m._rope(pos_p), m._rope(pos_c)
-        return m.layers[0].shared_prefix(xp, xc, rope_p, rope_c, mask_p, mask_c, s2p)
+        first = stack.layer(m.layers, 0)
+        return first.shared_prefix(xp, xc, rope_p, rope_c, mask_p, mask_c, s2p)
 
     graphdef, state = nnx.split(model)
     fn = jax.jit(lambda state, xp, xc: run(nnx.merge(graphdef, state), xp, xc))

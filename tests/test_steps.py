@@ -197,8 +197,8 @@ def test_frozen_vision_tower_gets_no_update():
         params["visual"]["patch_embed"]["kernel"][...],
         before["visual"]["patch_embed"]["kernel"][...],
     )
-    changed = params["layers"][0]["mlp"]["up_proj"]["kernel"][...]
-    assert np.abs(changed - before["layers"][0]["mlp"]["up_proj"]["kernel"][...]).max() > 0
+    changed = params["layers"]["mlp"]["up_proj"]["kernel"][...]
+    assert np.abs(changed - before["layers"]["mlp"]["up_proj"]["kernel"][...]).max() > 0
 
 
 def test_sft_loss_counts_only_target_tokens():
@@ -237,7 +237,7 @@ def test_train_step_on_eight_devices_equals_one_device():
         batch["completion_ids"], NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
     )
     params, _, out = _step(sharded, settings, put, learning_rate=1e-4)
-    assert len(params["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.device_set) == 8
+    assert len(params["layers"]["mlp"]["up_proj"]["kernel"][...].sharding.device_set) == 8
     np.testing.assert_allclose(out["loss"], expected["loss"], atol=TOLERANCE)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOLERANCE, rtol=0)
@@ -254,11 +254,11 @@ def test_optimizer_state_has_the_parameters_shardings_and_step_two_reuses_step_o
     for moments in (adam.mu, adam.nu):
         for m, p in zip(jax.tree.leaves(moments), jax.tree.leaves(params), strict=True):
             assert m.sharding.is_equivalent_to(p.sharding, m.ndim)
-    kernel = params["layers"][0]["mlp"]["up_proj"]["kernel"][...]
-    assert len(adam.mu["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.device_set) == 8
-    assert adam.mu["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.shard_shape(
+    kernel = params["layers"]["mlp"]["up_proj"]["kernel"][...]
+    assert len(adam.mu["layers"]["mlp"]["up_proj"]["kernel"][...].sharding.device_set) == 8
+    assert adam.mu["layers"]["mlp"]["up_proj"]["kernel"][...].sharding.shard_shape(
         kernel.shape
-    ) == (kernel.shape[0] // 4, kernel.shape[1])
+    ) == (kernel.shape[0], kernel.shape[1] // 4, kernel.shape[2])  # [layers, embed, mlp]
     assert adam.count.sharding.is_fully_replicated
 
     _, batch = _rl_batch(model)
@@ -396,9 +396,9 @@ def test_reference_copy_is_held_in_the_compute_dtype():
     params = nnx.state(model)
     ref = steps.reference_parameters(params, "bfloat16")
     assert {str(x.dtype) for x in jax.tree.leaves(ref)} == {"bfloat16"}
-    kernel = params["layers"][0]["mlp"]["up_proj"]["kernel"][...]
+    kernel = params["layers"]["mlp"]["up_proj"]["kernel"][...]
     np.testing.assert_array_equal(
-        ref["layers"][0]["mlp"]["up_proj"]["kernel"][...], kernel.astype(jnp.bfloat16)
+        ref["layers"]["mlp"]["up_proj"]["kernel"][...], kernel.astype(jnp.bfloat16)
     )
     same = steps.reference_parameters(params, "float32")  # float32 compute: an exact copy
     for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params), strict=True):

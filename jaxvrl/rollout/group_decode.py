@@ -32,7 +32,6 @@ from jaxvrl.rollout import sampling
 from model.layers import MASK_VALUE
 from model.rope import apply_rotary, mrope_cos_sin
 from model.sharding import Rules, axis_size, fit_spec, logical_to_spec
-from model.text import causal_mask
 
 # ------------------------------------------------------------------------------------------------
 # Vision features of the chunks (device side).
@@ -64,14 +63,15 @@ def vision_features(
 
 @struct.dataclass
 class GroupCache:
-    """Per layer: the prompts' keys/values [P, kv_heads, L, head_dim] shared by their samples,
-    and the samples' own keys/values [P, kv_heads, G, M, head_dim]; prompt validity [P, L]."""
+    """Every layer's keys/values: the prompts' [layers, P, kv_heads, L, head_dim], shared by
+    their samples, and the samples' own [layers, P, kv_heads, G, M, head_dim]; prompt validity
+    [P, L]."""
 
-    prompt_k: tuple[jnp.ndarray, ...]
-    prompt_v: tuple[jnp.ndarray, ...]
+    prompt_k: jnp.ndarray
+    prompt_v: jnp.ndarray
     prompt_valid: jnp.ndarray
-    sample_k: tuple[jnp.ndarray, ...]
-    sample_v: tuple[jnp.ndarray, ...]
+    sample_k: jnp.ndarray
+    sample_v: jnp.ndarray
 
 
 def prefill(model, input_ids, positions, attention_mask, features, group_size: int, max_new: int):
@@ -84,23 +84,17 @@ def prefill(model, input_ids, positions, attention_mask, features, group_size: i
     t = model.config.text
     p, length = input_ids.shape
     x = model.embed_with_features(input_ids, features)
-    cos, sin = mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section)
-    mask = causal_mask(attention_mask)
-    empty = jnp.zeros((p, length, t.num_kv_heads, t.head_dim), model.dtype)
-    ks, vs = [], []
-    for layer in model.layers:
-        x, (k, v) = layer(x, cos, sin, mask, (empty, empty), jnp.zeros((), jnp.int32))
-        ks.append(k.transpose(0, 2, 1, 3))
-        vs.append(v.transpose(0, 2, 1, 3))
-    tail = (p, t.num_kv_heads, group_size, max_new, t.head_dim)
-    cache = GroupCache(
-        prompt_k=tuple(ks),
-        prompt_v=tuple(vs),
-        prompt_valid=attention_mask.astype(bool),
-        sample_k=tuple(jnp.zeros(tail, model.dtype) for _ in ks),
-        sample_v=tuple(jnp.zeros(tail, model.dtype) for _ in vs),
+    hidden, cache = model.prefill_embedded(
+        x, positions, attention_mask, model.init_cache(batch=p, slots=length)
     )
-    return model.norm(x), cache
+    tail = (t.num_layers, p, t.num_kv_heads, group_size, max_new, t.head_dim)
+    return hidden, GroupCache(
+        prompt_k=cache.k.transpose(0, 1, 3, 2, 4),
+        prompt_v=cache.v.transpose(0, 1, 3, 2, 4),
+        prompt_valid=attention_mask.astype(bool),
+        sample_k=jnp.zeros(tail, model.dtype),
+        sample_v=jnp.zeros(tail, model.dtype),
+    )
 
 
 def _group_attention(q, pk, pv, prompt_valid, sk, sv, sample_valid, scale):
@@ -139,42 +133,43 @@ def decode_step(model, cache: GroupCache, tokens, positions, step):
     x = model.embed(tokens)  # [P, G, hidden]
     pos = jnp.broadcast_to(positions[None, :, None], (3, p, 1))
     cos, sin = mrope_cos_sin(pos, t.head_dim, t.rope_theta, t.mrope_section)  # [P, 1, d]
-    sample_valid = jnp.arange(cache.sample_k[0].shape[3]) <= step
-    new_k, new_v = [], []
-    for i, layer in enumerate(model.layers):
+    sample_valid = jnp.arange(cache.sample_k.shape[4]) <= step
+
+    def body(layer, carry, per_layer):
+        x, sample_k, sample_v = carry
+        i, prompt_k, prompt_v = per_layer
         attn = layer.self_attn
         heads, kv, hd = attn.shape
         h = layer.input_layernorm(x)
         q = apply_rotary(attn.q_proj(h).reshape(p, g, heads, hd), cos, sin)
         k = apply_rotary(attn.k_proj(h).reshape(p, g, kv, hd), cos, sin)
         v = attn.v_proj(h).reshape(p, g, kv, hd)
-        # [P, G, kv, d] -> [P, kv, G, 1, d] at completion slot `step`.
-        sk = jax.lax.dynamic_update_slice(
-            cache.sample_k[i],
-            k.transpose(0, 2, 1, 3)[:, :, :, None].astype(cache.sample_k[i].dtype),
-            (0, 0, 0, step, 0),
-        )
-        sv = jax.lax.dynamic_update_slice(
-            cache.sample_v[i],
-            v.transpose(0, 2, 1, 3)[:, :, :, None].astype(cache.sample_v[i].dtype),
-            (0, 0, 0, step, 0),
-        )
-        new_k.append(sk)
-        new_v.append(sv)
+        # [P, G, kv, d] -> [1, P, kv, G, 1, d] at layer i, completion slot `step`.
+        at = (i, 0, 0, 0, step, 0)
+        new_k = k.transpose(0, 2, 1, 3)[None, :, :, :, None].astype(sample_k.dtype)
+        new_v = v.transpose(0, 2, 1, 3)[None, :, :, :, None].astype(sample_v.dtype)
+        sample_k = jax.lax.dynamic_update_slice(sample_k, new_k, at)
+        sample_v = jax.lax.dynamic_update_slice(sample_v, new_v, at)
         out = _group_attention(
             q,
-            cache.prompt_k[i].astype(q.dtype),
-            cache.prompt_v[i].astype(q.dtype),
+            prompt_k.astype(q.dtype),
+            prompt_v.astype(q.dtype),
             cache.prompt_valid,
-            sk.astype(q.dtype),
-            sv.astype(q.dtype),
+            sample_k[i].astype(q.dtype),
+            sample_v[i].astype(q.dtype),
             sample_valid,
             hd**-0.5,
         )
         x = x + attn.o_proj(out.reshape(p, g, heads * hd))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return (x, sample_k, sample_v), None
+
+    per_layer = (jnp.arange(t.num_layers), cache.prompt_k, cache.prompt_v)
+    (x, sample_k, sample_v), _ = model.over_layers(
+        body, (x, cache.sample_k, cache.sample_v), per_layer
+    )
     logits = model.logits(model.norm(x))
-    return logits, cache.replace(sample_k=tuple(new_k), sample_v=tuple(new_v))
+    return logits, cache.replace(sample_k=sample_k, sample_v=sample_v)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,10 +239,10 @@ def group_rollout(
         features = vision_features(model, chunks, feature_index, shards)
     hidden, cache = prefill(model, input_ids, positions, attention_mask, features, g, m)
     cache = cache.replace(
-        prompt_k=tuple(shard(k, "batch", "kv_heads") for k in cache.prompt_k),
-        prompt_v=tuple(shard(v, "batch", "kv_heads") for v in cache.prompt_v),
-        sample_k=tuple(shard(k, "batch", "kv_heads") for k in cache.sample_k),
-        sample_v=tuple(shard(v, "batch", "kv_heads") for v in cache.sample_v),
+        prompt_k=shard(cache.prompt_k, None, "batch", "kv_heads"),
+        prompt_v=shard(cache.prompt_v, None, "batch", "kv_heads"),
+        sample_k=shard(cache.sample_k, None, "batch", "kv_heads"),
+        sample_v=shard(cache.sample_v, None, "batch", "kv_heads"),
     )
     n_valid = attention_mask.sum(axis=1).astype(jnp.int32)
     last = jnp.take_along_axis(hidden, (n_valid - 1)[:, None, None], axis=1)[:, 0]

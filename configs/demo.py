@@ -15,8 +15,8 @@ the <think>/<answer> format, to answer with an option letter and part of the tas
 T-GRPO steps on all training videos, 16 prompts per step. The task: does the square grow, shrink,
 brighten or darken? Without the frame order only the pair (size or brightness) can be told, so
 shuffled frames cap accuracy at about 0.5 (chance 0.25). 128 held-out videos are evaluated before
-and after RL (`--config.seed` 0-4 on an AMD VM, 5.6-6.4 minutes: 0.88 -> 1.00, 0.52 -> 0.94,
-0.78 -> 0.99, 0.75 -> 1.00, 0.71 -> 0.99: docs/demo.md).
+and after RL (`--config.seed` 0-4 on a 2-core AMD VM, 5.7-6.1 minutes: 0.81 -> 1.00,
+0.74 -> 0.99, 0.63 -> 0.93, 0.69 -> 0.99, 0.64 -> 0.93: docs/demo.md).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def fit(config: str, topology: str, scan: bool, out: str) -> dict:
     wall = time.perf_counter() - start
     if result.returncode not in (0, 1):  # 1: a program does not fit (still a report)
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout.strip().splitlines()[-1])  # the report's last line
     report["wall_seconds"] = wall
     with open(path, "w") as f:
         json.dump(report, f, indent=1)

@@ -124,7 +124,9 @@ def test_rematerialised_vision_blocks_give_the_same_gradient(generation, policy,
     graphdef, state = nnx.split(remat)
     jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(vision))(state))
     # One rematerialised call per block: in the scan's body once, or written out per block.
-    assert jaxpr.count("remat2[") == (1 if scan else remat.cfg.depth)
+    # (model.flash recomputes each key block's scores under its own checkpoint, nothing saved.)
+    blocks = jaxpr.count("remat2[") - jaxpr.count("nothing_saveable")
+    assert blocks == (1 if scan else remat.cfg.depth)
 
     # Recomputation repeats the same float32 operations: equal up to XLA's fusion choices. The
     # tolerance is relative to each gradient's scale (1e-6 of its largest entry): an entry that

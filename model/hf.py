@@ -230,31 +230,32 @@ def _path_to_hub_key(path: Path) -> tuple[str, str]:
 _STACKS: tuple[Path, ...] = (("layers",), ("visual", "blocks"))
 
 
+def _stack_prefix(path: Path) -> int:
+    """The length of the stack prefix `path` starts with (0: none)."""
+    for prefix in _STACKS:
+        if path[: len(prefix)] == prefix and len(path) > len(prefix):
+            return len(prefix)
+    return 0
+
+
 def _split_layer(path: Path) -> tuple[Path, int] | None:
     """("layers", 3, "mlp", ...) -> (("layers", "mlp", ...), 3); None outside the stacks."""
-    for prefix in _STACKS:
-        n = len(prefix)
-        if path[:n] == prefix and len(path) > n and isinstance(path[n], int):
-            return prefix + path[n + 1 :], path[n]
+    n = _stack_prefix(path)
+    if n and isinstance(path[n], int):
+        return path[:n] + path[n + 1 :], path[n]
     return None
 
 
-def _stacked_layers(path: Path, value_ndim: int) -> bool:
+def _stacked_layers(path: Path) -> bool:
     """Whether `path` names a stacked parameter (a stack prefix not followed by an index)."""
-    for prefix in _STACKS:
-        n = len(prefix)
-        if path[:n] == prefix and len(path) > n and not isinstance(path[n], int):
-            return value_ndim > 0
-    return False
+    n = _stack_prefix(path)
+    return bool(n) and not isinstance(path[n], int)
 
 
 def _layer_path(stacked: Path, index: int) -> Path:
     """Inverse of _split_layer."""
-    for prefix in _STACKS:
-        n = len(prefix)
-        if stacked[:n] == prefix:
-            return prefix + (index,) + stacked[n:]
-    raise ValueError(f"{stacked} is not a stacked parameter")
+    n = _stack_prefix(stacked)
+    return stacked[:n] + (index,) + stacked[n:]
 
 
 class _StackedFill:
@@ -263,10 +264,6 @@ class _StackedFill:
 
     def __init__(self):
         self._set = {}
-
-    def empty(self, shape, dtype, sharding) -> jax.Array:
-        make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
-        return make()
 
     def put(self, stacked: jax.Array, value: np.ndarray, index: int) -> jax.Array:
         sharding = stacked.sharding
@@ -376,13 +373,13 @@ def load_pretrained(
                 )
                 continue
             if path not in filled:
-                filled[path] = stacks.empty(shape, value.dtype, target)
+                filled[path] = jnp.zeros(shape, value.dtype, device=target)
             filled[path] = stacks.put(filled[path], value, index)
             layers_filled.setdefault(path, set()).add(index)
     missing = []
     for path, var in flat.items():
         shape = var.get_value().shape
-        if _stacked_layers(path, len(shape)):
+        if _stacked_layers(path):
             read = layers_filled.get(path, set())
             missing += [_layer_path(path, i) for i in range(shape[0]) if i not in read]
         elif path not in filled:
@@ -409,7 +406,7 @@ def export_tensors(model: Qwen2VL, dtype: str | None = None) -> Iterator[tuple[s
     parameter gives one tensor per layer."""
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = var.get_value()
-        if _stacked_layers(path, value.ndim):
+        if _stacked_layers(path):
             for i in range(value.shape[0]):
                 yield _hub_tensor(model, _layer_path(path, i), value[i], dtype)
         else:

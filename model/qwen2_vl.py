@@ -66,7 +66,6 @@ class Qwen2VL(nnx.Module):
             DecoderLayer(t, param_dtype=param_dtype, dtype=dtype, attention=attention, rngs=rngs)
             for _ in range(t.num_layers)
         ]
-        self.scan_layers = scan_layers
         self.layers = stack.stacked(layers) if scan_layers else nnx.List(layers)
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = (
@@ -119,9 +118,7 @@ class Qwen2VL(nnx.Module):
         stack, or the unrolled loop. With `remat` each layer's activations are recomputed in the
         backward pass (the model's remat policy). Returns (carry, ys stacked, or None)."""
         policy = self.remat_policy if remat else None
-        if self.scan_layers:
-            return stack.scan(self.layers, body, carry, xs, remat_policy=policy)
-        return stack.unrolled(list(self.layers), body, carry, xs, remat_policy=policy)
+        return stack.run(self.layers, body, carry, xs, remat_policy=policy)
 
     def _layers(self, x, cos, sin, mask, cache: KVCache | None):
         """The decoder layers and the final norm; with a cache, each layer writes its keys and

@@ -44,11 +44,6 @@ def stacked(modules: Sequence[nnx.Module]) -> nnx.Module:
     return nnx.merge(graphdef, values)
 
 
-def count(stack: nnx.Module) -> int:
-    """The number of layers in a stack."""
-    return jax.tree.leaves(nnx.state(stack))[0].shape[0]
-
-
 def layer(stack: nnx.Module, index: int | jnp.ndarray) -> nnx.Module:
     """Layer `index` of a stack, as a module of its own (a Python int or a traced index)."""
     graphdef, state = nnx.split(stack)
@@ -101,6 +96,20 @@ def unrolled(
     if not ys or all(y is None for y in ys):
         return carry, None
     return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+
+
+def run(
+    layers: nnx.Module,
+    body: Callable[[nnx.Module, Any, Any], tuple[Any, Any]],
+    carry: Any,
+    xs: Any = None,
+    *,
+    remat_policy: str | None = None,
+) -> tuple[Any, Any]:
+    """`scan` over a stack, or `unrolled` over an nnx.List of layers: the layout decides."""
+    if isinstance(layers, nnx.List):
+        return unrolled(list(layers), body, carry, xs, remat_policy=remat_policy)
+    return scan(layers, body, carry, xs, remat_policy=remat_policy)
 
 
 def _checkpointed(body, module: nnx.Module, carry, x, policy: str):

@@ -285,7 +285,6 @@ class VisionTower(nnx.Module):
             )
             for _ in range(cfg.depth)
         ]
-        self.scan_blocks = scan_blocks
         self.blocks = stack.stacked(blocks) if scan_blocks else nnx.List(blocks)
         self.merger = PatchMerger(cfg, **kw)
         self.remat = remat
@@ -332,14 +331,13 @@ class VisionTower(nnx.Module):
                 windowed = bool(windowed)  # decided when tracing: one kind in the program
             return block(x, cos, sin, segments, windows, windowed), None
 
-        # Which blocks attend within windows; Qwen2-VL: none, so no flag and no cond in a scan.
+        # Which blocks attend within windows (Qwen2-VL: none, so no flag and no cond). A scan
+        # traces the flag per block; the unrolled loop gets NumPy values, each block's kind
+        # decided when tracing.
         kinds = np.array([self._windowed(i) for i in range(cfg.depth)])
+        flags = kinds if kinds.any() else None
         policy = self.remat_policy if self.remat else None
-        if self.scan_blocks:
-            flags = jnp.asarray(kinds) if kinds.any() else None
-            x, _ = stack.scan(self.blocks, body, x, flags, remat_policy=policy)
-        else:
-            x, _ = stack.unrolled(list(self.blocks), body, x, kinds, remat_policy=policy)
+        x, _ = stack.run(self.blocks, body, x, flags, remat_policy=policy)
         merged = self.merger(x)
         if cfg.is_windowed:
             merged = merged[jnp.argsort(order)]

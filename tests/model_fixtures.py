@@ -9,6 +9,7 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from model.hf import load_pretrained
@@ -36,3 +37,21 @@ def tiny_port(generation: str, tie: bool = False):
     carry one test's changes into the next."""
     graphdef, state = _loaded_port(generation, tie)
     return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
+def logits_and_gradients(model, inp):
+    """A model.parity input through `model`: the logits of its valid tokens [n, vocab] and the
+    gradient of a loss on them, as a model of the same layout holding the gradients."""
+    from model import parity
+
+    arrays = parity.port_arrays(model.config, inp)
+    graphdef, state = nnx.split(model)
+    mask = jnp.asarray(inp.attention_mask, bool)
+
+    def loss(state):
+        m = nnx.merge(graphdef, state)
+        logits = m.logits(m(inp.input_ids, arrays["positions"], mask, arrays["vision"]))
+        return jnp.sum(jnp.where(mask[..., None], logits, 0.0) ** 2) / 1e3, logits
+
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+    return np.asarray(logits)[np.asarray(mask)], nnx.merge(graphdef, grads)

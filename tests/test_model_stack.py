@@ -12,11 +12,10 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from model_fixtures import tiny_checkpoint
+from model_fixtures import logits_and_gradients, tiny_checkpoint
 from safetensors.numpy import load_file, save_file
 
 from model import parity, stack
@@ -40,19 +39,10 @@ def both_layouts(generation: str, **options):
 
 
 def logits_and_grads(model, inp):
-    """Logits of a padded batch with an image and a video, and every parameter's gradient of a
-    loss on them (keyed by Hugging Face tensor name, so both layouts compare)."""
-    arrays = parity.port_arrays(model.config, inp)
-    graphdef, state = nnx.split(model)
-    mask = inp.attention_mask.astype(bool)
-
-    def loss(state):
-        m = nnx.merge(graphdef, state)
-        logits = m.logits(m(inp.input_ids, arrays["positions"], mask, arrays["vision"]))
-        return jnp.sum(jnp.where(mask[..., None], logits, 0.0) ** 2) / 1e3, logits
-
-    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
-    return np.asarray(logits)[np.asarray(mask)], dict(export_tensors(nnx.merge(graphdef, grads)))
+    """Logits of the input's valid tokens, and every parameter's gradient keyed by Hugging Face
+    tensor name (so both layouts compare)."""
+    logits, grads = logits_and_gradients(model, inp)
+    return logits, dict(export_tensors(grads))
 
 
 @pytest.mark.parametrize("generation, remat", [("qwen2_vl", False), ("qwen2_5_vl", True)])

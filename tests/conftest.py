@@ -1,10 +1,13 @@
-"""Test set-up: eight simulated CPU devices for the sharding tests, float32 matmuls everywhere, and
-the small synthetic demo set the end-to-end trainer tests share."""
+"""Test set-up: eight simulated CPU devices for the sharding tests, quick CPU compiles
+(demo_fixtures.QUICK_COMPILE), float32 matmuls everywhere, and the small synthetic demo set the
+end-to-end trainer tests share."""
 
 import os
 
+from demo_fixtures import QUICK_COMPILE  # noqa: E402
+
 # Must happen before jax is imported anywhere in the test process.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {QUICK_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -30,6 +30,13 @@ def shrunk_demo(root: str, workdir: str, *extra: str) -> list[str]:
     ]
 
 
+# XLA's CPU backend without LLVM's optimisation passes: the tests' programs are tiny, so compiling
+# them dominates their time, and these passes take about a third of it (test_steps' two
+# mixed-precision tests: 113 -> 73 CPU seconds). HLO passes, buffer assignment and the Eigen/oneDNN
+# matmuls are unchanged, so the memory figures and the numerics the tests compare are too.
+# conftest adds it to the test process's XLA_FLAGS; the subprocesses the tests start inherit it.
+QUICK_COMPILE = "--xla_backend_optimization_level=0"
+
 # JAX's persistent compilation cache, one directory per test process: the shrunk demo's runs
 # compile the same programs (a restarted run all of them again), so every run after the first
 # reads its executables back instead of compiling them. The test process itself does not use it.

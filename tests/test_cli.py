@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from demo_fixtures import trainer_env
+from demo_fixtures import QUICK_COMPILE, trainer_env
 
 from configs import demo
 from jaxvrl import cli
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _train(tmp_path, *overrides):
     env = trainer_env(JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = QUICK_COMPILE  # one device, as a user's run
     return subprocess.run(
         [
             sys.executable,

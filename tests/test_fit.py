@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from demo_fixtures import QUICK_COMPILE
 
 from jaxvrl.fit import check
 from model.tiny import tiny_hf_config
@@ -134,7 +135,7 @@ def _fit_subprocess(args, tiny_model):
         "JAX_PLATFORMS": "cpu",
         "TPU_SKIP_MDS_QUERY": "1",
         "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
-        "XLA_FLAGS": "",
+        "XLA_FLAGS": QUICK_COMPILE,  # one CPU device; the TPU compiler ignores it
     }
     return subprocess.run(
         [sys.executable, "-m", "jaxvrl.fit", *TINY, f"--config.model.path={tiny_model}", *args],

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from demo_fixtures import QUICK_COMPILE
 
 from configs import base
 from jaxvrl.parallel import mesh
@@ -350,7 +351,7 @@ def _start_two(tmp_path, mode: str, heartbeat: int = 30) -> list[subprocess.Pope
     port = _free_port()
     procs = []
     for i in range(2):
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        env = {**os.environ, "XLA_FLAGS": QUICK_COMPILE}  # JAX_NUM_CPU_DEVICES below
         env.update(
             JAX_PLATFORMS="cpu",
             JAX_NUM_CPU_DEVICES="2",

@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from demo_fixtures import shrunk_demo, trainer_env
+from demo_fixtures import QUICK_COMPILE, shrunk_demo, trainer_env
 from flax import nnx
 from safetensors.numpy import load_file
 
@@ -85,7 +85,7 @@ def start(root: str, workdir: str, processes: int, *extra: str) -> list[subproce
     for i in range(processes):
         env = trainer_env(
             JAX_PLATFORMS="cpu",
-            XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes} {QUICK_COMPILE}",
         )
         if processes > 1:
             env.update(

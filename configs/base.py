@@ -244,10 +244,11 @@ def get_config() -> ml_collections.ConfigDict:
             # What a rematerialised layer keeps: "full" (its inputs only) or "dots" (also its
             # projections' outputs); model/layers.py REMAT_POLICIES.
             "remat_policy": "full",
-            # Attention (model/flash.py): "xla_flash" (online softmax over key blocks with its
-            # own backward pass: no [queries, keys] scores in either pass), "dense" (the scores
-            # materialised: memory grows with the square of the length) or "auto" (xla_flash on
-            # every backend; the TPU splash and GPU cuDNN kernels are not wired in yet).
+            # Attention (model/flash.py, model/splash.py): "xla_flash" (online softmax over key
+            # blocks with its own backward pass: no [queries, keys] scores in either pass, every
+            # backend), "splash" (the Pallas TPU kernel), "dense" (the scores materialised:
+            # memory grows with the square of the length) or "auto" (splash in programs compiled
+            # for a TPU, xla_flash elsewhere; GPU cuDNN attention is not wired in).
             "attention": "auto",
             # Decoder layers and vision blocks as stacked parameters run by one scan each
             # (model/stack.py): the program holds one layer, so compile time does not grow with

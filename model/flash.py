@@ -38,12 +38,15 @@ class Mask:
     kv_ids: jnp.ndarray | None = None
     q_pos: jnp.ndarray | None = None
     kv_pos: jnp.ndarray | None = None
+    # Static: when the positions say no more than "query i sees keys j <= i + causal_offset"
+    # (self-attention: 0), a kernel with a static mask (model.splash) can use that diagonal.
+    causal_offset: int | None = struct.field(pytree_node=False, default=None)
 
     @classmethod
     def causal(cls, valid: jnp.ndarray) -> Mask:
         """Each token sees the valid tokens up to and including itself. valid: [batch, seq]."""
         positions = jnp.broadcast_to(jnp.arange(valid.shape[1]), valid.shape)
-        return cls(valid.astype(bool), q_pos=positions, kv_pos=positions)
+        return cls(valid.astype(bool), q_pos=positions, kv_pos=positions, causal_offset=0)
 
     @classmethod
     def segments(cls, ids: jnp.ndarray) -> Mask:
@@ -235,17 +238,19 @@ def _zero_cotangent(x):
 _flash.defvjp(_flash_forward, _flash_backward)
 
 
-# The implementations of config `model.attention` (model.layers.attention), besides "auto":
+# The implementations of config `model.attention` (model.layers.attention):
 # "dense": the scores [batch, heads, q_len, kv_len] materialised, in the forward pass (in query
 # blocks where asked) and in full under differentiation: memory grows with the square of the
-# length; "xla_flash": this module, one key block's scores at a time in both passes.
-IMPLEMENTATIONS = ("dense", "xla_flash")
+# length; "xla_flash": this module, one key block's scores at a time in both passes, on every
+# backend; "splash": the Pallas TPU kernel (model.splash; on a CPU in interpret mode, for tests);
+# "auto": splash where the program is compiled for a TPU and the mask maps onto it, xla_flash
+# elsewhere. cuDNN's fused attention is not wired in: it cannot be compiled ahead of time from a
+# CPU host, so nothing here could check it (GPUs run xla_flash).
+IMPLEMENTATIONS = ("auto", "dense", "xla_flash", "splash")
 
 
 def implementation_for(name: str) -> str:
-    """The implementation that `name` ("auto" or one of IMPLEMENTATIONS) runs. "auto" is
-    "xla_flash" on every backend: the Pallas splash kernel (TPU) and cuDNN flash attention (GPU)
-    are not wired in yet. "dense" by name keeps the scores (for comparison and debugging)."""
-    if name not in ("auto", *IMPLEMENTATIONS):
-        raise ValueError(f"unknown attention {name!r}; known: auto, {', '.join(IMPLEMENTATIONS)}")
-    return "xla_flash" if name == "auto" else name
+    """`name` checked against IMPLEMENTATIONS (config `model.attention`)."""
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention {name!r}; known: {', '.join(IMPLEMENTATIONS)}")
+    return name

@@ -12,7 +12,8 @@ from flax import nnx
 
 # MASK_VALUE: large negative instead of -inf, so a fully masked row (padding) softmaxes to a
 # harmless uniform distribution rather than NaN.
-from model.flash import MASK_VALUE, Mask, flash_attention, implementation_for
+from model.flash import MASK_VALUE, Mask, implementation_for
+from model.splash import efficient_attention
 
 
 def dtype_of(name: str) -> jnp.dtype:
@@ -135,7 +136,8 @@ def attention(
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
     mask: a model.flash.Mask, or [batch, q_len, kv_len] bool (True = may attend; dense only).
     Returns [batch, q_len, heads, head_dim]. `implementation` (config `model.attention`,
-    model.flash.IMPLEMENTATIONS): "xla_flash" never holds the scores (model.flash); "dense" below.
+    model.flash.IMPLEMENTATIONS): "xla_flash", "splash" and "auto" never hold the scores
+    (model.splash.efficient_attention); "dense" below.
 
     Dense: with `query_chunk` > 0 and q_len above it, the queries go through in blocks of that many
     (a lax.map), so a forward pass holds the scores of one block, [batch, heads, query_chunk,
@@ -145,8 +147,8 @@ def attention(
     padding of the last block).
     """
     if isinstance(mask, Mask):
-        if implementation_for(implementation) == "xla_flash":
-            return flash_attention(q, k, v, mask, scale, query_chunk)
+        if implementation_for(implementation) != "dense":
+            return efficient_attention(q, k, v, mask, scale, query_chunk, implementation)
         mask = mask.allowed()
     return in_query_blocks(
         lambda q_blk, mask_blk: _attention_block(q_blk, k, v, mask_blk, scale),

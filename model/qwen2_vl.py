@@ -190,6 +190,7 @@ class Qwen2VL(nnx.Module):
             jnp.concatenate([prompt_mask[sample_to_prompt], completion_mask], axis=1),
             q_pos=own,
             kv_pos=jnp.concatenate([jnp.zeros((samples, lp), own.dtype), own], axis=1),
+            causal_offset=lp,
         )
 
         def body(layer, carry, _):

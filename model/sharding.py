@@ -121,6 +121,13 @@ def activation_layout(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None
         _RULES.reset(token)
 
 
+def activation_entry(name: str, size: int, mesh) -> str | tuple[str, ...] | None:
+    """The mesh axes (one PartitionSpec entry) that logical `name` maps to under the current
+    activation rules, for a dimension of `size`; None where they do not divide it."""
+    entry = logical_to_spec((name,), _RULES.get(), mesh)[0]
+    return entry if size % axis_size(mesh, entry) == 0 else None
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """x laid out by logical `axes` (one name or None per dimension) on the context mesh of an
     `activation_layout`; unchanged without one. A one-device mesh adds nothing to the program.

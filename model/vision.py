@@ -17,7 +17,7 @@ from flax import nnx
 
 from model import stack
 from model.config import VisionConfig
-from model.flash import Mask, flash_attention, implementation_for
+from model.flash import Mask, implementation_for
 from model.layers import (
     MASK_VALUE,
     Dense,
@@ -28,6 +28,7 @@ from model.layers import (
     softmax_parts,
 )
 from model.rope import apply_rotary, vision_cos_sin
+from model.splash import efficient_attention
 
 
 def segment_attention(
@@ -46,9 +47,11 @@ def segment_attention(
     scores at a time, also in the backward pass. "dense": a forward pass holds the scores of one
     query block (under differentiation the map keeps every block's weights).
     """
-    if implementation_for(implementation) == "xla_flash":
+    if implementation_for(implementation) != "dense":
         mask = Mask.segments(segments[None])
-        return flash_attention(q[None], k[None], v[None], mask, scale, query_chunk)[0]
+        return efficient_attention(
+            q[None], k[None], v[None], mask, scale, query_chunk, implementation
+        )[0]
     k = k.transpose(1, 0, 2)  # [heads, patches, head_dim]: the matmuls need no transposes
     v = v.transpose(1, 0, 2)
 
@@ -101,13 +104,14 @@ def window_attention(
     v_blk = neighbourhood(v).transpose(0, 2, 1, 3)
     ids_q = in_blocks(windows, 0, 0)  # [blocks, reach]
     ids_k = neighbourhood(windows)  # [blocks, 3 * reach]
-    if implementation_for(implementation) == "xla_flash":
-        out = flash_attention(
+    if implementation_for(implementation) != "dense":
+        out = efficient_attention(
             in_blocks(q, 0, 0),
             neighbourhood(k),
             neighbourhood(v),
             Mask(ids_k > 0, ids_q, ids_k),
             scale,
+            implementation=implementation,
         )  # [blocks, reach, heads, dim]
         return out.reshape(blocks * reach, heads, dim)[:n]
     allowed = (ids_q[:, :, None] == ids_k[:, None, :]) & (ids_q[:, :, None] > 0)

@@ -15,6 +15,36 @@ from flax import nnx
 from model.hf import load_pretrained
 from model.tiny import make_tiny_checkpoint
 
+# Tolerance of the attention comparisons (test_model_flash, test_model_splash): 1e-5 of the largest
+# reference magnitude, in float32. Blockwise and one-pass attention differ only in the order of
+# float32 sums, which moves results by a few units in the 7th digit at these sizes.
+ATTENTION_TOLERANCE = 1e-5
+
+
+def close(got, want) -> None:
+    """got equals want within ATTENTION_TOLERANCE of want's largest magnitude."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = max(float(np.abs(want).max()), 1e-30)
+    np.testing.assert_allclose(got, want, rtol=0, atol=ATTENTION_TOLERANCE * scale)
+
+
+def qkv(batch, q_len, kv_len, heads=4, kv_heads=2, dim=8, seed=0):
+    """Random float32 queries [batch, q_len, heads, dim], keys and values [batch, kv_len,
+    kv_heads, dim]."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((batch, q_len, heads, dim)).astype(np.float32)
+    k = rng.standard_normal((batch, kv_len, kv_heads, dim)).astype(np.float32)
+    v = rng.standard_normal((batch, kv_len, kv_heads, dim)).astype(np.float32)
+    return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+
+
+def with_attention(model, implementation: str):
+    """The model with every attention layer and vision block set to `implementation`."""
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "implementation"):
+            module.implementation = implementation
+    return model
+
 
 @functools.cache
 def tiny_checkpoint(generation: str, tie: bool = False) -> tuple[str, object]:

@@ -3,9 +3,7 @@ gradients on every mask the model builds: causal with padding, a KV cache, a sha
 packed vision segments, Qwen2.5-VL windows, grouped-query heads, odd lengths that leave a partial
 key block, queries that see no key; and a tiny model's logits, gradients and cached decoding.
 
-Tolerance: 1e-5 of the largest reference magnitude, in float32. The two differ only in the order
-of float32 sums (per key block with a running maximum vs. one pass), which moves results by a
-few units in the 7th digit at these sizes.
+Tolerance: model_fixtures.ATTENTION_TOLERANCE (1e-5 of the largest reference magnitude, float32).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from model_fixtures import logits_and_gradients, tiny_port
+from model_fixtures import close, logits_and_gradients, qkv, tiny_port, with_attention
 
 from model import flash, parity
 from model.flash import Mask, flash_attention, implementation_for
@@ -23,22 +21,6 @@ from model.layers import attention
 from model.rope import rope_index
 from model.text import cache_mask
 from model.vision import segment_attention, window_attention
-
-TOLERANCE = 1e-5
-
-
-def close(got, want) -> None:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    scale = max(float(np.abs(want).max()), 1e-30)
-    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * scale)
-
-
-def qkv(batch, q_len, kv_len, heads=4, kv_heads=2, dim=8, seed=0):
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((batch, q_len, heads, dim)).astype(np.float32)
-    k = rng.standard_normal((batch, kv_len, kv_heads, dim)).astype(np.float32)
-    v = rng.standard_normal((batch, kv_len, kv_heads, dim)).astype(np.float32)
-    return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
 
 
 def values_and_grads(fn, q, k, v):
@@ -176,14 +158,6 @@ def test_unknown_implementation_is_refused():
 
 
 # ------------------------------------------------------------------------------- a tiny model
-
-
-def with_attention(model, implementation: str):
-    """The model with every attention layer and vision block set to `implementation`."""
-    for _, module in nnx.iter_modules(model):
-        if hasattr(module, "implementation"):
-            module.implementation = implementation
-    return model
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ its verdict (exit 0 fits, 1 does not, 2 bad input), on the test process's 8 CPU 
 TPU slice compiled by libtpu in a subprocess (the test process already runs JAX on the CPU)."""
 
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -14,7 +15,6 @@ import pytest
 from demo_fixtures import QUICK_COMPILE
 
 from jaxvrl.fit import check
-from model.tiny import tiny_hf_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,14 +39,6 @@ TINY = [
     "--text_tokens=16",
     "--target_tokens=8",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_fit")
-    with open(directory / "config.json", "w") as f:
-        json.dump(tiny_hf_config("qwen2_5_vl"), f)
-    return str(directory)
 
 
 def run_in_process(args):
@@ -153,11 +145,19 @@ needs_libtpu = pytest.mark.skipif(
 )
 
 
-@needs_libtpu
-def test_tpu_slice_compiles_every_program_and_reports_json(tiny_model):
+@functools.cache
+def tpu_rl_report(tiny_model: str) -> tuple[dict, str]:
+    """The fit check's JSON report and stdout for the tiny RL stage on v5p:2x2x1, compiled once
+    per test process: test_fit, test_fit_hlo_cost and test_fit_predict read it (conftest runs
+    the three files in one process)."""
     done = _fit_subprocess(["--config.sft.steps=0", "--topology=v5p:2x2x1", "--json"], tiny_model)
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
+
+
+@needs_libtpu
+def test_tpu_slice_compiles_every_program_and_reports_json(tiny_model):
+    report, _ = tpu_rl_report(tiny_model)
     assert report["fits"] is True and report["chips"] == 4 and report["chip"] == "TPU v5p"
     assert [p["name"] for p in report["programs"]] == [
         "rl/optimizer_init",
@@ -192,8 +192,8 @@ def test_gpu_node_compiles_from_its_target_description(tiny_model):
 @needs_libtpu
 def test_tpu_compiler_refusal_is_reported_as_not_fitting(tiny_model):
     # SFT on 8 sequences of 131,072 tokens with the dense attention: its scores alone are
-    # hundreds of GiB per v5e chip (16 GiB), so the TPU compiler refuses the step. (xla_flash,
-    # the default, fits it in 1.84 GiB: one key block's scores at a time.)
+    # hundreds of GiB per v5e chip (16 GiB), so the TPU compiler refuses the step. (xla_flash
+    # fits it in 1.84 GiB: one key block's scores at a time.)
     done = _fit_subprocess(
         [
             "--config.model.attention=dense",

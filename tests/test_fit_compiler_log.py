@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from test_fit import TINY, run_in_process, tiny_model  # noqa: F401 - the fixture
+from test_fit import TINY, run_in_process
 
 from jaxvrl.fit import compiler_log
 
@@ -52,7 +52,7 @@ def test_a_gather_from_an_fsdp_split_table_is_counted_and_passed_on(capfd):
     assert compiler_log.involuntary_remats(log.text) == 0
 
 
-def test_fit_reports_each_programs_involuntary_remats_with_their_warnings(tiny_model):  # noqa: F811
+def test_fit_reports_each_programs_involuntary_remats_with_their_warnings(tiny_model):
     # The model on a 2x2x2 mesh: its embedding gather (rows split along the embedding by the
     # FSDP-split table, wanted split by batch) and that gather's gradient are rematerialised in
     # every program that embeds tokens (4 in the SFT step, 4 in the reference log-probs, 8 in the

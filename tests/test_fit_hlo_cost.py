@@ -4,14 +4,12 @@ the TPU compiler writes (no trip count annotated, memory spaces in the layouts).
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from test_fit import _fit_subprocess, needs_libtpu, tiny_model  # noqa: F401 - the fixture
+from test_fit import needs_libtpu, tpu_rl_report
 
 from jaxvrl.fit.hlo_cost import hlo_cost, type_bytes
 
@@ -125,10 +123,8 @@ def test_trip_counts_come_from_the_loop_condition_when_the_compiler_writes_none(
 
 
 @needs_libtpu
-def test_the_fit_check_times_each_tpu_program_at_the_chips_roofline(tiny_model):  # noqa: F811
-    done = _fit_subprocess(["--config.sft.steps=0", "--topology=v5p:2x2x1", "--json"], tiny_model)
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+def test_the_fit_check_times_each_tpu_program_at_the_chips_roofline(tiny_model):
+    report, stdout = tpu_rl_report(tiny_model)
     programs = {p["name"]: p for p in report["programs"]}
     for p in report["programs"]:
         assert p["hbm_bytes_per_chip"] > 0
@@ -144,4 +140,4 @@ def test_the_fit_check_times_each_tpu_program_at_the_chips_roofline(tiny_model):
     step = programs["rl/train_step"]
     assert step["collective_bytes_per_chip"] > 0 and step["collective_seconds"] > 0
     assert set(step["collectives"]) & {"all-gather", "reduce-scatter", "all-reduce"}
-    assert "roofline" in done.stdout
+    assert "roofline" in stdout

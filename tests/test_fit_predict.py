@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_fit import _fit_subprocess, needs_libtpu, tiny_model  # noqa: F401 - the fixture
+from test_fit import _fit_subprocess, needs_libtpu, tpu_rl_report
 
 from jaxvrl.fit import predict
 
 
-def _report(tiny_model, *extra):  # noqa: F811
+def _report(tiny_model, *extra):
+    if not extra:
+        return tpu_rl_report(tiny_model)
     args = ["--config.sft.steps=0", "--topology=v5p:2x2x1", "--json", *extra]
     done = _fit_subprocess(args, tiny_model)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -27,7 +29,7 @@ def test_parts_of_a_step():
 
 
 @needs_libtpu
-def test_the_rl_step_is_predicted_from_its_programs_at_the_roofline(tiny_model):  # noqa: F811
+def test_the_rl_step_is_predicted_from_its_programs_at_the_roofline(tiny_model):
     report, stdout = _report(tiny_model)
     programs = {p["name"]: p for p in report["programs"]}
     # Each program at the largest of its compute, memory and collective seconds, as often as a

@@ -243,9 +243,9 @@ _flash.defvjp(_flash_forward, _flash_backward)
 # blocks where asked) and in full under differentiation: memory grows with the square of the
 # length; "xla_flash": this module, one key block's scores at a time in both passes, on every
 # backend; "splash": the Pallas TPU kernel (model.splash; on a CPU in interpret mode, for tests);
-# "auto": splash where the program is compiled for a TPU and the mask maps onto it, xla_flash
-# elsewhere. cuDNN's fused attention is not wired in: it cannot be compiled ahead of time from a
-# CPU host, so nothing here could check it (GPUs run xla_flash).
+# "auto": splash where the program is for a TPU (model.splash.target_platform) and the mask maps
+# onto it, xla_flash elsewhere. cuDNN's fused attention is not wired in: it cannot be compiled
+# ahead of time from a CPU host, so nothing here could check it (GPUs run xla_flash).
 IMPLEMENTATIONS = ("auto", "dense", "xla_flash", "splash")
 
 

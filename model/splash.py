@@ -51,19 +51,29 @@ def efficient_attention(
 ) -> jnp.ndarray:
     """Attention without the [queries, keys] scores, by `implementation` (config
     `model.attention`): "xla_flash" (model.flash, every backend), "splash" (this kernel; TPU, or
-    the CPU in interpret mode), or "auto": the kernel when the program is lowered for a TPU and
-    the mask maps onto it, model.flash otherwise (also when compiling for a TPU from a CPU host:
-    the choice follows the compile's platform, jax.lax.platform_dependent). Shapes as
-    model.flash.flash_attention."""
+    the CPU in interpret mode), or "auto": the kernel when the program is for a TPU
+    (target_platform: also a TPU slice compiled from a CPU host) and the mask maps onto it,
+    model.flash otherwise. Shapes as model.flash.flash_attention."""
     xla = functools.partial(flash_attention, mask=mask, scale=scale, query_chunk=query_chunk)
     if implementation == "xla_flash" or not maps_onto_kernel(mask):
         if implementation == "splash":
             raise ValueError("splash attention takes no mask with traced positions (a KV cache)")
         return xla(q, k, v)
     if implementation == "splash":
-        return splash_attention(q, k, v, mask, scale, interpret=jax.default_backend() != "tpu")
-    tpu = functools.partial(splash_attention, mask=mask, scale=scale)
-    return jax.lax.platform_dependent(q, k, v, tpu=tpu, default=xla)
+        return splash_attention(q, k, v, mask, scale, interpret=target_platform() != "tpu")
+    if target_platform() == "tpu":
+        return splash_attention(q, k, v, mask, scale)
+    return xla(q, k, v)
+
+
+def target_platform() -> str:
+    """The platform the program being traced is for: the context mesh's devices (an
+    activation_layout's mesh; for the fit check, a TPU slice described from a CPU host), else
+    this process's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
 
 
 def splash_attention(

@@ -2,8 +2,8 @@
 every mask the model gives it: causal text with padding, odd lengths and grouped-query heads,
 completions after a shared prompt, packed vision segments, Qwen2.5-VL windows, and a tiny model's
 logits and gradients. The kernel runs in Pallas' interpret mode on the CPU: the same kernel
-program, evaluated by XLA's CPU backend. "auto" picks the kernel only where the program is lowered
-for a TPU, which the TPU compiler (libtpu, from this CPU host) then accepts under a mesh.
+program, evaluated by XLA's CPU backend. "auto" picks the kernel only in a program for a TPU (its
+mesh's devices), which the TPU compiler (libtpu, from this CPU host) then accepts.
 
 Compared on real queries only: a padding query's output differs by design (model/splash.py), and
 the losses give padding outputs no weight, so every gradient must agree. Tolerance: 1e-5 of the

@@ -37,11 +37,18 @@ def shrunk_demo(root: str, workdir: str, *extra: str) -> list[str]:
 # conftest adds it to the test process's XLA_FLAGS; the subprocesses the tests start inherit it.
 QUICK_COMPILE = "--xla_backend_optimization_level=0"
 
-# JAX's persistent compilation cache, one directory per test process: the shrunk demo's runs
+# JAX's persistent compilation cache for the trainer runs the tests start: the shrunk demo's runs
 # compile the same programs (a restarted run all of them again), so every run after the first
-# reads its executables back instead of compiling them. The test process itself does not use it.
-COMPILE_CACHE = tempfile.mkdtemp(prefix="jaxvrl_test_compile_cache_")
-atexit.register(shutil.rmtree, COMPILE_CACHE, ignore_errors=True)
+# reads its executables back instead of compiling them. The test processes do not use it. One
+# directory per test session: the first process to import this module (pytest, or the xdist
+# controller) makes it and removes it at exit; the xdist workers inherit it through the
+# environment, so runs in different workers share executables too.
+_SHARED = "JAXVRL_TEST_COMPILE_CACHE"
+if _SHARED in os.environ:
+    COMPILE_CACHE = os.environ[_SHARED]
+else:
+    COMPILE_CACHE = os.environ[_SHARED] = tempfile.mkdtemp(prefix="jaxvrl_test_compile_cache_")
+    atexit.register(shutil.rmtree, COMPILE_CACHE, ignore_errors=True)
 
 
 def trainer_env(**extra: str) -> dict[str, str]:

@@ -164,7 +164,7 @@ def test_top_p_candidates_sample_todays_tokens_at_qwens_vocabulary(flat_rows):
         return np.stack(
             [
                 np.asarray(fn(jax.random.split(jax.random.key(s), rows), logits, 0.95))
-                for s in range(8)
+                for s in range(4)
             ]
         )
 

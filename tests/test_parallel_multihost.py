@@ -190,7 +190,7 @@ def test_a_single_process_checkpoint_resumes_on_two_processes(root, single, tmp_
 @pytest.mark.slow
 def test_a_lost_process_ends_the_other_and_a_restart_resumes(root, two, tmp_path):
     workdir = str(tmp_path / "killed")
-    procs = start(root, workdir, 2, "--config.mesh.heartbeat_timeout=30")  # the default: 100 s
+    procs = start(root, workdir, 2, "--config.mesh.heartbeat_timeout=15")  # the default: 100 s
     try:
         deadline = time.time() + TIMEOUT
         checkpoints = os.path.join(workdir, "checkpoints")

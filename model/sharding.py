@@ -124,8 +124,7 @@ def activation_layout(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None
 def activation_entry(name: str, size: int, mesh) -> str | tuple[str, ...] | None:
     """The mesh axes (one PartitionSpec entry) that logical `name` maps to under the current
     activation rules, for a dimension of `size`; None where they do not divide it."""
-    entry = logical_to_spec((name,), _RULES.get(), mesh)[0]
-    return entry if size % axis_size(mesh, entry) == 0 else None
+    return fit_spec((size,), logical_to_spec((name,), _RULES.get(), mesh), mesh)[0]
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:

@@ -15,8 +15,6 @@ queries, and every gradient that reaches real outputs, are the same (tests/test_
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
@@ -54,16 +52,13 @@ def efficient_attention(
     the CPU in interpret mode), or "auto": the kernel when the program is for a TPU
     (target_platform: also a TPU slice compiled from a CPU host) and the mask maps onto it,
     model.flash otherwise. Shapes as model.flash.flash_attention."""
-    xla = functools.partial(flash_attention, mask=mask, scale=scale, query_chunk=query_chunk)
-    if implementation == "xla_flash" or not maps_onto_kernel(mask):
-        if implementation == "splash":
-            raise ValueError("splash attention takes no mask with traced positions (a KV cache)")
-        return xla(q, k, v)
-    if implementation == "splash":
-        return splash_attention(q, k, v, mask, scale, interpret=target_platform() != "tpu")
-    if target_platform() == "tpu":
-        return splash_attention(q, k, v, mask, scale)
-    return xla(q, k, v)
+    maps = maps_onto_kernel(mask)
+    if implementation == "splash" and not maps:
+        raise ValueError("splash attention takes no mask with traced positions (a KV cache)")
+    on_tpu = target_platform() == "tpu"
+    if implementation == "splash" or (implementation == "auto" and maps and on_tpu):
+        return splash_attention(q, k, v, mask, scale, interpret=not on_tpu)
+    return flash_attention(q, k, v, mask, scale, query_chunk)
 
 
 def target_platform() -> str:
@@ -88,10 +83,10 @@ def splash_attention(
     [batch, kv_len, kv_heads, head_dim]. Returns [batch, q_len, heads, head_dim] in q's dtype.
     Under an activation layout (model.sharding) the kernel runs per device on its batch rows and
     heads (shard_map): a Pallas call is not partitioned by XLA."""
-    b, lq, h, d = q.shape
+    b, lq, h, _ = q.shape
     lk, kvh = k.shape[1], k.shape[2]
     pq, pk = _round_up(lq), _round_up(lk)
-    q_ids, kv_ids = _segment_ids(mask, lq, lk)
+    q_ids, kv_ids = _segment_ids(mask, lq)
     q_ids = jnp.pad(q_ids, ((0, 0), (0, pq - lq)), constant_values=PADDING_ID)
     kv_ids = jnp.pad(kv_ids, ((0, 0), (0, pk - lk)), constant_values=PADDING_ID)
 
@@ -118,7 +113,7 @@ def _block(length: int) -> int:
     return max(size for size in range(LANES, MOST + 1, LANES) if length % size == 0)
 
 
-def _segment_ids(mask: Mask, lq: int, lk: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _segment_ids(mask: Mask, lq: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """[batch, q_len] and [batch, kv_len] int32 ids: equal ids may attend. A key not valid gets id
     0; a query gets its own id (mask.q_ids) or 1 (causal: every query sees the valid keys)."""
     kv = mask.kv_ids if mask.kv_ids is not None else jnp.ones(mask.kv_valid.shape, jnp.int32)

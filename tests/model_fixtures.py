@@ -28,6 +28,12 @@ def close(got, want) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=ATTENTION_TOLERANCE * scale)
 
 
+def close_trees(got, want) -> None:
+    """Every leaf of `got` close to the same leaf of `want` (nnx modules are pytrees too)."""
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        close(g, w)
+
+
 def qkv(batch, q_len, kv_len, heads=4, kv_heads=2, dim=8, seed=0):
     """Random float32 queries [batch, q_len, heads, dim], keys and values [batch, kv_len,
     kv_heads, dim]."""

@@ -17,11 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from model_fixtures import close, logits_and_gradients, qkv, tiny_port, with_attention
+from model_fixtures import (
+    close,
+    close_trees,
+    logits_and_gradients,
+    qkv,
+    tiny_port,
+    with_attention,
+)
 
 from model import parity, sharding
 from model.flash import Mask, flash_attention
@@ -42,16 +48,27 @@ def values_and_grads(fn, q, k, v, real):
     return out, grads
 
 
+def same_on_real_queries(kernel, xla, q, k, v, real) -> None:
+    """kernel(q, k, v) and xla(q, k, v) agree on the real queries' outputs and on every
+    gradient of those outputs."""
+    (kernel_out, kernel_grads), (xla_out, xla_grads) = (
+        values_and_grads(fn, q, k, v, real) for fn in (kernel, xla)
+    )
+    real = np.asarray(real)
+    close(np.asarray(kernel_out)[real], np.asarray(xla_out)[real])
+    close_trees(kernel_grads, xla_grads)
+
+
 def same_as_xla(q, k, v, mask: Mask, real) -> None:
     scale = q.shape[-1] ** -0.5
-    kernel = values_and_grads(
-        lambda q, k, v: splash_attention(q, k, v, mask, scale, interpret=True), q, k, v, real
+    same_on_real_queries(
+        lambda q, k, v: splash_attention(q, k, v, mask, scale, interpret=True),
+        lambda q, k, v: flash_attention(q, k, v, mask, scale),
+        q,
+        k,
+        v,
+        real,
     )
-    xla = values_and_grads(lambda q, k, v: flash_attention(q, k, v, mask, scale), q, k, v, real)
-    real = np.asarray(real)
-    close(np.asarray(kernel[0])[real], np.asarray(xla[0])[real])
-    for got, want in zip(kernel[1], xla[1], strict=True):
-        close(got, want)
 
 
 def test_causal_text_with_padding_odd_lengths_and_grouped_heads():
@@ -113,12 +130,9 @@ def test_vision_attention(kind):
         call = lambda q, k, v, ids, impl: window_attention(q, k, v, ids, 0.25, 64, impl)  # noqa: E731
     ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(sizes)] + [np.zeros(pad)])
     q, k, v, ids = vision_case(ids, 6)
-    real = ids > 0
-    kernel = values_and_grads(lambda *a: call(*a, ids, "splash"), q, k, v, real)
-    xla = values_and_grads(lambda *a: call(*a, ids, "xla_flash"), q, k, v, real)
-    close(np.asarray(kernel[0])[np.asarray(real)], np.asarray(xla[0])[np.asarray(real)])
-    for got, want in zip(kernel[1], xla[1], strict=True):
-        close(got, want)
+    same_on_real_queries(
+        lambda *a: call(*a, ids, "splash"), lambda *a: call(*a, ids, "xla_flash"), q, k, v, ids > 0
+    )
 
 
 def test_a_kv_cache_stays_on_the_xla_version():
@@ -176,9 +190,4 @@ def test_a_tiny_models_logits_and_gradients():
     def run(implementation):
         return logits_and_gradients(with_attention(tiny_port(generation), implementation), inp)
 
-    (kernel_logits, kernel_grads), (xla_logits, xla_grads) = run("splash"), run("xla_flash")
-    close(kernel_logits, xla_logits)
-    for got, want in zip(
-        jax.tree.leaves(nnx.state(kernel_grads)), jax.tree.leaves(nnx.state(xla_grads)), strict=True
-    ):
-        close(got, want)
+    close_trees(run("splash"), run("xla_flash"))  # logits and the gradient of every parameter

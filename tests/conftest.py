@@ -5,7 +5,7 @@ files."""
 
 import os
 
-from demo_fixtures import QUICK_COMPILE  # noqa: E402
+from demo_fixtures import QUICK_COMPILE
 
 # Must happen before jax is imported anywhere in the test process.
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {QUICK_COMPILE}")

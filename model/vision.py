@@ -99,9 +99,6 @@ def window_attention(
         x = in_blocks(x, 1, 1)
         return jnp.concatenate([x[:-2], x[1:-1], x[2:]], axis=1)
 
-    q_blk = (in_blocks(q, 0, 0) * scale).transpose(0, 2, 1, 3)  # [blocks, heads, reach, dim]
-    k_blk = neighbourhood(k).transpose(0, 2, 1, 3)  # [blocks, heads, 3 * reach, dim]
-    v_blk = neighbourhood(v).transpose(0, 2, 1, 3)
     ids_q = in_blocks(windows, 0, 0)  # [blocks, reach]
     ids_k = neighbourhood(windows)  # [blocks, 3 * reach]
     if implementation_for(implementation) != "dense":
@@ -114,6 +111,9 @@ def window_attention(
             implementation=implementation,
         )  # [blocks, reach, heads, dim]
         return out.reshape(blocks * reach, heads, dim)[:n]
+    q_blk = (in_blocks(q, 0, 0) * scale).transpose(0, 2, 1, 3)  # [blocks, heads, reach, dim]
+    k_blk = neighbourhood(k).transpose(0, 2, 1, 3)  # [blocks, heads, 3 * reach, dim]
+    v_blk = neighbourhood(v).transpose(0, 2, 1, 3)
     allowed = (ids_q[:, :, None] == ids_k[:, None, :]) & (ids_q[:, :, None] > 0)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q_blk, k_blk, preferred_element_type=jnp.float32)
     weights, total = softmax_parts(jnp.where(allowed[:, None], scores, MASK_VALUE))

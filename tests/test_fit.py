@@ -48,12 +48,28 @@ def run_in_process(args):
     return code, out.getvalue(), err.getvalue()
 
 
-def test_cpu_target_reports_every_program_of_both_stages_as_json(tiny_model):
+@functools.cache
+def cpu_report(tiny_model: str) -> tuple[dict, str]:
+    """The fit check's JSON report and stdout for both tiny stages on the test process's 8 CPU
+    devices in a data 2 x fsdp 2 x tensor 2 mesh, compiled once per test process: test_fit and
+    test_fit_compiler_log read it (conftest runs the two files in one process)."""
     code, out, _ = run_in_process(
-        [*TINY, f"--config.model.path={tiny_model}", "--topology=cpu", "--json"]
+        [
+            *TINY,
+            f"--config.model.path={tiny_model}",
+            "--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}",
+            "--config.data.batch_size=4",
+            "--topology=cpu",
+            "--json",
+        ]
     )
-    report = json.loads(out.strip().splitlines()[-1])
-    assert code == 0 and report["fits"] is True
+    assert code == 0, out[-2000:]
+    return json.loads(out.strip().splitlines()[-1]), out
+
+
+def test_cpu_target_reports_every_program_of_both_stages_as_json(tiny_model):
+    report, _ = cpu_report(tiny_model)
+    assert report["fits"] is True
     names = [p["name"] for p in report["programs"]]
     assert names == [
         "sft/optimizer_init",
@@ -63,7 +79,7 @@ def test_cpu_target_reports_every_program_of_both_stages_as_json(tiny_model):
         "rl/reference_logprobs",
         "rl/train_step",
     ]
-    assert report["chips"] == 8 and report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert report["chips"] == 8 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     # 4 frames of 56 x 56 pixels: 2 temporal patches x 4 x 4 patches; 8 vision tokens + 16 text.
     assert report["largest_example"]["patches"] == 32
     assert report["largest_example"]["prompt_tokens"] == 24

@@ -4,13 +4,11 @@ devices."""
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from test_fit import TINY, run_in_process
+from test_fit import cpu_report
 
 from jaxvrl.fit import compiler_log
 
@@ -59,18 +57,8 @@ def test_fit_reports_each_programs_involuntary_remats_with_their_warnings(tiny_m
     # RL train step when this was written). Gathering the table whole first removes them, but on
     # Video-R1's h100x8 train step costs 2.0 GiB per chip (bf16 table) or 9.7 GiB (float32) more
     # than the activation it saves replicating; so it is left for the layout work.
-    code, out, _ = run_in_process(
-        [
-            *TINY,
-            f"--config.model.path={tiny_model}",
-            "--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}",
-            "--config.data.batch_size=4",
-            "--topology=cpu",
-            "--json",
-        ]
-    )
-    report = json.loads(out.strip().splitlines()[-1])
-    assert code == 0 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    report, out = cpu_report(tiny_model)
+    assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     counts = {p["name"]: p["involuntary_remats"] for p in report["programs"]}
     for p in report["programs"]:
         assert p["involuntary_remats"] == len(p["remat_lines"])

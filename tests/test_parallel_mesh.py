@@ -207,6 +207,11 @@ GLOO_ERROR = (
     "jax.errors.JaxRuntimeError: UNKNOWN: Gloo AllGather failed: "
     "[external/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer [127.0.0.1]:16259"
 )
+GLOO_ALL_REDUCE_ERROR = (
+    "JaxRuntimeError: INTERNAL: Error dispatching computation: Gloo all-reduce failed: "
+    "[external/gloo/gloo/transport/tcp/pair.cc:538] Read error [127.0.0.1]:35474: Connection "
+    "reset by peer"
+)
 HEARTBEAT_ERROR = (
     "F1202 10:41:24.181418   25665 client.h:80] Terminating process because the JAX distributed "
     "service detected fatal errors. This most likely indicates that another task died; see the "
@@ -235,6 +240,9 @@ def test_lost_process_messages_become_one_line():
     assert lost_process_message("UNAVAILABLE: Task 3 heartbeat timeout. This indicates").startswith(
         "lost process 3"
     )
+    line = lost_process_message(GLOO_ALL_REDUCE_ERROR, lost=[1])
+    assert line is not None and line.startswith("lost process 1 of the multi-host run")
+    assert "gloo all-reduce: Read error [127.0.0.1]:35474: Connection reset by peer" in line
     assert lost_process_message("ValueError: shapes do not match") is None
 
 

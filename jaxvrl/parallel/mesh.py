@@ -169,6 +169,10 @@ def distributed_arguments(environ: Mapping[str, str] | None = None) -> dict[str,
 #  - in a collective: at once, a Python exception from gloo that names no process, e.g.
 #      jax.errors.JaxRuntimeError: UNKNOWN: Gloo AllGather failed:
 #      [external/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer [127.0.0.1]:16259
+#    or (an all-reduce in flight)
+#      JaxRuntimeError: INTERNAL: Error dispatching computation: Gloo all-reduce failed:
+#      [external/gloo/gloo/transport/tcp/pair.cc:538] Read error [127.0.0.1]:35474: Connection
+#      reset by peer
 #  - anywhere else (or with the dead process hung rather than gone): after `mesh.heartbeat_timeout`
 #    seconds, an abort (SIGABRT, exit status 134) from the coordination service, whose
 #    message does name it, across lines:
@@ -183,7 +187,7 @@ _HEARTBEAT_LOST = (
     re.compile(r"Task (\d+) heartbeat timeout"),
 )
 _PEER_LOST = re.compile(
-    r"Gloo (\w+) failed: (?:\[[^\]]*\] )?((?:Connection (?:closed|reset) by peer|Read error|"
+    r"Gloo ([\w-]+) failed: (?:\[[^\]]*\] )?((?:Connection (?:closed|reset) by peer|Read error|"
     r"Write error|Timed out)[^\n]*)"
 )
 

@@ -137,18 +137,22 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model, extra, words):
     assert len(err.strip().splitlines()) == 1 and words in err
 
 
-def _fit_subprocess(args, tiny_model):
-    env = {
+def _tpu_env() -> dict[str, str]:
+    """The environment of a subprocess that compiles for a TPU slice with libtpu on this host."""
+    return {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "TPU_SKIP_MDS_QUERY": "1",
         "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
         "XLA_FLAGS": QUICK_COMPILE,  # one CPU device; the TPU compiler ignores it
     }
+
+
+def _fit_subprocess(args, tiny_model):
     return subprocess.run(
         [sys.executable, "-m", "jaxvrl.fit", *TINY, f"--config.model.path={tiny_model}", *args],
         cwd=ROOT,
-        env=env,
+        env=_tpu_env(),
         capture_output=True,
         text=True,
         timeout=600,

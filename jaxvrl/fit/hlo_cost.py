@@ -10,7 +10,9 @@ from device memory and writes its outputs there; a while loop costs its body tim
 count (the compiler's `known_trip_count`, else its condition's bound; a loop that also exits on
 data, the decode loop, at most `while_trips`), a conditional its most expensive branch. Buffers
 the TPU compiler placed in on-chip memory (a layout's memory space `S(n)`, n > 0) move no HBM
-bytes.
+bytes. A slice taken of an operand (dynamic-slice, gather; inside a fusion or a fusion nested in
+it) reads the slice: a scanned layer reads its own weights, not the stack of every layer's; an
+update written in place (dynamic-update-slice) moves the update, not the buffer.
 
     cost = hlo_cost(compiled.as_text(), while_trips=768)
     cost.hbm_bytes, cost.collective_bytes, cost.collectives  # per chip
@@ -77,6 +79,7 @@ class _Instruction:
     opcode: str
     operands: list[str]
     attributes: str
+    root: bool = False
 
 
 def _split_type(rest: str) -> tuple[str, str]:
@@ -132,7 +135,11 @@ def parse_computations(text: str) -> tuple[dict[str, list[_Instruction]], str | 
         type_text, rest = _split_type(m.group(3))
         opcode, _, after = rest.partition("(")
         operands, attributes = _operands("(" + after)
-        current.append(_Instruction(m.group(2), type_text, opcode.strip(), operands, attributes))
+        current.append(
+            _Instruction(
+                m.group(2), type_text, opcode.strip(), operands, attributes, bool(m.group(1))
+            )
+        )
     return computations, entry
 
 
@@ -282,8 +289,7 @@ def hlo_cost(text: str, while_trips: int | None = None, partitions: int | None =
                 continue
             if op in _FREE:
                 continue
-            operand_bytes = sum(type_bytes(types.get(o, "")) for o in inst.operands)
-            output_bytes = type_bytes(inst.type_text)
+            operand_bytes, output_bytes = _traffic(inst, types, computations)
             total.hbm_bytes += operand_bytes + output_bytes
             if op in _COLLECTIVES:
                 moved = _collective_bytes(
@@ -299,6 +305,71 @@ def hlo_cost(text: str, while_trips: int | None = None, partitions: int | None =
         return total
 
     return cost_of(entry)
+
+
+def _traffic(
+    inst: _Instruction, types: dict[str, str], computations: dict[str, list[_Instruction]]
+) -> tuple[float, float]:
+    """Bytes an instruction reads and writes. A slice taken from an operand (dynamic-slice,
+    gather) reads the slice, not the operand: a scanned layer's weights from the stacked array,
+    the embedding rows of a decode step's tokens. An update written into an operand in place
+    (dynamic-update-slice) reads and writes the update: the decode's new KV-cache entry. So also
+    inside a fusion, for a fused parameter used only that way."""
+    operands = [type_bytes(types.get(o, "")) for o in inst.operands]
+    output = type_bytes(inst.type_text)
+    if inst.opcode in ("dynamic-slice", "gather") and operands:
+        operands[0] = output
+    elif inst.opcode == "dynamic-update-slice" and len(operands) > 1:
+        operands[0], output = 0.0, operands[1]
+    elif inst.opcode == "fusion" and (fused := _called(inst.attributes, "calls")):
+        body = computations.get(fused[0], [])
+        body_types = {i.name: i.type_text for i in body}
+        for index, name in _parameters(body).items():
+            if index < len(operands):
+                read = _read_of(name, body, computations)  # (no more than the operand's bytes,
+                if read is not None:  # 0 when it lies in on-chip memory)
+                    operands[index] = min(operands[index], read)
+        root = next((i for i in body if i.root), None)
+        if root is not None and root.opcode == "dynamic-update-slice":
+            target = root.operands[0]
+            if any(i.name == target and i.opcode == "parameter" for i in body):
+                output = type_bytes(body_types.get(root.operands[1], ""))
+    return sum(operands), output
+
+
+def _parameters(body: list[_Instruction]) -> dict[int, str]:
+    """A fused computation's parameters by number."""
+    return {int(i.operands[0]): i.name for i in body if i.opcode == "parameter"}
+
+
+def _read_of(
+    name: str, body: list[_Instruction], computations: dict[str, list[_Instruction]]
+) -> float | None:
+    """Bytes read of fused parameter `name` when every use takes a slice of it (dynamic-slice,
+    gather; a nested fusion's parameter that is so used) or writes into it in place
+    (dynamic-update-slice, 0 read); None when some use reads it whole."""
+    uses = [i for i in body if name in i.operands]
+    if not uses:
+        return None
+    read = 0.0
+    for use in uses:
+        first = use.operands[0] == name and use.operands.count(name) == 1
+        if use.opcode in ("dynamic-slice", "gather") and first:
+            read += type_bytes(use.type_text)
+        elif use.opcode == "dynamic-update-slice" and first:
+            pass
+        elif use.opcode == "fusion" and (nested := _called(use.attributes, "calls")):
+            inner = computations.get(nested[0], [])
+            params = _parameters(inner)
+            positions = [k for k, o in enumerate(use.operands) if o == name]
+            parts = [_read_of(params[k], inner, computations) if k in params else None
+                     for k in positions]  # fmt: skip
+            if any(part is None for part in parts):
+                return None
+            read += sum(parts)
+        else:
+            return None
+    return read
 
 
 def _result_bytes(inst: _Instruction) -> float:

@@ -12,7 +12,6 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -133,8 +132,8 @@ def rewards(
     meta = batch["meta"]
     keep = np.asarray(batch["example_mask"], bool)
     p, g = len(keep), settings.num_generations
-    s2p = np.asarray(jax.device_get(rollout.sample_to_prompt))
-    lengths = np.asarray(jax.device_get(rollout.lengths))
+    s2p = np.asarray(rollout.sample_to_prompt)
+    lengths = np.asarray(rollout.lengths)
     texts = list(rollout.texts or ())
     ordered_idx = np.flatnonzero(s2p < p)
     rows = s2p[ordered_idx]
@@ -187,7 +186,7 @@ def rewards(
         for j, r in enumerate(companion_rows):
             shuffled[position[r]] = comp_acc[j]
             is_video[position[r]] = True
-    finish = np.asarray(jax.device_get(rollout.finish_reason))[ordered_idx]
+    finish = np.asarray(rollout.finish_reason)[ordered_idx]
     return Rewards(
         total=np.asarray(total, np.float32).reshape(groups, g),
         per_reward=per_reward,
@@ -301,11 +300,11 @@ def training_batch(
     real = ordered >= 0
     take = np.where(real, ordered, 0)
     if mask_truncated:
-        stopped = np.asarray(jax.device_get(rollout.finish_reason))[take] == FINISH_STOP
+        stopped = np.asarray(rollout.finish_reason)[take] == FINISH_STOP
         real = real & stopped
-    tokens = np.asarray(jax.device_get(rollout.tokens))[take]
-    mask = np.asarray(jax.device_get(rollout.mask))[take] & real[:, None]
-    logp = np.asarray(jax.device_get(rollout.logprobs))[take] * mask
+    tokens = np.asarray(rollout.tokens)[take]
+    mask = np.asarray(rollout.mask)[take] & real[:, None]
+    logp = np.asarray(rollout.logprobs)[take] * mask
     g = len(ordered) // len(batch["example_mask"])
     return {
         "prompt_ids": np.asarray(batch["input_ids"], np.int32),

@@ -44,7 +44,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
@@ -153,19 +152,19 @@ class Rollout:
     sample_to_prompt [S] int32: the prompt row of each sample; sample_index [S] int32: its index
         among that prompt's samples. prompt_lengths [S] int32: valid prompt tokens of its prompt.
     num_steps: int32 scalar, decoding steps run (<= M; fewer when all samples stopped early).
-    texts: decoded completions (host side, `skip_special_tokens`), when the sampler has a
-        tokenizer.
+    texts: decoded completions (`skip_special_tokens`), when the sampler has a tokenizer.
+    All of it on the host (numpy), brought there in one transfer.
     """
 
-    tokens: jnp.ndarray
-    logprobs: jnp.ndarray
-    mask: jnp.ndarray
-    lengths: jnp.ndarray
-    finish_reason: jnp.ndarray
-    sample_to_prompt: jnp.ndarray
-    sample_index: jnp.ndarray
-    prompt_lengths: jnp.ndarray
-    num_steps: jnp.ndarray
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+    finish_reason: np.ndarray
+    sample_to_prompt: np.ndarray
+    sample_index: np.ndarray
+    prompt_lengths: np.ndarray
+    num_steps: np.ndarray
     texts: tuple[str, ...] | None = struct.field(pytree_node=False, default=None)
 
 
@@ -469,29 +468,27 @@ class Sampler:
         self.device_seconds += time.perf_counter() - start
         group = active.shape[1]
         slots = np.flatnonzero(active.reshape(-1)).astype(np.int32)
+        # The rollout comes to the host once, whole (this process's rows of it): the rewards, the
+        # advantages and the training batch are built there.
         if multihost.count() > 1:
-            # This process's rows of the outputs (host side from here on).
             out = {
                 k: multihost.replicated_scalar(v) if v.ndim == 0 else multihost.local_block(v)
                 for k, v in out.items()
             }
-            out = {k: v if v.ndim == 0 else v[slots] for k, v in out.items()}
-        elif slots.size != active.size:
-            index = jnp.asarray(slots)
-            out = {k: (v if v.ndim == 0 else jnp.take(v, index, axis=0)) for k, v in out.items()}
+        else:
+            out = jax.device_get(out)
+        out = {k: np.asarray(v) if v.ndim == 0 else np.asarray(v)[slots] for k, v in out.items()}
         texts = None
         if self.tokenizer is not None:
-            texts = decode_texts(
-                self.tokenizer, jax.device_get(out["tokens"]), jax.device_get(out["lengths"])
-            )
+            texts = decode_texts(self.tokenizer, out["tokens"], out["lengths"])
         return Rollout(
             tokens=out["tokens"],
             logprobs=out["logprobs"],
             mask=out["mask"],
             lengths=out["lengths"],
             finish_reason=out["finish_reason"],
-            sample_to_prompt=jnp.asarray(slots // group),
-            sample_index=jnp.asarray(slots % group),
+            sample_to_prompt=slots // group,
+            sample_index=slots % group,
             prompt_lengths=out["prompt_lengths"],
             num_steps=out["num_steps"],
             texts=texts,

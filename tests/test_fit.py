@@ -51,8 +51,9 @@ def run_in_process(args):
 @functools.cache
 def cpu_report(tiny_model: str) -> tuple[dict, str]:
     """The fit check's JSON report and stdout for both tiny stages on the test process's 8 CPU
-    devices in a data 2 x fsdp 2 x tensor 2 mesh, compiled once per test process: test_fit and
-    test_fit_compiler_log read it (conftest runs the two files in one process)."""
+    devices in a data 2 x fsdp 2 x tensor 2 mesh, the decode priced at 3 completion tokens,
+    compiled once per test process: test_fit, test_fit_compiler_log and test_fit_predict read it
+    (conftest runs the fit files in one process)."""
     code, out, _ = run_in_process(
         [
             *TINY,
@@ -60,6 +61,7 @@ def cpu_report(tiny_model: str) -> tuple[dict, str]:
             "--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}",
             "--config.data.batch_size=4",
             "--topology=cpu",
+            "--completion_tokens=3",
             "--json",
         ]
     )

@@ -1,23 +1,12 @@
 """The step predicted from its compiled programs at the chip's roofline (jaxvrl/fit/predict.py),
-on a TPU slice compiled by libtpu in a subprocess."""
+on a TPU slice compiled by libtpu in a subprocess and on the test process's CPU devices."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from test_fit import _fit_subprocess, needs_libtpu, tpu_rl_report
+from test_fit import cpu_report, needs_libtpu, tpu_rl_report
 
 from jaxvrl.fit import predict
-
-
-def _report(tiny_model, *extra):
-    if not extra:
-        return tpu_rl_report(tiny_model)
-    args = ["--config.sft.steps=0", "--topology=v5p:2x2x1", "--json", *extra]
-    done = _fit_subprocess(args, tiny_model)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
 
 
 def test_parts_of_a_step():
@@ -30,7 +19,7 @@ def test_parts_of_a_step():
 
 @needs_libtpu
 def test_the_rl_step_is_predicted_from_its_programs_at_the_roofline(tiny_model):
-    report, stdout = _report(tiny_model)
+    report, stdout = tpu_rl_report(tiny_model)
     programs = {p["name"]: p for p in report["programs"]}
     # Each program at the largest of its compute, memory and collective seconds, as often as a
     # step runs it (the rollout once per micro-batch, 2; the log-probs and the train step once).
@@ -55,13 +44,25 @@ def test_the_rl_step_is_predicted_from_its_programs_at_the_roofline(tiny_model):
     assert report["predicted_mfu"] == pytest.approx(mfu) and 0 < mfu < 1
     assert "rl step predicted at the roofline" in stdout
 
-    # Fewer completion tokens: a shorter decode loop, fewer tokens, the same train step.
-    short, _ = _report(tiny_model, "--completion_tokens=3")
-    shorter = {p["name"]: p for p in short["programs"]}
-    assert short["completion_tokens"] == 3
-    assert (
-        shorter["rl/rollout"]["hbm_bytes_per_chip"] < programs["rl/rollout"]["hbm_bytes_per_chip"]
-    )
-    assert shorter["rl/rollout"]["flops"] < programs["rl/rollout"]["flops"]
-    assert shorter["rl/train_step"]["flops"] == programs["rl/train_step"]["flops"]
-    assert short["tokens_per_step"] == 8 * 2 * 2 * (24 + 3)
+    # One more completion token: one more trip of the rollout's decode loop, inside its total;
+    # no other program has such a loop.
+    rollout = programs["rl/rollout"]
+    assert 0 < 7 * rollout["token_hbm_bytes_per_chip"] < rollout["hbm_bytes_per_chip"]
+    assert 0 < 7 * rollout["token_flops"] < rollout["flops"]
+    assert "one more completion token reads" in stdout
+    for name in ("rl/optimizer_init", "rl/reference_logprobs", "rl/train_step"):
+        assert programs[name]["token_flops"] is None
+        assert programs[name]["token_hbm_bytes_per_chip"] is None
+
+
+def test_fewer_completion_tokens_price_a_shorter_decode(tiny_model):
+    # The CPU report is compiled at --completion_tokens=3 of the 8 (test_fit.cpu_report): the
+    # decode loop is priced at 2 trips after the prefill's token. (A CPU has no peak to predict
+    # a step at; the TPU report's test above counts the step's tokens.)
+    report, _ = cpu_report(tiny_model)
+    assert report["completion_tokens"] == 3
+    programs = {p["name"]: p for p in report["programs"]}
+    rollout = programs["rl/rollout"]
+    assert 0 < 2 * rollout["token_flops"] < rollout["flops"]
+    assert 0 < 2 * rollout["token_hbm_bytes_per_chip"] < rollout["hbm_bytes_per_chip"]
+    assert programs["rl/train_step"]["token_flops"] is None

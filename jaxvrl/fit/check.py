@@ -87,6 +87,10 @@ class Result:
     collectives: dict[str, float] = dataclasses.field(default_factory=dict)
     xla_bytes_per_chip: float | None = None
     xla_optimal_seconds: float | None = None
+    # One more trip of the program's loop that exits on data (the decode: one more completion
+    # token): its matmul FLOPs (all chips) and device-memory bytes per chip; None without one.
+    token_flops: float | None = None
+    token_hbm_bytes: float | None = None
 
     @property
     def program_bytes(self) -> int:
@@ -140,6 +144,7 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
     start = time.perf_counter()
     traced = program.jitted.trace(*program.args)
     flops = matmul_flops(traced.jaxpr, program.while_trips)
+    token_flops = matmul_flops(traced.jaxpr, program.while_trips + 1) - flops
     result = Result(
         program.name, 0.0, flops, None, resident_outside=resident_beside(program, resident, None),
         runs_per_step=program.runs_per_step,
@@ -181,7 +186,12 @@ def compile_program(program: Program, resident: dict[str, Any]) -> tuple[Result,
     if cost:
         result.xla_bytes_per_chip = _float_or_none(cost.get("bytes accessed"))
         result.xla_optimal_seconds = _float_or_none(cost.get("optimal_seconds"))
-    traffic = hlo_cost.hlo_cost(compiled.as_text(), while_trips=program.while_trips)
+    text = compiled.as_text()
+    traffic = hlo_cost.hlo_cost(text, while_trips=program.while_trips)
+    if token_flops > 0:
+        more = hlo_cost.hlo_cost(text, while_trips=program.while_trips + 1)
+        result.token_flops = token_flops
+        result.token_hbm_bytes = more.hbm_bytes - traffic.hbm_bytes
     result.hbm_bytes = traffic.hbm_bytes
     result.collective_bytes = traffic.collective_bytes
     result.collectives = traffic.collectives
@@ -343,6 +353,8 @@ def _result_dict(r: Result, chip, chips: int) -> dict[str, Any]:
         "collectives": r.collectives,
         "xla_bytes_per_chip": r.xla_bytes_per_chip,
         "xla_optimal_seconds": r.xla_optimal_seconds,
+        "token_flops": r.token_flops,
+        "token_hbm_bytes_per_chip": r.token_hbm_bytes,
         **roofline(r, chip, chips),
     }
     if r.refused is not None:
@@ -441,6 +453,13 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{p['roofline_seconds']:10.4f}"
                 f"{'-' if optimal is None else f'{optimal:.4f}':>10}  {p['bound']}"
             )
+        for p in timed:
+            if p.get("token_hbm_bytes_per_chip") is not None:
+                lines.append(
+                    f"{p['name']}: one more completion token reads "
+                    f"{p['token_hbm_bytes_per_chip'] / 1e9:.3f} GB per chip and runs "
+                    f"{p['token_flops'] / 1e12:.4g} TFLOP (all chips)"
+                )
     remats = [p for p in report["programs"] if p["involuntary_remats"]]
     if remats:
         lines.append("")

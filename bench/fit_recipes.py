@@ -1,6 +1,7 @@
 """The fit check (python -m jaxvrl.fit) of the three 7B recipes on TPU slices and GPU nodes: per
 program the peak memory per chip, the FLOPs of a step and the compile time, as one Markdown table;
-where a program does not fit, how much over and the largest buffers alive at its peak.
+where a program does not fit, how much over and the largest buffers alive at its peak; then each
+recipe's step predicted at the roofline (jaxvrl/fit/predict.py) as a second table.
 
     python bench/fit_recipes.py [--topologies v5p:2x2x1,h100x8,v6e:2x4]
         [--recipes video_r1,videochat_r1,seed_bench_r1,seed_bench_r1_sft]
@@ -120,6 +121,38 @@ def table(reports: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def prediction_table(reports: list[dict]) -> str:
+    """Each report's predicted RL step (jaxvrl/fit/predict.py; the SFT step where there is no RL
+    stage): seconds and their split, tokens per step and per second per chip, MFU, the bound of
+    its longest part, and the decode's bytes per completion token per chip."""
+    rows = [
+        "| recipe | topology | step s | rollout / reference / train s | tokens per step | "
+        "tokens/s per chip | MFU | longest part bound by | decode GB per token per chip |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        stages = r.get("predicted") or {}
+        stage = "rl" if stages.get("rl") else "sft"
+        guess = stages.get(stage)
+        if not guess:
+            continue
+        split = guess["split_seconds"]
+        programs = [p for p in r["programs"] if p["name"].startswith(stage + "/")]
+        longest = max(programs, key=lambda p: (p["roofline_seconds"] or 0) * p["runs_per_step"])
+        decode = [
+            p["token_hbm_bytes_per_chip"] for p in programs if p.get("token_hbm_bytes_per_chip")
+        ]
+        parts = " / ".join(f"{split.get(k, 0.0):.2f}" for k in ("rollout", "reference", "train"))
+        rows.append(
+            f"| {recipe_name(r)}{'' if stage == 'rl' else ' (SFT)'} | {r['topology']} | "
+            f"{guess['predicted_step_seconds']:.2f} | {parts} | {guess['tokens_per_step']:,} | "
+            f"{guess['predicted_tokens_per_second_per_chip']:,.0f} | "
+            f"{guess['predicted_mfu']:.1%} | {longest['name']}: {longest['bound']} | "
+            f"{'-' if not decode else f'{decode[0] / 1e9:.1f}'} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topologies", default="v5p:2x2x1,h100x8,v6e:2x4")
@@ -138,6 +171,8 @@ def main() -> None:
         with open(path) as f:
             reports.append(json.load(f))
     print(table(reports))
+    print()
+    print(prediction_table(reports))
 
 
 if __name__ == "__main__":

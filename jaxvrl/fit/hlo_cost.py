@@ -10,9 +10,9 @@ from device memory and writes its outputs there; a while loop costs its body tim
 count (the compiler's `known_trip_count`, else its condition's bound; a loop that also exits on
 data, the decode loop, at most `while_trips`), a conditional its most expensive branch. Buffers
 the TPU compiler placed in on-chip memory (a layout's memory space `S(n)`, n > 0) move no HBM
-bytes. A slice taken of an operand (dynamic-slice, gather; inside a fusion or a fusion nested in
-it) reads the slice: a scanned layer reads its own weights, not the stack of every layer's; an
-update written in place (dynamic-update-slice) moves the update, not the buffer.
+bytes. A slice taken of an operand (slice, dynamic-slice, gather; inside a fusion or a fusion
+nested in it) reads the slice: a scanned layer reads its own weights, not the stack of every
+layer's; an update written in place (dynamic-update-slice) moves the update, not the buffer.
 
     cost = hlo_cost(compiled.as_text(), while_trips=768)
     cost.hbm_bytes, cost.collective_bytes, cost.collectives  # per chip
@@ -50,6 +50,8 @@ _FREE = {
     "copy-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
     "async-done", "send-done", "recv-done",
 }  # fmt: skip
+# Instructions that read only the part of their first operand they return.
+_SLICES = ("slice", "dynamic-slice", "gather")
 _COLLECTIVES = {
     "all-gather", "all-gather-start", "all-reduce", "all-reduce-start", "reduce-scatter",
     "all-to-all", "collective-permute", "collective-permute-start",
@@ -310,14 +312,14 @@ def hlo_cost(text: str, while_trips: int | None = None, partitions: int | None =
 def _traffic(
     inst: _Instruction, types: dict[str, str], computations: dict[str, list[_Instruction]]
 ) -> tuple[float, float]:
-    """Bytes an instruction reads and writes. A slice taken from an operand (dynamic-slice,
-    gather) reads the slice, not the operand: a scanned layer's weights from the stacked array,
-    the embedding rows of a decode step's tokens. An update written into an operand in place
-    (dynamic-update-slice) reads and writes the update: the decode's new KV-cache entry. So also
-    inside a fusion, for a fused parameter used only that way."""
+    """Bytes an instruction reads and writes. A slice taken from an operand (slice,
+    dynamic-slice, gather) reads the slice, not the operand: a scanned layer's weights from the
+    stacked array, the embedding rows of a decode step's tokens. An update written into an
+    operand in place (dynamic-update-slice) reads and writes the update: the decode's new
+    KV-cache entry. So also inside a fusion, for a fused parameter used only that way."""
     operands = [type_bytes(types.get(o, "")) for o in inst.operands]
     output = type_bytes(inst.type_text)
-    if inst.opcode in ("dynamic-slice", "gather") and operands:
+    if inst.opcode in _SLICES and operands:
         operands[0] = output
     elif inst.opcode == "dynamic-update-slice" and len(operands) > 1:
         operands[0], output = 0.0, operands[1]
@@ -345,8 +347,8 @@ def _parameters(body: list[_Instruction]) -> dict[int, str]:
 def _read_of(
     name: str, body: list[_Instruction], computations: dict[str, list[_Instruction]]
 ) -> float | None:
-    """Bytes read of fused parameter `name` when every use takes a slice of it (dynamic-slice,
-    gather; a nested fusion's parameter that is so used) or writes into it in place
+    """Bytes read of fused parameter `name` when every use takes a slice of it (slice,
+    dynamic-slice, gather; a nested fusion's parameter that is so used) or writes into it in place
     (dynamic-update-slice, 0 read); None when some use reads it whole."""
     uses = [i for i in body if name in i.operands]
     if not uses:
@@ -354,7 +356,7 @@ def _read_of(
     read = 0.0
     for use in uses:
         first = use.operands[0] == name and use.operands.count(name) == 1
-        if use.opcode in ("dynamic-slice", "gather") and first:
+        if use.opcode in _SLICES and first:
             read += type_bytes(use.type_text)
         elif use.opcode == "dynamic-update-slice" and first:
             pass

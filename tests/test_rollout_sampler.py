@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from model_fixtures import tiny_checkpoint, tiny_port
 from scipy import stats
 
@@ -234,6 +234,21 @@ def test_eight_devices_give_the_samples_of_one_device(vl):
     parameter_shapes = {tuple(x.shape) for x in jax.tree.leaves(nnx.state(sharded))}
     assert gathered, "expected the logits gather"
     assert not {tuple(int(d) for d in shape.split(",")) for shape in gathered} & parameter_shapes
+    # The scanned decoder layers are gathered one layer at a time (a gathered stack made the GPU
+    # compiler keep transposed copies of it): among the program's all-gathers, stacked weights'
+    # per-layer shards (those FSDP splits), none of the stacks.
+    everywhere = re.findall(r"= \w+\[([\d,]*)\]\S* all-gather\(", program.as_text())
+    everywhere = {tuple(int(d) for d in shape.split(",") if d) for shape in everywhere}
+    state, shardings = nnx.state(sharded), sharded_sampler.decode_shardings
+    stacks, layers = set(), set()
+    for x, sharding in zip(
+        jax.tree.leaves(state["layers"]), jax.tree.leaves(shardings["layers"]), strict=True
+    ):
+        if x.ndim > 2:  # a kernel (the norms' scales are not split by FSDP)
+            stacks.add(sharding.shard_shape(x.shape))
+            spec = PartitionSpec(*tuple(sharding.spec)[1:])
+            layers.add(NamedSharding(mesh, spec).shard_shape(x.shape[1:]))
+    assert layers & everywhere and not stacks & everywhere
 
 
 def while_body_hlo(hlo: str) -> str:

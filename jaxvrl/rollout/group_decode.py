@@ -204,6 +204,35 @@ def _at_most(x: jnp.ndarray, dtype) -> jnp.ndarray:
     return x.astype(dtype) if wider else x
 
 
+def _in_decode_layout(graphdef, state, shardings) -> nnx.Module:
+    """The model with its weights in the decode layout (`shardings`). Decoder layers stacked for
+    a scan (model.scan_layers) are gathered one layer at a time, each its own array, and run
+    unrolled: gathered as one stack, the GPU compiler kept transposed copies of the MLP weight
+    stacks beside them for the decode loop (Video-R1 on h100x8: +11.6 GiB per chip and 2.8x the
+    bfloat16 weights' bytes read per token)."""
+    constrain = jax.lax.with_sharding_constraint
+
+    def place(path, x, sharding):
+        stacked = path and getattr(path[0], "key", None) == "layers"
+        return x if stacked else constrain(x, sharding)
+
+    model = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(place, state, shardings))
+    if isinstance(model.layers, nnx.List):
+        return model
+    layer_graphdef, stack = nnx.split(model.layers)
+    count = jax.tree.leaves(stack)[0].shape[0]
+
+    def one(i):
+        def take(x, sharding):
+            spec = PartitionSpec(*tuple(sharding.spec)[1:])
+            return constrain(x[i], NamedSharding(sharding.mesh, spec))
+
+        return nnx.merge(layer_graphdef, jax.tree.map(take, stack, shardings["layers"]))
+
+    model.layers = nnx.List([one(i) for i in range(count)])
+    return model
+
+
 def group_rollout(
     graphdef, static: Static, mesh: Mesh, rules: Rules, decode_shardings, state,
     input_ids, attention_mask, positions, rope_deltas, chunks, feature_index,
@@ -222,8 +251,7 @@ def group_rollout(
     # matmul casts its weights to that dtype anyway.
     dtype = nnx.merge(graphdef, state).dtype
     state = jax.tree.map(lambda x: _at_most(x, dtype), state)
-    state = jax.tree.map(constrain, state, decode_shardings)
-    model = nnx.merge(graphdef, state)
+    model = _in_decode_layout(graphdef, state, decode_shardings)
     p, length = input_ids.shape
     g = sample_active.shape[1]
     r, m = p * g, static.max_new_tokens

@@ -234,9 +234,9 @@ def test_eight_devices_give_the_samples_of_one_device(vl):
     parameter_shapes = {tuple(x.shape) for x in jax.tree.leaves(nnx.state(sharded))}
     assert gathered, "expected the logits gather"
     assert not {tuple(int(d) for d in shape.split(",")) for shape in gathered} & parameter_shapes
-    # The scanned decoder layers are gathered one layer at a time (a gathered stack made the GPU
-    # compiler keep transposed copies of it): among the program's all-gathers, stacked weights'
-    # per-layer shards (those FSDP splits), none of the stacks.
+    # Off TPU the scanned decoder layers are gathered one layer at a time (a gathered stack made
+    # the GPU compiler keep transposed copies of it): among the program's all-gathers, stacked
+    # weights' per-layer shards (those FSDP splits), none of the stacks.
     everywhere = re.findall(r"= \w+\[([\d,]*)\]\S* all-gather\(", program.as_text())
     everywhere = {tuple(int(d) for d in shape.split(",") if d) for shape in everywhere}
     state, shardings = nnx.state(sharded), sharded_sampler.decode_shardings

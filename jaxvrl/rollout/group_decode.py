@@ -211,7 +211,7 @@ def _in_decode_layout(graphdef, state, shardings, per_layer: bool) -> nnx.Module
     the MLP weight stacks beside them for the decode loop (Video-R1 on h100x8: 44.04 GiB per chip
     at the rollout's peak and 42.7 GB read per completion token; per layer 31.21 GiB and 16.3 GB,
     the bfloat16 weights being 15.2 GB). The TPU compiler does better with the stack (v5p:2x2x1:
-    42.53 GiB and 17.0 GB; per layer 43.54 and 17.5), so there it stays whole."""
+    42.53 GiB and 16.6 GB; per layer 43.54 and 17.5), so there it stays whole."""
     constrain = jax.lax.with_sharding_constraint
 
     def place(path, x, sharding):

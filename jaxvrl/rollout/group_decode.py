@@ -213,13 +213,14 @@ def _in_decode_layout(graphdef, state, shardings, per_layer: bool) -> nnx.Module
     the bfloat16 weights being 15.2 GB). The TPU compiler does better with the stack (v5p:2x2x1:
     42.53 GiB and 16.6 GB; per layer 43.54 and 17.5), so there it stays whole."""
     constrain = jax.lax.with_sharding_constraint
+    split = per_layer and not isinstance(nnx.merge(graphdef, state).layers, nnx.List)
 
     def place(path, x, sharding):
-        stacked = per_layer and path and getattr(path[0], "key", None) == "layers"
-        return x if stacked else constrain(x, sharding)
+        in_stack = split and getattr(path[0], "key", None) == "layers"
+        return x if in_stack else constrain(x, sharding)
 
     model = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(place, state, shardings))
-    if not per_layer or isinstance(model.layers, nnx.List):
+    if not split:
         return model
     layer_graphdef, stack = nnx.split(model.layers)
     count = jax.tree.leaves(stack)[0].shape[0]

@@ -20,6 +20,7 @@ from model.flash import Mask
 from model.layers import RMSNorm, dtype_of, normal_init
 from model.logprobs import chunked_token_logprobs
 from model.rope import mrope_cos_sin
+from model.sharding import constrain, embedding_lookup
 from model.text import DecoderLayer, KVCache, cache_mask, causal_mask
 from model.vision import VisionTower
 
@@ -97,7 +98,7 @@ class Qwen2VL(nnx.Module):
         """Token embeddings with vision `features` [F, hidden] (the tower's output, computed
         elsewhere: e.g. in chunks) placed at the image/video pad tokens in flattened-batch order.
         input_ids: [batch, seq]. Returns [batch, seq, hidden]."""
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+        x = embedding_lookup(self.embed_tokens[...], input_ids, self.dtype)
         if features is None:
             return x
         features = features.astype(self.dtype)
@@ -105,6 +106,7 @@ class Qwen2VL(nnx.Module):
         is_vision = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)
         order = jnp.cumsum(is_vision.reshape(-1)) - 1
         order = jnp.clip(order, 0, features.shape[0] - 1).reshape(input_ids.shape)
+        features = constrain(features, (None, None))
         return jnp.where(is_vision[..., None], features[order], x)
 
     def _rope(self, positions: jnp.ndarray):

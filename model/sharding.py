@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -143,3 +144,51 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     if fitted != tuple(spec) + (None,) * (x.ndim - len(spec)):  # a name's axes did not divide
         fitted = tuple(PartitionSpec.UNCONSTRAINED if f is None else f for f in fitted)
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*fitted))
+
+
+def embedding_lookup(
+    table: jax.Array, ids: jax.Array, dtype, axes: tuple[str | None, str] = ("vocab", "embed")
+) -> jax.Array:
+    """`table[ids]` in `dtype` ([*ids.shape, hidden]), each device ending with whole rows of its
+    share of the tokens, under an `activation_layout`; plain `jnp.take` outside one. `axes`: the
+    table's logical axes (the token embedding's; the vision features placed at their pad tokens
+    are (None, "embed")).
+
+    The table is stored split along its embedding dimension (FSDP's "embed" rule) and perhaps
+    along vocab. A plain gather gives rows split along the embedding too, and the partitioner can
+    turn those into rows split by token only by replicating them ("Involuntary full
+    rematerialization": an all-gather of the activation, and another of its gradient, in every
+    program that embeds tokens). Here each device gathers its columns of every token's row (the
+    vocab shards' partial rows summed), and one all-to-all over the embedding axes hands each
+    device whole rows of 1/E of the tokens: the activation's size moves once, as a transpose.
+    The gradient takes the same path back. Where E does not divide the token count (a decode
+    step's few tokens), the plain gather."""
+    mesh = jax.sharding.get_abstract_mesh()
+    plain = lambda: jnp.take(table, ids, axis=0).astype(dtype)  # noqa: E731
+    if mesh.empty or mesh.size == 1:
+        return plain()
+    spec = fit_spec(table.shape, logical_to_spec(axes, _RULES.get(), mesh), mesh)
+    vocab_axes, embed_axes = mesh_axes(spec[0]), mesh_axes(spec[1])
+    split = axis_size(mesh, spec[1])
+    if split == 1 or ids.size % split:
+        return plain()
+
+    def local(shard: jax.Array, flat: jax.Array) -> jax.Array:
+        if vocab_axes:  # this device's rows of the vocab; the others contribute zeros
+            rows = shard.shape[0]
+            here = flat - jax.lax.axis_index(vocab_axes) * rows
+            inside = (here >= 0) & (here < rows)
+            x = jnp.take(shard, jnp.where(inside, here, 0), axis=0).astype(dtype)
+            x = jax.lax.psum(jnp.where(inside[:, None], x, jnp.zeros((), dtype)), vocab_axes)
+        else:
+            x = jnp.take(shard, flat, axis=0).astype(dtype)
+        # [tokens, hidden / E] -> [tokens / E, hidden]
+        return jax.lax.all_to_all(x, embed_axes, split_axis=0, concat_axis=1, tiled=True)
+
+    rows = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(spec[0], spec[1]), PartitionSpec()),
+        out_specs=PartitionSpec(spec[1]),
+    )(table, ids.reshape(-1))
+    return rows.reshape(*ids.shape, table.shape[1])

@@ -2,7 +2,9 @@
 under an activation layout the decoder's activations are split over the batch axes."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from model_fixtures import tiny_checkpoint, tiny_port
@@ -16,6 +18,7 @@ from model.sharding import (
     activation_layout,
     batch_sharding,
     constrain,
+    embedding_lookup,
     logical_to_spec,
     shard_model,
 )
@@ -111,6 +114,42 @@ def test_constrain_pins_the_batch_axes_only_inside_a_layout():
             "sharding_constraint"
             not in jax.jit(lambda x: constrain(x, ("batch",))).lower(x).as_text()
         )
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 4, 2), (2, 4, 1), (1, 8, 1)])
+def test_embedding_lookup_hands_rows_over_by_token_with_the_gathers_values_and_gradients(shape):
+    # Tables split along the embedding (fsdp) and along vocab (tensor, where the mesh has it);
+    # the rows then laid out by batch. Values and gradients equal jnp.take's. Float32: the only
+    # difference is the order of the loss's sum, far below 1e-5.
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(shape), ("data", "fsdp", "tensor"))
+    keys = jax.random.split(jax.random.key(0), 3)
+    table = jax.random.normal(keys[0], (96, 32), jnp.float32)
+    ids = jax.random.randint(keys[1], (4, 10), 0, 96)
+    weights = jax.random.normal(keys[2], (4, 10, 32), jnp.float32)
+    table_spec = logical_to_spec(("vocab", "embed"), DEFAULT_RULES, mesh)
+    table = jax.device_put(table, NamedSharding(mesh, table_spec))
+
+    def loss(t, lookup):
+        rows = constrain(lookup(t), ("batch", None, None))
+        return jnp.sum(rows * weights)
+
+    ours = jax.jit(
+        jax.value_and_grad(lambda t: loss(t, lambda t: embedding_lookup(t, ids, t.dtype)))
+    )
+    plain = jax.jit(jax.value_and_grad(lambda t: loss(t, lambda t: jnp.take(t, ids, axis=0))))
+    with activation_layout(mesh):
+        assert "all_to_all" in ours.lower(table).as_text()  # the hand-over, not a gather
+        (v, g), (v0, g0) = ours(table), plain(table)
+        rows = jax.jit(lambda t: embedding_lookup(t, ids, jnp.bfloat16))(table)
+    np.testing.assert_allclose(v, v0, rtol=TOLERANCE)
+    np.testing.assert_allclose(g, g0, atol=TOLERANCE)
+    assert rows.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(rows, jnp.take(table, ids, axis=0).astype(jnp.bfloat16))
+    # 9 tokens do not divide over the embedding's devices: the plain gather.
+    with activation_layout(mesh):
+        odd = jax.jit(lambda t: embedding_lookup(t, ids[:3, :3], t.dtype))
+        assert "all_to_all" not in odd.lower(table).as_text()
+        np.testing.assert_array_equal(odd(table), jnp.take(table, ids[:3, :3], axis=0))
 
 
 def test_shared_prefix_layer_splits_completions_over_the_batch_axes():

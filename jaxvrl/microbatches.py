@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from jaxvrl.data.batching import pad_to
-from jaxvrl.rollout.vision_chunks import empty_vision, vision_chunks
+from jaxvrl.rollout.vision_chunks import chunk_layout, empty_vision, vision_chunks, vision_slices
 from model.config import VisionConfig
 
 # Which axis of each array is the token axis (padded to the longest) in the two batch layouts.
@@ -72,8 +72,11 @@ def chunk_vision(
 def chunk_size(
     visions: Sequence[dict[str, np.ndarray]], config: VisionConfig, patch_buckets: Sequence[int]
 ) -> int:
-    """The chunk size C fitted to the largest temporal slice of the micro-batches."""
-    return max(vision_chunks(v, config, 0, patch_buckets)[0]["patches"].shape[1] for v in visions)
+    """The chunk size C fitted to the largest temporal slice of the micro-batches (from their
+    slices alone: no patch is copied)."""
+    return max(
+        chunk_layout(vision_slices(v), config.merge_unit, 0, patch_buckets)[0] for v in visions
+    )
 
 
 def stack_sizes(
@@ -96,9 +99,10 @@ def stack_sizes(
     if any(v is not None for v in visions):
         visions = [empty_vision(vision_config) if v is None else v for v in visions]
         c = chunk_patches or chunk_size(visions, vision_config, patch_buckets)
-        chunks = chunk_vision(visions, vision_config, patch_buckets, num_chunks_multiple, c)
+        unit = vision_config.merge_unit
+        k = max(len(chunk_layout(vision_slices(v), unit, c, patch_buckets)[1]) for v in visions)
         sizes["chunk_patches"] = c
-        sizes["num_chunks"] = int(chunks["patches"].shape[1])
+        sizes["num_chunks"] = -(-k // num_chunks_multiple) * num_chunks_multiple
     return sizes
 
 

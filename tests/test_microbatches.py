@@ -10,6 +10,7 @@ from jax.sharding import Mesh
 
 from jaxvrl import microbatches
 from jaxvrl.parallel.placement import batch_axis_size, stacked_shardings
+from jaxvrl.rollout import vision_chunks as vision_chunks_module
 from model.config import VisionConfig
 from model.packing import pack_vision
 from model.sharding import DEFAULT_RULES
@@ -65,3 +66,28 @@ def test_vision_chunks_split_over_the_batch_axes():
     assert patches.sharding.shard_shape(patches.shape) == (1, 1, 256, cfg.patch_dim)
     assert put["vision"]["feature_index"].sharding.is_fully_replicated
     assert put["input_ids"].sharding.shard_shape((1, 8, 4)) == (1, 1, 4)
+
+
+def test_vision_is_packed_once_per_stack_and_sizing_copies_no_patch(monkeypatch):
+    cfg = VisionConfig(depth=1, hidden_size=32, num_heads=2, intermediate_size=64)
+    batch = [
+        {"vision": _vision(cfg, [(3, 16, 16)], 0), "input_ids": np.zeros((2, 4), np.int32)},
+        {
+            "vision": _vision(cfg, [(1, 8, 12), (2, 20, 20)], 1),
+            "input_ids": np.zeros((2, 6), np.int32),
+        },
+    ]
+    calls = []
+    real = vision_chunks_module.pack_vision
+    monkeypatch.setattr(
+        vision_chunks_module, "pack_vision", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    # What several processes agree on (jaxvrl.train Trainer._stack): sizes from the slices alone.
+    sizes = microbatches.stack_sizes(batch, cfg, (1024,), num_chunks_multiple=4)
+    assert calls == []
+    stacked = microbatches.stack(batch, cfg, (1024,), 4, sizes)
+    m, k, c = stacked["vision"]["patches"].shape[:3]
+    assert (m, k, c) == (2, sizes["num_chunks"], sizes["chunk_patches"]) == (2, 4, 512)
+    assert len(calls) == m * k  # one packing per chunk of each micro-batch, no more
+    # A chunk size agreed elsewhere (another process's larger slices) is kept.
+    assert microbatches.stack_sizes(batch, cfg, (1024,), 4, chunk_patches=2048)["num_chunks"] == 4

@@ -61,8 +61,32 @@ def vision_chunks(
     outputs [K * C / merge_unit]: `index` [K * C / merge_unit], padded with 0.
     """
     unit = config.merge_unit
-    slices = vision_slices(vision)
-    largest = max((h * w for _, h, w in slices), default=unit)
+    c, groups = chunk_layout(
+        vision_slices(vision), unit, chunk_patches, patch_buckets, num_chunks_multiple, min_chunks
+    )
+    packed, index = [], []
+    for i, group in enumerate(groups):
+        patches = [vision["patches"][s : s + h * w] for s, h, w in group]
+        grids = np.array([(1, h, w) for _, h, w in group], np.int64).reshape(-1, 3)
+        flat = np.concatenate(patches) if patches else np.zeros((0, config.patch_dim), np.float32)
+        packed.append(pack_vision(flat.astype(np.float32), grids, config, num_patches=c))
+        index.append(i * (c // unit) + np.arange(sum(h * w for _, h, w in group) // unit))
+    stacked = {key: np.stack([p[key] for p in packed]) for key in packed[0]}
+    flat_index = np.concatenate(index).astype(np.int32)
+    return stacked, np.pad(flat_index, (0, len(groups) * c // unit - flat_index.size))
+
+
+def chunk_layout(
+    slices: Sequence[tuple[int, int, int]],
+    merge_unit: int,
+    chunk_patches: int,
+    patch_buckets: Sequence[int],
+    num_chunks_multiple: int = 1,
+    min_chunks: int = 0,
+) -> tuple[int, list[list[tuple[int, int, int]]]]:
+    """Where `vision_chunks` puts each slice (`vision_slices`' tuples), without touching a patch:
+    the chunk size C and the K chunks' slices (empty lists for the padding chunks)."""
+    largest = max((h * w for _, h, w in slices), default=merge_unit)
     if chunk_patches <= 0 and largest <= 1024:
         c = max(256, 1 << (largest - 1).bit_length())
     elif largest <= chunk_patches:
@@ -77,21 +101,10 @@ def vision_chunks(
             used = 0
         groups[-1].append((s, h, w))
         used += h * w
-    needed = len(groups) * c
-    size = bucket(needed, patch_buckets, past_largest="size")
+    size = bucket(len(groups) * c, patch_buckets, past_largest="size")
     k = max(-(-size // c), min_chunks)
     k = -(-k // num_chunks_multiple) * num_chunks_multiple
-    groups += [[] for _ in range(k - len(groups))]
-    packed, index = [], []
-    for i, group in enumerate(groups):
-        patches = [vision["patches"][s : s + h * w] for s, h, w in group]
-        grids = np.array([(1, h, w) for _, h, w in group], np.int64).reshape(-1, 3)
-        flat = np.concatenate(patches) if patches else np.zeros((0, config.patch_dim), np.float32)
-        packed.append(pack_vision(flat.astype(np.float32), grids, config, num_patches=c))
-        index.append(i * (c // unit) + np.arange(sum(h * w for _, h, w in group) // unit))
-    stacked = {key: np.stack([p[key] for p in packed]) for key in packed[0]}
-    flat_index = np.concatenate(index).astype(np.int32)
-    return stacked, np.pad(flat_index, (0, k * c // unit - flat_index.size))
+    return c, groups + [[] for _ in range(k - len(groups))]
 
 
 def empty_vision(config: VisionConfig) -> dict[str, np.ndarray]:

@@ -35,6 +35,13 @@ What the released code did (OpenGVLab/VideoChat-R1; file:line), and the fields t
   data.fps, data.min_frames (base). GOT-10k: 7 frames (first, 5 evenly spaced, last;
   grpo_tasks.py:614-622): data.record_options.got10k_frames (base).
 
+Hardware: the fit check (python -m jaxvrl.fit --config=configs/videochat_r1.py --topology=...)
+passes on v5p:2x2x1 and h100x8 as configured. On v6e:2x4 (32 GB chips) one update of 64
+samples of ~7,700 tokens does not fit; add --config.data.batch_size=2
+--config.train.micro_batches=4: the same 8 prompts per update, rolled out and differentiated 2 at
+a time, the gradients accumulated exactly (jaxvrl/steps.py), so the update is the same
+(bench/RESULTS.md, fit check).
+
 Departures from the released code, and why:
 - Horizon: the released linear schedule spans one epoch of its three files (N / 8 updates);
   the GOT-10k file is not public in that form, so the horizon here is rl.steps (1,000).

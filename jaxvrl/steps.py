@@ -310,6 +310,29 @@ def train_step(
     scale = jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
     loss = total * scale
+    new_params, new_opt_state, grad_norm, finite = apply_gradients(
+        params, opt_state, grads, loss, tx
+    )
+    out = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "skipped": 1.0 - finite.astype(jnp.float32),
+        **{k: grpo.safe_divide(*v) for k, v in metrics.items()},
+    }
+    return new_params, new_opt_state, out
+
+
+def apply_gradients(
+    params: nnx.State,
+    opt_state: optax.OptState,
+    grads: nnx.State,
+    loss: jnp.ndarray,
+    tx: optax.GradientTransformation,
+) -> tuple[nnx.State, optax.OptState, jnp.ndarray, jnp.ndarray]:
+    """The optimizer's part of a train step: `tx`'s update of `params` by `grads`, unless the
+    loss or the gradient is not finite (parameters and state kept). Returns the new parameters
+    and state, the gradient norm and whether the update was applied. jaxvrl.fit compiles it alone
+    to split a predicted step's train time from its optimizer time."""
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # Non-finite gradients are zeroed before the update so they cannot poison the moments.
@@ -319,13 +342,7 @@ def train_step(
     keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
     new_params = jax.tree.map(keep, new_params, params)
     new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-    out = {
-        "loss": loss,
-        "grad_norm": grad_norm,
-        "skipped": 1.0 - finite.astype(jnp.float32),
-        **{k: grpo.safe_divide(*v) for k, v in metrics.items()},
-    }
-    return new_params, new_opt_state, out
+    return new_params, new_opt_state, grad_norm, finite
 
 
 def reference_parameters(params: nnx.State, dtype: str | jnp.dtype) -> nnx.State:

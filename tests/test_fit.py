@@ -75,8 +75,10 @@ def test_cpu_target_reports_every_program_of_both_stages_as_json(tiny_model):
     names = [p["name"] for p in report["programs"]]
     assert names == [
         "sft/optimizer_init",
+        "sft/optimizer_update",
         "sft/train_step",
         "rl/optimizer_init",
+        "rl/optimizer_update",
         "rl/rollout",
         "rl/reference_logprobs",
         "rl/train_step",
@@ -183,11 +185,12 @@ def test_tpu_slice_compiles_every_program_and_reports_json(tiny_model):
     assert report["fits"] is True and report["chips"] == 4 and report["chip"] == "TPU v5p"
     assert [p["name"] for p in report["programs"]] == [
         "rl/optimizer_init",
+        "rl/optimizer_update",
         "rl/rollout",
         "rl/reference_logprobs",
         "rl/train_step",
     ]
-    assert all(p["xla_flops_per_chip"] is not None for p in report["programs"][1:])
+    assert all(p["xla_flops_per_chip"] is not None for p in report["programs"][2:])
     # The peak counts the TPU compiler's buffer assignment in HBM, which holds no more than the
     # memory analysis' sum of arguments, outputs and temporaries (on TPU that sum counts more),
     # but for the assignment's few small scalars and constants (1 MiB allowed).

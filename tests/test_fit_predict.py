@@ -15,6 +15,7 @@ def test_parts_of_a_step():
     assert predict.part_of("rl/old_logprobs") == "reference"
     assert predict.part_of("rl/train_step") == "train"
     assert predict.part_of("sft/train_step") == "train"
+    assert predict.part_of("rl/optimizer_update") == "optimizer"
 
 
 @needs_libtpu
@@ -23,15 +24,27 @@ def test_the_rl_step_is_predicted_from_its_programs_at_the_roofline(tiny_model):
     programs = {p["name"]: p for p in report["programs"]}
     # Each program at the largest of its compute, memory and collective seconds, as often as a
     # step runs it (the rollout once per micro-batch, 2; the log-probs and the train step once).
+    # The train step's optimizer part, compiled alone, is moved out of its time.
     expected = {"rollout": 0.0, "reference": 0.0, "train": 0.0}
+
+    def seconds(p):
+        return max(p["compute_seconds"], p["memory_seconds"], p["collective_seconds"])
+
     for name, part in (
         ("rl/rollout", "rollout"),
         ("rl/reference_logprobs", "reference"),
         ("rl/train_step", "train"),
     ):
-        p = programs[name]
-        seconds = max(p["compute_seconds"], p["memory_seconds"], p["collective_seconds"])
-        expected[part] += seconds * p["runs_per_step"]
+        expected[part] += seconds(programs[name]) * programs[name]["runs_per_step"]
+    update = programs["rl/optimizer_update"]
+    assert update["runs_per_step"] == 0 and update["bound"] == "memory"
+    expected["optimizer"] = seconds(update)
+    expected["train"] -= expected["optimizer"]
+    assert 0 < expected["optimizer"] < expected["train"]
+    # It reads and writes each float32 parameter and both moments, and reads its gradient: at
+    # least 7 x 4 bytes per parameter (each chip its share).
+    params_bytes_per_chip = report["resident_gib"]["rl/params"] * 2**30
+    assert update["hbm_bytes_per_chip"] >= 7 * params_bytes_per_chip
     assert report["predicted"]["rl"]["split_seconds"] == pytest.approx(expected)
     assert report["predicted_step_seconds"] == pytest.approx(sum(expected.values()))
     # 8 prompts x 2 micro-batches x G = 2 samples x (24 prompt + 8 completion tokens).
@@ -50,7 +63,12 @@ def test_the_rl_step_is_predicted_from_its_programs_at_the_roofline(tiny_model):
     assert 0 < 7 * rollout["token_hbm_bytes_per_chip"] < rollout["hbm_bytes_per_chip"]
     assert 0 < 7 * rollout["token_flops"] < rollout["flops"]
     assert "one more completion token reads" in stdout
-    for name in ("rl/optimizer_init", "rl/reference_logprobs", "rl/train_step"):
+    for name in (
+        "rl/optimizer_init",
+        "rl/optimizer_update",
+        "rl/reference_logprobs",
+        "rl/train_step",
+    ):
         assert programs[name]["token_flops"] is None
         assert programs[name]["token_hbm_bytes_per_chip"] is None
 

@@ -212,6 +212,12 @@ GLOO_ALL_REDUCE_ERROR = (
     "[external/gloo/gloo/transport/tcp/pair.cc:538] Read error [127.0.0.1]:35474: Connection "
     "reset by peer"
 )
+# The embedding's all-to-all (model.sharding.embedding_lookup) runs as a collective permute on gloo.
+GLOO_PERMUTE_ERROR = (
+    "error: JaxRuntimeError: UNKNOWN: Gloo collective permute failed: "
+    "[external/gloo/gloo/transport/tcp/pair.cc:538] Read error [127.0.0.1]:28813: Connection "
+    "reset by peer"
+)
 HEARTBEAT_ERROR = (
     "F1202 10:41:24.181418   25665 client.h:80] Terminating process because the JAX distributed "
     "service detected fatal errors. This most likely indicates that another task died; see the "
@@ -243,6 +249,8 @@ def test_lost_process_messages_become_one_line():
     line = lost_process_message(GLOO_ALL_REDUCE_ERROR, lost=[1])
     assert line is not None and line.startswith("lost process 1 of the multi-host run")
     assert "gloo all-reduce: Read error [127.0.0.1]:35474: Connection reset by peer" in line
+    line = lost_process_message(GLOO_PERMUTE_ERROR, lost=[1])
+    assert line is not None and "gloo collective permute: Read error" in line
     assert lost_process_message("ValueError: shapes do not match") is None
 
 

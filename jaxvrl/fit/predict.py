@@ -9,7 +9,10 @@ What it leaves out, so a measured step takes longer: the host's work between pro
 rewards, DAPO's refill, transfers: `step_time/host` measures it), kernels below their roofline
 (attention's softmax, small matmuls, the decode's gathers), and collectives that do not overlap.
 The parts: `rollout` (the sampler's program), `reference` (reference and old-policy log-probs),
-`train` (the train step: forward, backward and the optimizer update, one program).
+`train` (the train step's forward and backward) and `optimizer` (its update of the parameters
+and moments). The train step is one program; its optimizer part is compiled alone too
+(`STAGE/optimizer_update`, steps.apply_gradients, runs_per_step 0) and its roofline moved from
+the train step's to `optimizer`, once per train step.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-PARTS = {"rollout": "rollout", "reference_logprobs": "reference", "old_logprobs": "reference"}
+PARTS = {
+    "rollout": "rollout",
+    "reference_logprobs": "reference",
+    "old_logprobs": "reference",
+    "optimizer_update": "optimizer",
+}
 
 
 def part_of(program: str) -> str:
@@ -56,6 +64,13 @@ def predict_stage(
         part = part_of(p["name"])
         split[part] = split.get(part, 0.0) + seconds * p["runs_per_step"]
         flops += p["flops"] * p["runs_per_step"]
+    update = next((p for p in programs if p["name"] == f"{stage}/optimizer_update"), None)
+    seconds = None if update is None else program_seconds(update)
+    if seconds is not None and "train" in split:
+        runs = sum(p["runs_per_step"] for p in mine if part_of(p["name"]) == "train")
+        moved = min(seconds * runs, split["train"])
+        split["train"] -= moved
+        split["optimizer"] = moved
     total = sum(split.values())
     return {
         "predicted_step_seconds": total,

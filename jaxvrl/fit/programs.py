@@ -279,6 +279,27 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
         makes=("opt_state",),
         runs_per_step=0,
     )
+    # The train step's optimizer part alone (steps.apply_gradients, as the step calls it), for
+    # the prediction's split; runs_per_step 0: the train step already holds it.
+    grads = jax.tree.map(  # float32 gradients in the parameters' layout
+        lambda x: (
+            jax.ShapeDtypeStruct(x.shape, np.float32, sharding=x.sharding)
+            if np.issubdtype(x.dtype, np.floating)
+            else x
+        ),
+        params,
+    )
+    yield Program(
+        f"{stage.name}/optimizer_update",
+        jax.jit(
+            functools.partial(steps.apply_gradients, tx=tx),
+            donate_argnums=(0, 1),
+            out_shardings=(jax.tree.map(lambda x: x.sharding, params), opt_shardings, None, None),
+        ),
+        (params, opt_state, grads, jax.ShapeDtypeStruct((), np.float32)),
+        ("params", "opt_state"),
+        runs_per_step=0,
+    )
     stage_cfg = plan.stage_config
     micro = plan.micro_batches
     if stage.name == "sft":

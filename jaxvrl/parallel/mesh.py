@@ -187,7 +187,7 @@ _HEARTBEAT_LOST = (
     re.compile(r"Task (\d+) heartbeat timeout"),
 )
 _PEER_LOST = re.compile(
-    r"Gloo ([\w-]+) failed: (?:\[[^\]]*\] )?((?:Connection (?:closed|reset) by peer|Read error|"
+    r"Gloo (\w[\w -]*?) failed: (?:\[[^\]]*\] )?((?:Connection (?:closed|reset) by peer|Read error|"
     r"Write error|Timed out)[^\n]*)"
 )
 

@@ -106,6 +106,9 @@ class Qwen2VL(nnx.Module):
         is_vision = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)
         order = jnp.cumsum(is_vision.reshape(-1)) - 1
         order = jnp.clip(order, 0, features.shape[0] - 1).reshape(input_ids.shape)
+        # Whole on every device (a step's vision tokens, small beside the weights), so the rows
+        # placed can take any layout; from features split along the embedding the partitioner
+        # could only replicate the placed rows (Video-R1's SFT step on h100x8).
         features = constrain(features, (None, None))
         return jnp.where(is_vision[..., None], features[order], x)
 

@@ -146,13 +146,10 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*fitted))
 
 
-def embedding_lookup(
-    table: jax.Array, ids: jax.Array, dtype, axes: tuple[str | None, str] = ("vocab", "embed")
-) -> jax.Array:
-    """`table[ids]` in `dtype` ([*ids.shape, hidden]), each device ending with whole rows of its
-    share of the tokens, under an `activation_layout`; plain `jnp.take` outside one. `axes`: the
-    table's logical axes (the token embedding's; the vision features placed at their pad tokens
-    are (None, "embed")).
+def embedding_lookup(table: jax.Array, ids: jax.Array, dtype) -> jax.Array:
+    """`table[ids]` in `dtype` ([*ids.shape, hidden]) for a table with logical axes ("vocab",
+    "embed"), each device ending with whole rows of its share of the tokens, under an
+    `activation_layout`; plain `jnp.take` outside one.
 
     The table is stored split along its embedding dimension (FSDP's "embed" rule) and perhaps
     along vocab. A plain gather gives rows split along the embedding too, and the partitioner can
@@ -167,7 +164,7 @@ def embedding_lookup(
     plain = lambda: jnp.take(table, ids, axis=0).astype(dtype)  # noqa: E731
     if mesh.empty or mesh.size == 1:
         return plain()
-    spec = fit_spec(table.shape, logical_to_spec(axes, _RULES.get(), mesh), mesh)
+    spec = fit_spec(table.shape, logical_to_spec(("vocab", "embed"), _RULES.get(), mesh), mesh)
     vocab_axes, embed_axes = mesh_axes(spec[0]), mesh_axes(spec[1])
     split = axis_size(mesh, spec[1])
     if split == 1 or ids.size % split:

@@ -78,11 +78,11 @@ def run_one(recipe: str, topology: str, out_dir: str, extra: list[str]) -> dict 
 
 
 def recipe_name(report: dict) -> str:
-    """The recipe, with the layout flags of TOPOLOGY_FLAGS where its run used them."""
+    """The recipe, with the layout flags of TOPOLOGY_FLAGS its run used (from its command)."""
     name = report.get("recipe") or report["config"].split("/")[-1].removesuffix(".py")
-    flags = [
-        f.removeprefix("--config.") for f in TOPOLOGY_FLAGS.get((name, report["topology"]), [])
-    ]
+    used = report.get("command", "").split()
+    flags = [f for f in TOPOLOGY_FLAGS.get((name, report["topology"]), []) if f in used]
+    flags = [f.removeprefix("--config.") for f in flags]
     return f"{name} ({', '.join(flags)})" if flags else name
 
 

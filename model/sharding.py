@@ -122,6 +122,17 @@ def activation_layout(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None
         _RULES.reset(token)
 
 
+@contextlib.contextmanager
+def activation_rules(rules: Rules) -> Iterator[None]:
+    """Inside an `activation_layout`, programs traced here read `rules` instead (same mesh): the
+    rollout's, whose weights are kept in the decode layout (the embedding whole)."""
+    token = _RULES.set(tuple(rules))
+    try:
+        yield
+    finally:
+        _RULES.reset(token)
+
+
 def activation_entry(name: str, size: int, mesh) -> str | tuple[str, ...] | None:
     """The mesh axes (one PartitionSpec entry) that logical `name` maps to under the current
     activation rules, for a dimension of `size`; None where they do not divide it."""
@@ -146,7 +157,7 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*fitted))
 
 
-def embedding_lookup(table: jax.Array, ids: jax.Array, dtype) -> jax.Array:
+def embedding_lookup(table: jax.Array, ids: jax.Array, dtype: jnp.dtype | str) -> jax.Array:
     """`table[ids]` in `dtype` ([*ids.shape, hidden]) for a table with logical axes ("vocab",
     "embed"), each device ending with whole rows of its share of the tokens, under an
     `activation_layout`; plain `jnp.take` outside one.
@@ -155,19 +166,24 @@ def embedding_lookup(table: jax.Array, ids: jax.Array, dtype) -> jax.Array:
     along vocab. A plain gather gives rows split along the embedding too, and the partitioner can
     turn those into rows split by token only by replicating them ("Involuntary full
     rematerialization": an all-gather of the activation, and another of its gradient, in every
-    program that embeds tokens). Here each device gathers its columns of every token's row (the
-    vocab shards' partial rows summed), and one all-to-all over the embedding axes hands each
-    device whole rows of 1/E of the tokens: the activation's size moves once, as a transpose.
-    The gradient takes the same path back. Where E does not divide the token count (a decode
-    step's few tokens), the plain gather."""
+    program that embeds tokens). Here the flattened tokens are split over the batch's other mesh
+    axes (data), each device gathers its columns of its tokens' rows (the vocab shards' partial
+    rows summed), and one all-to-all over the embedding axes hands each device whole rows of its
+    share: the tokens end split over the batch axes in their order, the activation's size moving
+    once. The gradient takes the same path back. Where the table's embedding is whole (the
+    rollout's decode layout), the batch rule does not end with the embedding's axes, or the
+    token count does not divide, the plain gather."""
     mesh = jax.sharding.get_abstract_mesh()
     plain = lambda: jnp.take(table, ids, axis=0).astype(dtype)  # noqa: E731
     if mesh.empty or mesh.size == 1:
         return plain()
-    spec = fit_spec(table.shape, logical_to_spec(("vocab", "embed"), _RULES.get(), mesh), mesh)
+    rules = _RULES.get()
+    spec = fit_spec(table.shape, logical_to_spec(("vocab", "embed"), rules, mesh), mesh)
     vocab_axes, embed_axes = mesh_axes(spec[0]), mesh_axes(spec[1])
+    batch_axes = mesh_axes(logical_to_spec(("batch",), rules, mesh)[0])
+    outer = tuple(a for a in batch_axes if a not in embed_axes)
     split = axis_size(mesh, spec[1])
-    if split == 1 or ids.size % split:
+    if split == 1 or batch_axes != outer + embed_axes or ids.size % axis_size(mesh, batch_axes):
         return plain()
 
     def local(shard: jax.Array, flat: jax.Array) -> jax.Array:
@@ -185,7 +201,7 @@ def embedding_lookup(table: jax.Array, ids: jax.Array, dtype) -> jax.Array:
     rows = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(PartitionSpec(spec[0], spec[1]), PartitionSpec()),
-        out_specs=PartitionSpec(spec[1]),
+        in_specs=(PartitionSpec(spec[0], spec[1]), PartitionSpec(outer or None)),
+        out_specs=PartitionSpec(batch_axes),
     )(table, ids.reshape(-1))
     return rows.reshape(*ids.shape, table.shape[1])

@@ -16,6 +16,7 @@ from model.rope import rope_index
 from model.sharding import (
     DEFAULT_RULES,
     activation_layout,
+    activation_rules,
     batch_sharding,
     constrain,
     embedding_lookup,
@@ -145,7 +146,12 @@ def test_embedding_lookup_hands_rows_over_by_token_with_the_gathers_values_and_g
     np.testing.assert_allclose(g, g0, atol=TOLERANCE)
     assert rows.dtype == jnp.bfloat16
     np.testing.assert_array_equal(rows, jnp.take(table, ids, axis=0).astype(jnp.bfloat16))
-    # 9 tokens do not divide over the embedding's devices: the plain gather.
+    # Under the rollout's decode rules the table's embedding is whole: the plain gather.
+    decode = tuple((name, None if name == "embed" else to) for name, to in DEFAULT_RULES)
+    with activation_layout(mesh), activation_rules(decode):
+        whole = jax.jit(lambda t: embedding_lookup(t, ids, t.dtype))
+        assert "all_to_all" not in whole.lower(table).as_text()
+    # 9 tokens do not divide over the batch's devices: the plain gather.
     with activation_layout(mesh):
         odd = jax.jit(lambda t: embedding_lookup(t, ids[:3, :3], t.dtype))
         assert "all_to_all" not in odd.lower(table).as_text()

@@ -281,14 +281,7 @@ def stage_programs(config, stage, model_config, mesh, rules, largest: Largest) -
     )
     # The train step's optimizer part alone (steps.apply_gradients, as the step calls it), for
     # the prediction's split; runs_per_step 0: the train step already holds it.
-    grads = jax.tree.map(  # float32 gradients in the parameters' layout
-        lambda x: (
-            jax.ShapeDtypeStruct(x.shape, np.float32, sharding=x.sharding)
-            if np.issubdtype(x.dtype, np.floating)
-            else x
-        ),
-        params,
-    )
+    grads = params  # the gradients: the parameters' shapes, dtypes and layout
     yield Program(
         f"{stage.name}/optimizer_update",
         jax.jit(

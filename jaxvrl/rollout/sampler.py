@@ -54,7 +54,7 @@ from jaxvrl.rollout import group_decode, vision_chunks
 from jaxvrl.rollout.group_decode import Static, logical_sharding
 from jaxvrl.rollout.prompt_batch import Prompts
 from model.config import ModelConfig, VisionConfig
-from model.sharding import DEFAULT_RULES, Rules, state_shardings
+from model.sharding import DEFAULT_RULES, Rules, activation_rules, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -338,17 +338,24 @@ class Sampler:
     # -- compilation -----------------------------------------------------------------------------
 
     def jitted(self, static: Static) -> Any:
-        """The rollout program for `static`, jitted (call or lower it with `prepare`'s args)."""
-        return jax.jit(
-            functools.partial(
-                group_decode.group_rollout,
-                self.graphdef,
-                static,
-                self.mesh,
-                self.config.rules,
-                self.decode_shardings,
-            )
+        """The rollout program for `static`, jitted (call or lower it with `prepare`'s args).
+        It is traced under the decode rules (model.sharding.activation_rules): its weights are in
+        the decode layout, so the embedding's rows are gathered whole where they lie."""
+        rollout = functools.partial(
+            group_decode.group_rollout,
+            self.graphdef,
+            static,
+            self.mesh,
+            self.config.rules,
+            self.decode_shardings,
         )
+        rules = self.config.decode_rules or decode_rules(self.config.rules)
+
+        def in_decode_layout(*args):
+            with activation_rules(rules):
+                return rollout(*args)
+
+        return jax.jit(in_decode_layout)
 
     def _program(self, static: Static, args: tuple) -> Any:
         leaves, treedef = jax.tree.flatten(args)

@@ -8,8 +8,9 @@ at its bandwidth; jaxvrl/fit/flops.py, hlo_cost.py, predict.py).
 The run is the trainer's own (jaxvrl.train.Trainer) from random weights (`model.init=random`; the
 RL stage alone), at the recipe's real shapes; the rollout is priced at the decode steps each call
 actually took. On a CPU the chip's figures are measured first: the peak by a matmul in the
-model's compute dtype, the memory bandwidth by a streaming multiply-add; on an accelerator they
-are jaxvrl/fit/hardware.py's. A program's first call (its compile) is left out.
+model's compute dtype, the memory bandwidth by a copy far beyond the caches; on an accelerator they
+are jaxvrl/fit/hardware.py's. Each program's first call is left out (the train step compiles
+in it; the rollout's is a warm-up).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -35,9 +37,11 @@ from jaxvrl import run_plan, train  # noqa: E402
 from jaxvrl.fit import check, hardware, hlo_cost  # noqa: E402
 from jaxvrl.fit.flops import matmul_flops  # noqa: E402
 from jaxvrl.rollout import sampler as sampler_lib  # noqa: E402
+from model.sharding import activation_layout  # noqa: E402
 
 
-def best_seconds(fn, *args, repeats: int = 7) -> float:
+def best_seconds(fn: Any, *args: Any, repeats: int = 7) -> float:
+    """The fastest of `repeats` calls of `fn(*args)`, after one to compile."""
     jax.block_until_ready(fn(*args))  # compile
     times = []
     for _ in range(repeats):
@@ -47,18 +51,46 @@ def best_seconds(fn, *args, repeats: int = 7) -> float:
     return min(times)
 
 
+def memory_bandwidth(megabytes: int = 256) -> float:
+    """DRAM bytes per second of this host: a copy of `megabytes` (far beyond the caches) between
+    two buffers allocated beforehand, split over every core's thread, best of 7. A jitted
+    elementwise program is no measure here: each call allocates its output anew, and the page
+    faults of 256 MiB (7 GB/s on the 2-core EPYC VM, against 28-29 GB/s copying) would be
+    counted as memory traffic."""
+    source = np.ones(megabytes << 18, np.float32)
+    target = np.empty_like(source)
+    parts = np.array_split(np.arange(source.size), os.cpu_count() or 1)
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts if p.size]
+
+    def copy() -> None:
+        threads = [
+            threading.Thread(target=np.copyto, args=(target[a:b], source[a:b])) for a, b in bounds
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    copy()
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        copy()
+        times.append(time.perf_counter() - start)
+    return 2 * source.nbytes / min(times)
+
+
 def measured_cpu_chip(dtype: str) -> hardware.Chip:
     """This CPU's peak matmul FLOP/s in `dtype` ([2048, 2048] x [2048, 2048], best of 7) and its
-    memory bandwidth (x * a + b over 64 Mi float32: 256 MiB read, 256 MiB written; best of 7)."""
+    memory bandwidth (`memory_bandwidth`)."""
     n = 2048
     a = jnp.ones((n, n), dtype)
     peak = 2 * n**3 / best_seconds(jax.jit(lambda x, y: x @ y), a, a)
-    x = jnp.ones((64 << 20,), jnp.float32)
-    bandwidth = 2 * x.nbytes / best_seconds(jax.jit(lambda v: v * 1.5 + 0.5), x)
-    return hardware.Chip("CPU (measured)", 0, peak, ("cpu",), bandwidth, None)
+    return hardware.Chip("CPU (measured)", 0, peak, ("cpu",), memory_bandwidth(), None)
 
 
 def chip_of_backend(dtype: str) -> hardware.Chip:
+    """The figures the prediction divides by: measured on a CPU, else the chip's data sheet."""
     kind = jax.devices()[0].device_kind
     if jax.default_backend() == "cpu":
         return measured_cpu_chip(dtype)
@@ -91,6 +123,9 @@ class Calls:
     args: Any  # abstract
     seconds: list[float] = dataclasses.field(default_factory=list)
     trips: list[int] = dataclasses.field(default_factory=list)  # decode loop trips per call
+    priced: list[dict[str, Any]] = dataclasses.field(
+        default_factory=list
+    )  # per call after the first
 
 
 class Recorder:
@@ -154,25 +189,33 @@ def install(recorder: Recorder) -> None:
     sampler_lib.Sampler._program = timed_program
 
 
-def price(entry: Calls, trips: int, chip: hardware.Chip, chips: int) -> dict[str, float]:
-    """One call of a program at the roofline: matmul FLOPs over the chips at the peak, HBM bytes
-    at the bandwidth, the larger of the two; `trips` for a loop that exits on data."""
+def price(entry: Calls, chip: hardware.Chip, chips: int) -> list[dict[str, float]]:
+    """Each timed call of a program at the roofline (jaxvrl/fit/predict.py's program_seconds):
+    matmul FLOPs over the chips at the peak, HBM bytes at the memory bandwidth, collective bytes
+    at the interconnect's where the chip has one; the largest. The program is traced and
+    compiled once; a loop that exits on data (the decode) is priced at each call's trips."""
     traced = entry.jitted.trace(*entry.args)
-    flops = matmul_flops(traced.jaxpr, trips)
     text = traced.lower().compile().as_text()
-    cost = hlo_cost.hlo_cost(text, while_trips=trips)
-    compute = flops / chips / chip.peak_bf16_flops
-    memory = cost.hbm_bytes / chip.hbm_bytes_per_second
-    return {
-        "flops": flops,
-        "hbm_bytes": cost.hbm_bytes,
-        "compute_seconds": compute,
-        "memory_seconds": memory,
-        "seconds": max(compute, memory),
-    }
+    out = []
+    for trips in entry.trips[1:] or [1] * (len(entry.seconds) - 1):
+        flops = matmul_flops(traced.jaxpr, trips)
+        cost = hlo_cost.hlo_cost(text, while_trips=trips)
+        seconds = {
+            "compute": flops / chips / chip.peak_bf16_flops,
+            "memory": cost.hbm_bytes / chip.hbm_bytes_per_second,
+        }
+        if chip.interconnect_bytes_per_second:
+            seconds["collective"] = cost.collective_bytes / chip.interconnect_bytes_per_second
+        bound = max(seconds, key=seconds.get)
+        out.append(
+            {"flops": flops, "hbm_bytes": cost.hbm_bytes, "seconds": seconds[bound],
+             "bound": bound}
+        )  # fmt: skip
+    return out
 
 
 def main() -> None:
+    """Runs the steps, prints the chip's figures and the table (bench/RESULTS.md holds a run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.py")
     parser.add_argument("--steps", type=int, default=8)
@@ -200,7 +243,7 @@ def main() -> None:
     install(recorder)
     with tempfile.TemporaryDirectory(prefix="step_time_") as workdir:
         trainer = train.Trainer(config, workdir)
-        chips = trainer.mesh.size
+        mesh, rules, chips = trainer.mesh, trainer.rules, trainer.mesh.size
         start = time.perf_counter()
         trainer.run()
         wall = time.perf_counter() - start
@@ -218,15 +261,16 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     results = []
+    with activation_layout(mesh, rules):  # as the trainer traced them
+        for entry in recorder.calls.values():
+            entry.priced = price(entry, chip, chips) if len(entry.seconds) > 1 else []
     for entry in recorder.calls.values():
-        seconds, trips = entry.seconds[1:], entry.trips[1:]  # the first call compiled
+        seconds, trips, priced = entry.seconds[1:], entry.trips[1:], entry.priced
         if not seconds:
             continue
-        priced = [price(entry, t, chip, chips) for t in trips] or [price(entry, 1, chip, chips)]
         predicted = statistics.mean(p["seconds"] for p in priced)
         measured = statistics.mean(seconds)
-        one = priced[-1]
-        bound = "compute" if one["compute_seconds"] >= one["memory_seconds"] else "memory"
+        bound = priced[-1]["bound"]
         name = entry.name + (f" ({statistics.mean(trips):.1f} decode trips)" if trips else "")
         gflop = statistics.mean(p["flops"] for p in priced) / 1e9
         megabytes = statistics.mean(p["hbm_bytes"] for p in priced) / 1e6

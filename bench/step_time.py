@@ -123,15 +123,14 @@ class Calls:
     args: Any  # abstract
     seconds: list[float] = dataclasses.field(default_factory=list)
     trips: list[int] = dataclasses.field(default_factory=list)  # decode loop trips per call
-    priced: list[dict[str, Any]] = dataclasses.field(
-        default_factory=list
-    )  # per call after the first
+    # Each call after the first at the roofline (`price`).
+    priced: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class Recorder:
     """Times every call of the run's device programs, keyed by program and argument shapes."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.calls: dict[tuple, Calls] = {}
 
     def _entry(self, name: str, jitted: Any, args: tuple) -> Calls:

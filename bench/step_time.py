@@ -34,7 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxvrl import run_plan, train  # noqa: E402
-from jaxvrl.fit import check, hardware, hlo_cost  # noqa: E402
+from jaxvrl.fit import check, hardware, hlo_cost, predict  # noqa: E402
 from jaxvrl.fit.flops import matmul_flops  # noqa: E402
 from jaxvrl.rollout import sampler as sampler_lib  # noqa: E402
 from model.sharding import activation_layout  # noqa: E402
@@ -188,29 +188,29 @@ def install(recorder: Recorder) -> None:
     sampler_lib.Sampler._program = timed_program
 
 
-def price(entry: Calls, chip: hardware.Chip, chips: int) -> list[dict[str, float]]:
-    """Each timed call of a program at the roofline (jaxvrl/fit/predict.py's program_seconds):
-    matmul FLOPs over the chips at the peak, HBM bytes at the memory bandwidth, collective bytes
-    at the interconnect's where the chip has one; the largest. The program is traced and
-    compiled once; a loop that exits on data (the decode) is priced at each call's trips."""
+def price(entry: Calls, chip: hardware.Chip, chips: int) -> list[dict[str, Any]]:
+    """Each timed call of a program after the first at the roofline, as jaxvrl.fit prices it
+    (check.roofline, predict.program_seconds): matmul FLOPs over the chips at the peak, HBM bytes
+    at the memory bandwidth, collective bytes at the interconnect's where the chip has one; the
+    largest. The program is traced and compiled once; a loop that exits on data (the decode) is
+    priced at each call's trips, each trip count once."""
     traced = entry.jitted.trace(*entry.args)
     text = traced.lower().compile().as_text()
-    out = []
-    for trips in entry.trips[1:] or [1] * (len(entry.seconds) - 1):
-        flops = matmul_flops(traced.jaxpr, trips)
+    priced: dict[int, dict[str, Any]] = {}
+    for trips in set(entry.trips[1:] or [1]):
         cost = hlo_cost.hlo_cost(text, while_trips=trips)
-        seconds = {
-            "compute": flops / chips / chip.peak_bf16_flops,
-            "memory": cost.hbm_bytes / chip.hbm_bytes_per_second,
-        }
-        if chip.interconnect_bytes_per_second:
-            seconds["collective"] = cost.collective_bytes / chip.interconnect_bytes_per_second
-        bound = max(seconds, key=seconds.get)
-        out.append(
-            {"flops": flops, "hbm_bytes": cost.hbm_bytes, "seconds": seconds[bound],
-             "bound": bound}
+        result = check.Result(
+            entry.name, 0.0, matmul_flops(traced.jaxpr, trips), None,
+            hbm_bytes=cost.hbm_bytes, collective_bytes=cost.collective_bytes,
         )  # fmt: skip
-    return out
+        line = check.roofline(result, chip, chips)
+        priced[trips] = {
+            "flops": result.flops,
+            "hbm_bytes": cost.hbm_bytes,
+            "seconds": predict.program_seconds(line),
+            "bound": line["bound"],
+        }
+    return [priced[t] for t in entry.trips[1:] or [1] * (len(entry.seconds) - 1)]
 
 
 def main() -> None:

@@ -100,9 +100,11 @@ def stack_sizes(
         visions = [empty_vision(vision_config) if v is None else v for v in visions]
         c = chunk_patches or chunk_size(visions, vision_config, patch_buckets)
         unit = vision_config.merge_unit
-        k = max(len(chunk_layout(vision_slices(v), unit, c, patch_buckets)[1]) for v in visions)
         sizes["chunk_patches"] = c
-        sizes["num_chunks"] = -(-k // num_chunks_multiple) * num_chunks_multiple
+        sizes["num_chunks"] = max(
+            len(chunk_layout(vision_slices(v), unit, c, patch_buckets, num_chunks_multiple)[1])
+            for v in visions
+        )
     return sizes
 
 

@@ -114,18 +114,14 @@ _RULES: contextvars.ContextVar[tuple] = contextvars.ContextVar(
 def activation_layout(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
     """Programs traced inside lay their activations out by `rules` on `mesh` (`constrain`);
     `mesh` is JAX's context mesh meanwhile."""
-    token = _RULES.set(tuple(rules))
-    try:
-        with jax.set_mesh(mesh):
-            yield
-    finally:
-        _RULES.reset(token)
+    with activation_rules(rules), jax.set_mesh(mesh):
+        yield
 
 
 @contextlib.contextmanager
 def activation_rules(rules: Rules) -> Iterator[None]:
-    """Inside an `activation_layout`, programs traced here read `rules` instead (same mesh): the
-    rollout's, whose weights are kept in the decode layout (the embedding whole)."""
+    """Programs traced inside read `rules` (on the mesh of the `activation_layout` around them):
+    the rollout's, whose weights are kept in the decode layout (the embedding whole)."""
     token = _RULES.set(tuple(rules))
     try:
         yield

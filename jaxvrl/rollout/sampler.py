@@ -213,8 +213,8 @@ class Sampler:
         self.mesh = mesh
         self.tokenizer = tokenizer
         self.stop_tokens = default_stop_tokens(self.model_config, tokenizer, checkpoint_dir)
-        rules = self.config.decode_rules or decode_rules(self.config.rules)
-        self.decode_shardings = state_shardings(abstract_state, mesh, rules)
+        self.decode_rules = self.config.decode_rules or decode_rules(self.config.rules)
+        self.decode_shardings = state_shardings(abstract_state, mesh, self.decode_rules)
         self.batch_axis_size = placement.batch_axis_size(mesh, self.config.rules)
         self.num_compilations = 0
         self.compile_seconds = 0.0
@@ -349,10 +349,9 @@ class Sampler:
             self.config.rules,
             self.decode_shardings,
         )
-        rules = self.config.decode_rules or decode_rules(self.config.rules)
 
         def in_decode_layout(*args):
-            with activation_rules(rules):
+            with activation_rules(self.decode_rules):
                 return rollout(*args)
 
         return jax.jit(in_decode_layout)

@@ -1,15 +1,17 @@
-"""Model configuration for Qwen2-VL and Qwen2.5-VL, read from (and written to) a Hugging Face
-config.json in either of its two forms: the flat one of the published checkpoints and the nested
-`text_config` one that newer transformers versions write."""
+"""Model configuration for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, read from (and written to) a Hugging
+Face config.json in either of its forms: the flat one of the published Qwen2 checkpoints and the
+nested `text_config` one (Qwen3-VL's own, and what newer transformers versions write), with the
+rotary settings under `rope_scaling` + `rope_theta` (transformers 4) or `rope_parameters` (5)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def _int_if_whole(x: float) -> int | float:
@@ -20,7 +22,10 @@ def _int_if_whole(x: float) -> int | float:
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     """The vision tower. `generation` picks the block type: Qwen2-VL (LayerNorm, QuickGELU MLP,
-    full attention) or Qwen2.5-VL (RMSNorm, SwiGLU MLP, window attention)."""
+    full attention), Qwen2.5-VL (RMSNorm, SwiGLU MLP, window attention) or Qwen3-VL (Qwen2-VL's
+    blocks with a tanh-GELU MLP, a patch embedding with bias, learned position embeddings on a
+    `num_position_embeddings` grid interpolated to each image, and DeepStack mergers after the
+    blocks `deepstack_visual_indexes`)."""
 
     generation: str = "qwen2_vl"
     depth: int = 32
@@ -37,11 +42,22 @@ class VisionConfig:
     fullatt_block_indexes: tuple[int, ...] = ()
     tokens_per_second: float = 2.0
     rope_theta: float = 10000.0
+    num_position_embeddings: int = 0  # Qwen3-VL: a side x side grid of learned embeddings
+    deepstack_visual_indexes: tuple[int, ...] = ()
     initializer_range: float = 0.02  # std of the random init (only used without weights)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def has_pos_embed(self) -> bool:
+        return self.num_position_embeddings > 0
+
+    @property
+    def deepstack(self) -> int:
+        """DeepStack feature sets the tower returns beside the merged features (Qwen3-VL)."""
+        return len(self.deepstack_visual_indexes)
 
     @property
     def patch_dim(self) -> int:
@@ -59,7 +75,8 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-    """The Qwen2 decoder with multimodal rotary position embedding (M-RoPE)."""
+    """The Qwen2 decoder with multimodal rotary position embedding (M-RoPE); with `qk_norm`,
+    no `attention_bias` and interleaved M-RoPE sections, Qwen3-VL's Qwen3 decoder."""
 
     vocab_size: int = 152064
     hidden_size: int = 3584
@@ -73,10 +90,16 @@ class TextConfig:
     hidden_act: str = "silu"
     max_position_embeddings: int = 32768
     initializer_range: float = 0.02  # std of the random init (only used without weights)
+    attention_bias: bool = True  # q, k, v projections with bias (Qwen2); Qwen3: none
+    qk_norm: bool = False  # RMSNorm over each head of the queries and keys (Qwen3)
+    # Qwen3-VL's M-RoPE: frequencies go to the T, H, W axes in turn (T H W T H W ...) instead of
+    # in three contiguous sections.
+    mrope_interleaved: bool = False
+    explicit_head_dim: int | None = None  # config.json `head_dim` where it is given (Qwen3)
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +140,11 @@ class ModelConfig:
             # Nested form: text fields live under text_config; top-level values fill gaps only.
             text_raw = {**raw, **raw["text_config"]}
         vision_raw = raw.get("vision_config") or {}
+        qwen3 = model_type == "qwen3_vl"
         rope = text_raw.get("rope_scaling") or text_raw.get("rope_parameters") or {}
-        mrope = tuple(rope.get("mrope_section", (16, 24, 24)))
-        rope_theta = text_raw.get("rope_theta", rope.get("rope_theta", 1000000.0))
+        mrope = tuple(rope.get("mrope_section", (24, 20, 20) if qwen3 else (16, 24, 24)))
+        default_theta = 500000.0 if qwen3 else 1000000.0  # transformers' defaults
+        rope_theta = text_raw.get("rope_theta", rope.get("rope_theta", default_theta))
         text = TextConfig(
             vocab_size=int(text_raw["vocab_size"]),
             hidden_size=int(text_raw["hidden_size"]),
@@ -135,6 +160,13 @@ class ModelConfig:
             hidden_act=text_raw.get("hidden_act", "silu"),
             max_position_embeddings=int(text_raw.get("max_position_embeddings", 32768)),
             initializer_range=float(text_raw.get("initializer_range", 0.02)),
+            attention_bias=bool(text_raw.get("attention_bias", not qwen3)),
+            qk_norm=qwen3,
+            # transformers interleaves Qwen3-VL's sections whatever `mrope_interleaved` says.
+            mrope_interleaved=qwen3,
+            explicit_head_dim=int(text_raw["head_dim"])
+            if qwen3 and "head_dim" in text_raw
+            else None,
         )
         if sum(mrope) * 2 != text.head_dim:
             raise ValueError(
@@ -143,8 +175,46 @@ class ModelConfig:
             )
         vision_init = float(vision_raw.get("initializer_range", text.initializer_range))
         in_channels = int(vision_raw.get("in_channels", vision_raw.get("in_chans", 3)))
-        patch = int(vision_raw.get("patch_size", vision_raw.get("spatial_patch_size", 14)))
-        if model_type == "qwen2_vl":
+        patch = int(
+            vision_raw.get("patch_size", vision_raw.get("spatial_patch_size", 16 if qwen3 else 14))
+        )
+        if qwen3:
+            vision_rope = vision_raw.get("rope_parameters") or {}
+            vision = VisionConfig(
+                generation="qwen3_vl",
+                depth=int(vision_raw.get("depth", 27)),
+                hidden_size=int(vision_raw.get("hidden_size", 1152)),
+                num_heads=int(vision_raw.get("num_heads", 16)),
+                intermediate_size=int(vision_raw.get("intermediate_size", 4304)),
+                hidden_act=vision_raw.get("hidden_act", "gelu_pytorch_tanh"),
+                in_channels=in_channels,
+                patch_size=patch,
+                temporal_patch_size=int(vision_raw.get("temporal_patch_size", 2)),
+                spatial_merge_size=int(vision_raw.get("spatial_merge_size", 2)),
+                out_hidden_size=int(vision_raw.get("out_hidden_size", text.hidden_size)),
+                rope_theta=float(vision_rope.get("rope_theta", 10000.0)),
+                num_position_embeddings=int(vision_raw.get("num_position_embeddings", 2304)),
+                deepstack_visual_indexes=tuple(
+                    int(i) for i in vision_raw.get("deepstack_visual_indexes", (8, 16, 24))
+                ),
+                initializer_range=vision_init,
+            )
+            side = math.isqrt(vision.num_position_embeddings)
+            if side * side != vision.num_position_embeddings:
+                raise ValueError(
+                    f"num_position_embeddings {vision.num_position_embeddings} is not a square"
+                )
+            taps = vision.deepstack_visual_indexes
+            if len(set(taps)) != len(taps) or any(not 0 <= i < vision.depth for i in taps):
+                raise ValueError(
+                    f"deepstack_visual_indexes {list(vision.deepstack_visual_indexes)} must be "
+                    f"distinct vision blocks (0..{vision.depth - 1})"
+                )
+            if vision.deepstack > text.num_layers:
+                raise ValueError(
+                    f"{vision.deepstack} DeepStack feature sets for {text.num_layers} layers"
+                )
+        elif model_type == "qwen2_vl":
             width = int(vision_raw.get("embed_dim", 1280))
             vision = VisionConfig(
                 generation="qwen2_vl",
@@ -219,7 +289,10 @@ class ModelConfig:
             return cls.from_hf_dict(json.load(f))
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The flat config.json of the published checkpoints, which every transformers reads."""
+        """The config.json of the published checkpoints, which every transformers reads: flat for
+        Qwen2-VL and Qwen2.5-VL, nested for Qwen3-VL."""
+        if self.model_type == "qwen3_vl":
+            return self._qwen3_hf_dict()
         t, v = self.text, self.vision
         if self.model_type == "qwen2_vl":
             vision_raw: dict[str, Any] = {
@@ -282,5 +355,65 @@ class ModelConfig:
             "pad_token_id": self.pad_token_id,
             "use_sliding_window": False,
             "torch_dtype": self.param_dtype,
+            "vision_config": vision_raw,
+        }
+
+    def _qwen3_hf_dict(self) -> dict[str, Any]:
+        """Qwen3-VL's nested config.json, rotary settings in the published (transformers 4.57)
+        form that transformers 5 also reads."""
+        t, v = self.text, self.vision
+        eos = list(self.eos_token_id)
+        text_raw = {
+            "model_type": "qwen3_vl_text",
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "num_hidden_layers": t.num_layers,
+            "num_attention_heads": t.num_heads,
+            "num_key_value_heads": t.num_kv_heads,
+            "head_dim": t.head_dim,
+            "hidden_act": t.hidden_act,
+            "rms_norm_eps": t.rms_norm_eps,
+            "initializer_range": t.initializer_range,
+            "attention_bias": t.attention_bias,
+            "rope_theta": t.rope_theta,
+            "rope_scaling": {
+                "rope_type": "default",
+                "mrope_section": list(t.mrope_section),
+                "mrope_interleaved": True,
+            },
+            "max_position_embeddings": t.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": self.param_dtype,
+        }
+        vision_raw = {
+            "model_type": "qwen3_vl",
+            "depth": v.depth,
+            "hidden_size": v.hidden_size,
+            "intermediate_size": v.intermediate_size,
+            "num_heads": v.num_heads,
+            "hidden_act": v.hidden_act,
+            "in_channels": v.in_channels,
+            "out_hidden_size": v.out_hidden_size,
+            "patch_size": v.patch_size,
+            "spatial_merge_size": v.spatial_merge_size,
+            "temporal_patch_size": v.temporal_patch_size,
+            "num_position_embeddings": v.num_position_embeddings,
+            "deepstack_visual_indexes": list(v.deepstack_visual_indexes),
+            "initializer_range": v.initializer_range,
+        }
+        return {
+            "architectures": ["Qwen3VLForConditionalGeneration"],
+            "model_type": "qwen3_vl",
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "image_token_id": self.image_token_id,
+            "video_token_id": self.video_token_id,
+            "vision_start_token_id": self.vision_start_token_id,
+            "vision_end_token_id": self.vision_end_token_id,
+            "torch_dtype": self.param_dtype,
+            "text_config": text_raw,
             "vision_config": vision_raw,
         }

@@ -1,11 +1,11 @@
-"""Hugging Face checkpoints <-> port parameters, for both generations and both tensor-key layouts.
+"""Hugging Face checkpoints <-> port parameters, for every generation and both tensor-key layouts.
 
 Import reads one tensor at a time from memory-mapped safetensors files (one file or several with
 `model.safetensors.index.json`), converts it and places it straight onto its (optionally sharded)
 device buffer, so the host never holds two full copies of the model. Keys may use the hub layout
 (`model.layers.N`, `visual.blocks.N`, `lm_head`) or the newer transformers in-memory names
-(`model.language_model.*`, `model.visual.*`). Export writes the hub layout plus config.json, so
-transformers and vLLM load it.
+(`model.language_model.*`, `model.visual.*`: Qwen3-VL's published layout). Export writes each
+generation's published layout plus config.json, so transformers and vLLM load it.
 """
 
 from __future__ import annotations
@@ -123,8 +123,18 @@ def _same(t: np.ndarray) -> np.ndarray:
     return t
 
 
+def qwen3_key(key: str) -> str:
+    """Hub layout -> the names Qwen3-VL's checkpoints are published with (`model.visual.*`,
+    `model.language_model.*`; lm_head as it is). normalise_key's inverse."""
+    if key.startswith("visual."):
+        return "model." + key
+    if key.startswith("model."):
+        return "model.language_model." + key[len("model.") :]
+    return key
+
+
 def normalise_key(key: str) -> str:
-    """transformers in-memory names -> hub layout."""
+    """transformers in-memory names (Qwen3-VL's published ones) -> hub layout."""
     if key.startswith("model.visual."):
         return key[len("model.") :]
     if key.startswith("model.language_model."):
@@ -132,11 +142,37 @@ def normalise_key(key: str) -> str:
     return key
 
 
+def _merger_path(m: re.Match) -> Path:
+    """Qwen3-VL's merger (`merger`) or DeepStack merger (`deepstack_merger_list.K`) parameter."""
+    owner = ("merger",) if m[2] is None else ("deepstack_merger_list", int(m[2]))
+    if m[3] == "norm":
+        return ("visual", *owner, "norm", "scale" if m[4] == "weight" else "bias")
+    return ("visual", *owner, m[3], "kernel" if m[4] == "weight" else "bias")
+
+
 _RULES: list[tuple[re.Pattern, Callable[[re.Match], Path], str]] = [
     (
         re.compile(r"visual\.patch_embed\.proj\.weight"),
         lambda m: ("visual", "patch_embed", "kernel"),
         "patch",
+    ),
+    (
+        re.compile(r"visual\.patch_embed\.proj\.bias"),
+        lambda m: ("visual", "patch_embed", "bias"),
+        "same",
+    ),
+    (re.compile(r"visual\.pos_embed\.weight"), lambda m: ("visual", "pos_embed"), "same"),
+    (
+        re.compile(
+            r"visual\.(merger|deepstack_merger_list\.(\d+))\.(linear_fc1|linear_fc2)\.(weight|bias)"
+        ),
+        _merger_path,
+        "linear",
+    ),
+    (
+        re.compile(r"visual\.(merger|deepstack_merger_list\.(\d+))\.(norm)\.(weight|bias)"),
+        _merger_path,
+        "same",
     ),
     (
         re.compile(r"visual\.blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)"),
@@ -179,6 +215,11 @@ _RULES: list[tuple[re.Pattern, Callable[[re.Match], Path], str]] = [
         "same",
     ),
     (
+        re.compile(r"model\.layers\.(\d+)\.self_attn\.(q_norm|k_norm)\.weight"),
+        lambda m: ("layers", int(m[1]), "self_attn", m[2], "scale"),
+        "same",
+    ),
+    (
         re.compile(r"model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.(weight|bias)"),
         lambda m: ("layers", int(m[1]), m[2], m[3], "kernel" if m[4] == "weight" else "bias"),
         "linear",
@@ -203,7 +244,16 @@ def _path_to_hub_key(path: Path) -> tuple[str, str]:
     p = [str(x) for x in path]
     if p[0] == "visual":
         if p[1] == "patch_embed":
+            if p[2] == "bias":
+                return "visual.patch_embed.proj.bias", "same"
             return "visual.patch_embed.proj.weight", "patch"
+        if p[1] == "pos_embed":
+            return "visual.pos_embed.weight", "same"
+        if p[1] == "deepstack_merger_list" or p[2] in ("norm", "linear_fc1", "linear_fc2"):
+            owner = "merger" if p[1] == "merger" else f"deepstack_merger_list.{p[2]}"
+            name, leaf = p[-2], p[-1]
+            suffix = "weight" if leaf in ("scale", "kernel") else "bias"
+            return f"visual.{owner}.{name}.{suffix}", "same" if name == "norm" else "linear"
         if p[1] == "merger":
             if p[2] == "ln_q":
                 return f"visual.merger.ln_q.{'weight' if p[3] == 'scale' else 'bias'}", "same"
@@ -222,6 +272,8 @@ def _path_to_hub_key(path: Path) -> tuple[str, str]:
     layer = f"model.layers.{p[1]}"
     if p[2] in ("input_layernorm", "post_attention_layernorm"):
         return f"{layer}.{p[2]}.weight", "same"
+    if p[3] in ("q_norm", "k_norm"):
+        return f"{layer}.self_attn.{p[3]}.weight", "same"
     return f"{layer}.{p[2]}.{p[3]}.{'weight' if p[4] == 'kernel' else 'bias'}", "linear"
 
 
@@ -416,6 +468,8 @@ def export_tensors(model: Qwen2VL, dtype: str | None = None) -> Iterator[tuple[s
 def _hub_tensor(model: Qwen2VL, path: Path, value, dtype: str | None) -> tuple[str, np.ndarray]:
     """One parameter (of one layer) as (hub key, array in the PyTorch layout)."""
     key, conversion = _path_to_hub_key(path)
+    if model.config.model_type == "qwen3_vl":
+        key = qwen3_key(key)
     value = np.asarray(jax.device_get(value))
     if conversion == "linear":
         value = value.T

@@ -68,6 +68,8 @@ def pack_vision(
                    Qwen2-VL), 0 at padding
       window_index [N / merge_unit] int32, permutation of merge units into window order
                    (identity for Qwen2-VL and for padding)
+      grid_hw      [N, 2] int32, Qwen3-VL only: the height and width in patches of each
+                   patch's item (for its interpolated position embedding), 1 at padding
     """
     grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
     if isinstance(patches, np.ndarray):
@@ -108,10 +110,15 @@ def pack_vision(
         window_ids[:total] = np.repeat(unit_windows, unit)
     else:
         window_ids = segment_ids.copy()
-    return {
+    out = {
         "patches": out_patches,
         "pos_hw": pos_hw,
         "segment_ids": segment_ids,
         "window_ids": window_ids,
         "window_index": window_index,
     }
+    if config.has_pos_embed:
+        grid_hw = np.ones((n, 2), np.int32)
+        grid_hw[:total] = np.repeat(grid_thw[:, 1:], np.prod(grid_thw, axis=1), axis=0)
+        out["grid_hw"] = grid_hw
+    return out

@@ -1,7 +1,7 @@
 """Logit parity between the port and transformers (PyTorch, float32) on one checkpoint directory.
 
     python -m model.parity HF_DIR [--tolerance 1e-4]
-    python -m model.parity --tiny qwen2_5_vl DIR     # first build a tiny random checkpoint in DIR
+    python -m model.parity --tiny qwen3_vl DIR       # first build a tiny random checkpoint in DIR
 
 Runs a fixed set of inputs (text only; one image; one video; an image and a video in one prompt;
 two videos in one prompt; a batch of two prompts of different lengths, right-padded), prints the
@@ -57,9 +57,16 @@ def _prompt(rng, cfg: ModelConfig, length: int) -> list[int]:
 
 
 def _vision_block(cfg: ModelConfig, kind: str, grid: tuple[int, int, int]) -> list[int]:
+    """An item's tokens: its pads between vision start and end; a Qwen3-VL video as one such
+    block per temporal patch, each after a stand-in for its timestamp text (3 tokens)."""
     tok = cfg.image_token_id if kind == "image" else cfg.video_token_id
-    count = grid[0] * grid[1] * grid[2] // cfg.vision.merge_unit
-    return [cfg.vision_start_token_id] + [tok] * count + [cfg.vision_end_token_id]
+    frames = grid[0] if kind == "video" and cfg.model_type == "qwen3_vl" else 1
+    count = grid[0] * grid[1] * grid[2] // cfg.vision.merge_unit // frames
+    block = [cfg.vision_start_token_id] + [tok] * count + [cfg.vision_end_token_id]
+    if frames == 1:
+        return block
+    stamp = _prompt(np.random.default_rng(count), cfg, 3)
+    return [t for _ in range(frames) for t in stamp + block]
 
 
 def build_inputs(cfg: ModelConfig, seed: int = 0) -> list[ParityInput]:
@@ -253,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| / max |logit|")
     parser.add_argument(
         "--tiny",
-        choices=("qwen2_vl", "qwen2_5_vl"),
+        choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl"),
         help="first write a tiny random checkpoint of this generation into hf_dir",
     )
     parser.add_argument("--seed", type=int, default=0)

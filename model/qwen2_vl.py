@@ -1,5 +1,6 @@
-"""Qwen2-VL / Qwen2.5-VL: the vision tower, vision features placed at the image/video pad tokens,
-the M-RoPE decoder, and the interface the RL library uses (forward, prefill/decode, log-probs).
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the vision tower, vision features placed at the image/video
+pad tokens (Qwen3-VL: and its DeepStack features added after the first decoder layers), the M-RoPE
+decoder, and the interface the RL library uses (forward, prefill/decode, log-probs).
 
     model = Qwen2VL(config, rngs=nnx.Rngs(0))
     hidden = model(input_ids, positions, attention_mask, vision)      # [batch, seq, hidden]
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from model import stack
 from model.config import ModelConfig
@@ -23,6 +24,30 @@ from model.rope import mrope_cos_sin
 from model.sharding import constrain, embedding_lookup
 from model.text import DecoderLayer, KVCache, cache_mask, causal_mask
 from model.vision import VisionTower
+
+
+@struct.dataclass
+class Embedded:
+    """Input embeddings x [batch, seq, hidden] and what DeepStack adds to the outputs of the
+    first decoder layers (Qwen3-VL): deepstack [k, batch, seq, hidden], layer i's addition at
+    index i, zero at text tokens. The passes that take embeddings take either this or x alone."""
+
+    x: jnp.ndarray
+    deepstack: jnp.ndarray
+
+
+def _unpack(x: jnp.ndarray | Embedded) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+    return (x.x, x.deepstack) if isinstance(x, Embedded) else (x, None)
+
+
+def _add_deepstack(x: jnp.ndarray, deepstack: jnp.ndarray | None, layer) -> jnp.ndarray:
+    """x plus DeepStack's addition after decoder layer `layer` (a traced index in a scan: the
+    addition of layers past the last is skipped by a select)."""
+    if deepstack is None:
+        return x
+    k = deepstack.shape[0]
+    extra = jax.lax.dynamic_index_in_dim(deepstack, jnp.minimum(layer, k - 1), keepdims=False)
+    return jnp.where(layer < k, x + extra.astype(x.dtype), x)
 
 
 class Qwen2VL(nnx.Module):
@@ -85,19 +110,20 @@ class Qwen2VL(nnx.Module):
     # --------------------------------------------------------------------------------------------
     # Embedding and vision features.
 
-    def embed(self, input_ids: jnp.ndarray, vision: dict | None = None) -> jnp.ndarray:
+    def embed(self, input_ids: jnp.ndarray, vision: dict | None = None) -> jnp.ndarray | Embedded:
         """Token embeddings with the vision tower's features placed at the image/video pad
         tokens, in the order the pad tokens appear in the flattened batch. input_ids:
-        [batch, seq]."""
+        [batch, seq]. `embed_with_features`'s result."""
         features = None if vision is None else self.visual(vision)
         return self.embed_with_features(input_ids, features)
 
     def embed_with_features(
         self, input_ids: jnp.ndarray, features: jnp.ndarray | None
-    ) -> jnp.ndarray:
-        """Token embeddings with vision `features` [F, hidden] (the tower's output, computed
+    ) -> jnp.ndarray | Embedded:
+        """Token embeddings with vision `features` [F, width] (the tower's output, computed
         elsewhere: e.g. in chunks) placed at the image/video pad tokens in flattened-batch order.
-        input_ids: [batch, seq]. Returns [batch, seq, hidden]."""
+        input_ids: [batch, seq]. Returns [batch, seq, hidden]; with DeepStack features (Qwen3-VL:
+        width (1 + k) x hidden) an Embedded holding them too."""
         x = embedding_lookup(self.embed_tokens[...], input_ids, self.dtype)
         if features is None:
             return x
@@ -110,12 +136,21 @@ class Qwen2VL(nnx.Module):
         # placed can take any layout; from features split along the embedding the partitioner
         # could only replicate the placed rows (Video-R1's SFT step on h100x8).
         features = constrain(features, (None, None))
-        return jnp.where(is_vision[..., None], features[order], x)
+        hidden = cfg.text.hidden_size
+        x = jnp.where(is_vision[..., None], features[order, :hidden], x)
+        k = cfg.vision.deepstack
+        if not k:
+            return x
+        deep = features[:, hidden:].reshape(-1, k, hidden)[order]  # [batch, seq, k, hidden]
+        deep = jnp.where(is_vision[..., None, None], deep, 0).transpose(2, 0, 1, 3)
+        return Embedded(x=x, deepstack=constrain(deep, (None, "batch", None, None)))
 
-    def _rope(self, positions: jnp.ndarray):
+    def rope(self, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """M-RoPE cos, sin [batch, seq, head_dim] of positions [3, batch, seq]."""
         t = self.config.text
-        cos, sin = mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section)
-        return cos, sin
+        return mrope_cos_sin(
+            positions, t.head_dim, t.rope_theta, t.mrope_section, t.mrope_interleaved
+        )
 
     def over_layers(self, body, carry, xs=None, *, remat: bool = False):
         """body(layer, carry, x) -> (carry, y) through the decoder layers in order, `x` each
@@ -125,9 +160,10 @@ class Qwen2VL(nnx.Module):
         policy = self.remat_policy if remat else None
         return stack.run(self.layers, body, carry, xs, remat_policy=policy)
 
-    def _layers(self, x, cos, sin, mask, cache: KVCache | None):
+    def _layers(self, x, cos, sin, mask, cache: KVCache | None, deepstack=None):
         """The decoder layers and the final norm; with a cache, each layer writes its keys and
-        values at the cache's index. Returns hidden states and the caches' (keys, values)."""
+        values at the cache's index; `deepstack` (Embedded) is added after the first layers.
+        Returns hidden states and the caches' (keys, values)."""
         remat = self.remat and cache is None
 
         def body(layer, carry, i):
@@ -135,6 +171,7 @@ class Qwen2VL(nnx.Module):
             kv_layer = None if kv is None else (*kv, i)
             index = None if cache is None else cache.index
             x, kv_layer = layer(x, cos, sin, mask, kv_layer, index)
+            x = _add_deepstack(x, deepstack, i)
             return (x, None if kv_layer is None else kv_layer[:2]), None
 
         kv = None if cache is None else (cache.k, cache.v)
@@ -157,17 +194,18 @@ class Qwen2VL(nnx.Module):
         return self.hidden_states(self.embed(input_ids, vision), positions, attention_mask)
 
     def hidden_states(
-        self, x: jnp.ndarray, positions: jnp.ndarray, attention_mask: jnp.ndarray
+        self, x: jnp.ndarray | Embedded, positions: jnp.ndarray, attention_mask: jnp.ndarray
     ) -> jnp.ndarray:
-        """Full causal forward from input embeddings x [batch, seq, hidden] (e.g. prompt
-        embeddings computed once and shared by several completions)."""
-        cos, sin = self._rope(positions)
-        hidden, _ = self._layers(x, cos, sin, causal_mask(attention_mask), None)
+        """Full causal forward from input embeddings x [batch, seq, hidden] or an Embedded (e.g.
+        prompt embeddings computed once and shared by several completions)."""
+        x, deepstack = _unpack(x)
+        cos, sin = self.rope(positions)
+        hidden, _ = self._layers(x, cos, sin, causal_mask(attention_mask), None, deepstack)
         return hidden
 
     def shared_prefix_hidden_states(
         self,
-        prompt_x: jnp.ndarray,
+        prompt_x: jnp.ndarray | Embedded,
         prompt_positions: jnp.ndarray,
         prompt_mask: jnp.ndarray,
         completion_x: jnp.ndarray,
@@ -180,11 +218,13 @@ class Qwen2VL(nnx.Module):
         prompt_mask [P, Lp]); completion_x: [S, Lc, hidden] (completion_mask [S, Lc]) after
         prompt `sample_to_prompt[s]`; positions [3, ., .]. Returns final hidden states of the
         prompts [P, Lp, hidden] and of the completions [S, Lc, hidden], equal to a forward over
-        every concatenated (padded) prompt + completion."""
+        every concatenated (padded) prompt + completion. DeepStack (an Embedded prompt_x) adds
+        to the prompts only: completions hold no vision tokens."""
+        prompt_x, deepstack = _unpack(prompt_x)
         prompt_mask = prompt_mask.astype(bool)
         completion_mask = completion_mask.astype(bool)
-        rope_p = self._rope(prompt_positions)
-        rope_c = self._rope(completion_positions)
+        rope_p = self.rope(prompt_positions)
+        rope_c = self.rope(completion_positions)
         mask_p = causal_mask(prompt_mask)
         # A completion's queries see their prompt's valid keys (positions 0: before every
         # query) and their own causally (positions Lp + j).
@@ -198,12 +238,12 @@ class Qwen2VL(nnx.Module):
             causal_offset=lp,
         )
 
-        def body(layer, carry, _):
-            return layer.shared_prefix(
-                *carry, rope_p, rope_c, mask_p, mask_c, sample_to_prompt
-            ), None
+        def body(layer, carry, i):
+            xp, xc = layer.shared_prefix(*carry, rope_p, rope_c, mask_p, mask_c, sample_to_prompt)
+            return (_add_deepstack(xp, deepstack, i), xc), None
 
-        (xp, xc), _ = self.over_layers(body, (prompt_x, completion_x), remat=self.remat)
+        layers = jnp.arange(self.config.text.num_layers)
+        (xp, xc), _ = self.over_layers(body, (prompt_x, completion_x), layers, remat=self.remat)
         return self.norm(xp), self.norm(xc)
 
     def prefill(
@@ -221,11 +261,16 @@ class Qwen2VL(nnx.Module):
         )
 
     def prefill_embedded(
-        self, x: jnp.ndarray, positions: jnp.ndarray, attention_mask: jnp.ndarray, cache: KVCache
+        self,
+        x: jnp.ndarray | Embedded,
+        positions: jnp.ndarray,
+        attention_mask: jnp.ndarray,
+        cache: KVCache,
     ) -> tuple[jnp.ndarray, KVCache]:
-        """`prefill` from input embeddings x [batch, seq, hidden] (vision features already in
-        place)."""
-        return self._extend(x, positions, attention_mask.astype(bool), cache)
+        """`prefill` from input embeddings x [batch, seq, hidden] or an Embedded (vision
+        features already in place)."""
+        x, deepstack = _unpack(x)
+        return self._extend(x, positions, attention_mask.astype(bool), cache, deepstack)
 
     def decode(
         self, tokens: jnp.ndarray, positions: jnp.ndarray, cache: KVCache
@@ -235,12 +280,12 @@ class Qwen2VL(nnx.Module):
         x = self.embed(tokens)
         return self._extend(x, positions, jnp.ones(tokens.shape, bool), cache)
 
-    def _extend(self, x, positions, new_valid, cache: KVCache):
+    def _extend(self, x, positions, new_valid, cache: KVCache, deepstack=None):
         length = x.shape[1]
         valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
         mask = cache_mask(valid, cache.index, length)
-        cos, sin = self._rope(positions)
-        hidden, (k, v) = self._layers(x, cos, sin, mask, cache)
+        cos, sin = self.rope(positions)
+        hidden, (k, v) = self._layers(x, cos, sin, mask, cache, deepstack)
         return hidden, KVCache(k=k, v=v, valid=valid, index=cache.index + length)
 
     def init_cache(self, batch: int, slots: int) -> KVCache:

@@ -35,18 +35,36 @@ def inverse_frequencies(dim: int, theta: float) -> np.ndarray:
     return 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
 
 
+def mrope_axes(mrope_section: Sequence[int], interleaved: bool = False) -> np.ndarray:
+    """The position axis (0 temporal, 1 height, 2 width) of each rotary frequency [head_dim/2].
+
+    Qwen2-VL: contiguous sections, frequency i from axis (section number of i) % 3. Qwen3-VL
+    (interleaved): T H W T H W ..., frequency i from axis i % 3 while that axis has frequencies
+    left (its section size), the remaining ones from T."""
+    if not interleaved:
+        return np.repeat(np.arange(len(mrope_section)) % 3, mrope_section)
+    index = np.arange(sum(mrope_section))
+    axes = np.zeros_like(index)
+    for axis in (1, 2):
+        axes[(index % 3 == axis) & (index < 3 * mrope_section[axis])] = axis
+    return axes
+
+
 def mrope_cos_sin(
-    positions: jnp.ndarray, head_dim: int, theta: float, mrope_section: Sequence[int]
+    positions: jnp.ndarray,
+    head_dim: int,
+    theta: float,
+    mrope_section: Sequence[int],
+    interleaved: bool = False,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """M-RoPE angles (Qwen2-VL): the half head dim is split into `mrope_section` chunks driven by
-    the temporal, height and width position ids.
+    """M-RoPE angles (Qwen2-VL; Qwen3-VL with `interleaved`): each frequency of the half head dim
+    is driven by the temporal, height or width position id (`mrope_axes`).
 
     positions: [3, batch, seq] int. Returns cos, sin: [batch, seq, head_dim] float32.
     """
     inv_freq = jnp.asarray(inverse_frequencies(head_dim, theta))
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, L, head_dim/2]
-    # Frequency index i takes its angle from axis (section number of i) % 3.
-    axis_of_freq = np.repeat(np.arange(len(mrope_section)) % 3, mrope_section)
+    axis_of_freq = mrope_axes(mrope_section, interleaved)
     onehot = jnp.asarray(np.eye(3, dtype=np.float32)[axis_of_freq].T)  # [3, head_dim/2]
     freqs = jnp.einsum("abld,ad->bld", freqs, onehot)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
@@ -99,7 +117,7 @@ def rope_index(
     video_grid_thw: np.ndarray | None = None,
     second_per_grid_ts: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """M-RoPE position ids (Qwen2-VL `get_rope_index`).
+    """M-RoPE position ids (Qwen2-VL, Qwen2.5-VL and Qwen3-VL `get_rope_index`).
 
     Text tokens count up by one on all three axes. A vision item's pad tokens take its
     (t, h, w) grid indices (after the 2x2 merge) offset by the position before it; Qwen2.5-VL
@@ -107,7 +125,9 @@ def rope_index(
     text token starts at the item's maximum position + 1, as in the released Qwen code (and vLLM).
 
     Vision items are consumed in order: images from `image_grid_thw`, videos from
-    `video_grid_thw`, across the batch row by row; each covers t*h*w/merge^2 pad tokens.
+    `video_grid_thw`, across the batch row by row; each covers t*h*w/merge^2 pad tokens. Qwen3-VL
+    writes each temporal patch of a video as its own item after its timestamp, so a video grid
+    (t, h, w) stands for t items (1, h, w), each placed as an image.
 
     input_ids: [batch, seq]; attention_mask: [batch, seq] (1 = token, 0 = padding) or None.
     Returns positions [3, batch, seq] int32 (0 at padding) and rope deltas [batch] int32: the
@@ -120,7 +140,13 @@ def rope_index(
     )
     m = config.vision.spatial_merge_size
     images = iter(np.asarray(image_grid_thw).reshape(-1, 3) if image_grid_thw is not None else [])
-    videos = iter(np.asarray(video_grid_thw).reshape(-1, 3) if video_grid_thw is not None else [])
+    video_grids = np.asarray(
+        video_grid_thw if video_grid_thw is not None else [], np.int64
+    ).reshape(-1, 3)
+    if config.model_type == "qwen3_vl":
+        video_grids = np.repeat(video_grids, video_grids[:, 0], axis=0)
+        video_grids[:, 0] = 1
+    videos = iter(video_grids)
     video_seconds = iter(second_per_grid_ts if second_per_grid_ts is not None else [])
     windowed = config.vision.is_windowed
     positions = np.zeros((3, batch, seq), np.int64)

@@ -112,6 +112,27 @@ def run(
     return scan(layers, body, carry, xs, remat_policy=remat_policy)
 
 
+def run_range(
+    layers: nnx.Module,
+    start: int,
+    stop: int,
+    body: Callable[[nnx.Module, Any, Any], tuple[Any, Any]],
+    carry: Any,
+    xs: Any = None,
+    *,
+    remat_policy: str | None = None,
+) -> tuple[Any, Any]:
+    """`run` over layers [start, stop) only (`xs` given for all layers): a scan over that slice
+    of a stack, or the unrolled loop over those layers. For reading outputs between layers
+    (Qwen3-VL's DeepStack taps) without carrying them through every step of one scan."""
+    xs = None if xs is None else jax.tree.map(lambda a: a[start:stop], xs)
+    if isinstance(layers, nnx.List):
+        return unrolled(list(layers)[start:stop], body, carry, xs, remat_policy=remat_policy)
+    graphdef, state = nnx.split(layers)
+    part = nnx.merge(graphdef, jax.tree.map(lambda a: a[start:stop], state))
+    return scan(part, body, carry, xs, remat_policy=remat_policy)
+
+
 def _checkpointed(body, module: nnx.Module, carry, x, policy: str):
     """body(module, carry, x) under jax.checkpoint (functional: split, checkpoint, merge). `x` is
     closed over, so a NumPy value in it stays static (decided when tracing)."""

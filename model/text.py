@@ -1,4 +1,4 @@
-"""The Qwen2 decoder with M-RoPE and a key/value cache.
+"""The Qwen2 (and Qwen3) decoder with M-RoPE and a key/value cache.
 
 Cache slots are positions in a fixed-length buffer. A prefill writes a (right-padded) prompt at
 slots [index, index + len); each decode step writes one token at `index`. `valid` marks the slots
@@ -44,18 +44,23 @@ class KVCache:
 
 
 class Attention(nnx.Module):
-    """Grouped-query attention: q, k, v with bias, o without (Qwen2). `implementation`: config
-    `model.attention` (model.layers.attention)."""
+    """Grouped-query attention: q, k, v with bias, o without (Qwen2); no biases and an RMSNorm
+    over each query and key head before the rotation (Qwen3, `qk_norm`). `implementation`:
+    config `model.attention` (model.layers.attention)."""
 
     def __init__(
         self, cfg: TextConfig, *, param_dtype, dtype, implementation: str = "auto", rngs: nnx.Rngs
     ):
         d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
-        self.q_proj = Dense(d, h * hd, axes=("embed", "heads"), **kw)
-        self.k_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), **kw)
-        self.v_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), **kw)
+        bias = cfg.attention_bias
+        self.q_proj = Dense(d, h * hd, axes=("embed", "heads"), use_bias=bias, **kw)
+        self.k_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), use_bias=bias, **kw)
+        self.v_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), use_bias=bias, **kw)
         self.o_proj = Dense(h * hd, d, axes=("heads", "embed"), use_bias=False, **kw)
+        norm = dict(param_dtype=param_dtype, axis_name=None)
+        self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, **norm) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, **norm) if cfg.qk_norm else None
         self.shape = (h, kv, hd)
         # Queries per attention block (model.layers.attention) when filling a KV cache (prefill):
         # one block's scores at a time, 1.3x faster on the CPU for 1,088-token prompts. Passes
@@ -65,13 +70,21 @@ class Attention(nnx.Module):
         self.query_chunk = 128
         self.implementation = implementation
 
+    def rotated_qkv(self, x, cos, sin):
+        """Queries [..., heads, d] and keys [..., kv_heads, d] (normed, Qwen3, and rotated) and
+        values [..., kv_heads, d] of x [..., hidden]; cos, sin: [..., d] (model.rope)."""
+        h, kv, hd = self.shape
+        lead = x.shape[:-1]
+        q = self.q_proj(x).reshape(*lead, h, hd)
+        k = self.k_proj(x).reshape(*lead, kv, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        v = self.v_proj(x).reshape(*lead, kv, hd)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
     def project(self, x, cos, sin):
         """Rotated queries [b, len, heads, d] and keys, and values [b, len, kv_heads, d]."""
-        b, length, _ = x.shape
-        h, kv, hd = self.shape
-        q = apply_rotary(self.q_proj(x).reshape(b, length, h, hd), cos, sin)
-        k = apply_rotary(self.k_proj(x).reshape(b, length, kv, hd), cos, sin)
-        v = self.v_proj(x).reshape(b, length, kv, hd)
+        q, k, v = self.rotated_qkv(x, cos, sin)
         return _heads(q, "heads"), _heads(k, "kv_heads"), _heads(v, "kv_heads")
 
     def output(self, out):

@@ -1,4 +1,4 @@
-"""Tiny random transformers checkpoints of both generations, for tests, benchmarks and the parity
+"""Tiny random transformers checkpoints of every generation, for tests, benchmarks and the parity
 demo. Needs PyTorch (a test dependency), imported only when called."""
 
 from __future__ import annotations
@@ -88,6 +88,37 @@ def tiny_hf_config(
             "model_type": "qwen2_5_vl",
         }
         architecture = "Qwen2_5_VLForConditionalGeneration"
+    elif generation == "qwen3_vl":
+        # Qwen3: head_dim a field of its own (here wider than hidden / heads), no attention
+        # bias, interleaved M-RoPE sections summing to head_dim / 2.
+        text = {
+            **text,
+            "head_dim": 32,
+            "attention_bias": False,
+            "rope_scaling": {
+                "rope_type": "default",
+                "mrope_section": [6, 5, 5],
+                "mrope_interleaved": True,
+            },
+        }
+        vision = {
+            "depth": vision_depth,
+            "hidden_size": vision_width,
+            "intermediate_size": vision_width * vision_mlp_ratio,
+            "num_heads": 4,
+            "hidden_act": "gelu_pytorch_tanh",
+            "out_hidden_size": hidden_size,
+            "in_channels": 3,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            # A 4 x 4 grid: every test image is interpolated up or down from it.
+            "num_position_embeddings": 16,
+            "deepstack_visual_indexes": [1, 3],
+            "model_type": "qwen3_vl",
+        }
+        architecture = "Qwen3VLForConditionalGeneration"
+        nested = True  # Qwen3-VL's config.json is always nested
     else:
         raise ValueError(f"unknown generation {generation!r}")
     top = {

@@ -1,5 +1,7 @@
-"""The vision tower of Qwen2-VL and Qwen2.5-VL: patch embedding, transformer blocks with 2-D RoPE
-and block-diagonal (or windowed) attention, and the 2x2 patch merger.
+"""The vision tower of Qwen2-VL, Qwen2.5-VL and Qwen3-VL: patch embedding (Qwen3-VL: plus learned
+position embeddings interpolated to each image), transformer blocks with 2-D RoPE and
+block-diagonal (or windowed) attention, the 2x2 patch merger, and Qwen3-VL's DeepStack mergers of
+intermediate blocks' outputs.
 
 It consumes the packed arrays of model/packing.py: all images and videos of a batch in one
 sequence of patches, padded to a static length, or such sequences in chunks of whole temporal
@@ -9,6 +11,8 @@ with the square of all patches.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +29,7 @@ from model.layers import (
     RMSNorm,
     activation,
     in_query_blocks,
+    normal_init,
     softmax_parts,
 )
 from model.rope import apply_rotary, vision_cos_sin
@@ -178,16 +183,21 @@ class VisionAttention(nnx.Module):
 
 
 class VisionMLP(nnx.Module):
-    """Qwen2-VL: fc1 -> QuickGELU -> fc2. Qwen2.5-VL: SwiGLU (gate, up, down), all with bias."""
+    """Qwen2-VL: fc1 -> QuickGELU -> fc2. Qwen2.5-VL: SwiGLU (gate, up, down). Qwen3-VL:
+    linear_fc1 -> tanh GELU -> linear_fc2. All with bias; the names are the checkpoints'."""
 
     def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
         kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
         self.gated = cfg.is_windowed
+        self.qwen3 = cfg.generation == "qwen3_vl"
         if self.gated:
             self.gate_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
             self.up_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
             self.down_proj = Dense(f, d, axes=("mlp", "embed"), **kw)
+        elif self.qwen3:
+            self.linear_fc1 = Dense(d, f, axes=("embed", "mlp"), **kw)
+            self.linear_fc2 = Dense(f, d, axes=("mlp", "embed"), **kw)
         else:
             self.fc1 = Dense(d, f, axes=("embed", "mlp"), **kw)
             self.fc2 = Dense(f, d, axes=("mlp", "embed"), **kw)
@@ -196,6 +206,8 @@ class VisionMLP(nnx.Module):
     def __call__(self, x):
         if self.gated:
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        if self.qwen3:
+            return self.linear_fc2(self.act(self.linear_fc1(x)))
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -246,6 +258,56 @@ class PatchMerger(nnx.Module):
         return self.mlp_out(jax.nn.gelu(self.mlp_in(x), approximate=False))
 
 
+class Qwen3PatchMerger(nnx.Module):
+    """Qwen3-VL's merger: LayerNorm over each patch (the main merger) or over each concatenated
+    2x2 window (`postshuffle`: the DeepStack mergers), then linear_fc1 -> GELU -> linear_fc2 to
+    the text width."""
+
+    def __init__(self, cfg: VisionConfig, *, postshuffle: bool, param_dtype, dtype, rngs):
+        wide = cfg.hidden_size * cfg.merge_unit
+        kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
+        self.norm = LayerNorm(
+            wide if postshuffle else cfg.hidden_size, 1e-6, param_dtype=param_dtype
+        )
+        self.linear_fc1 = Dense(wide, wide, axes=("embed", "mlp"), **kw)
+        self.linear_fc2 = Dense(wide, cfg.out_hidden_size, axes=("mlp", "embed"), **kw)
+        self.postshuffle = postshuffle
+        self.wide = wide
+
+    def __call__(self, x):
+        if self.postshuffle:
+            x = self.norm(x.reshape(-1, self.wide))
+        else:
+            x = self.norm(x).reshape(-1, self.wide)
+        return self.linear_fc2(jax.nn.gelu(self.linear_fc1(x), approximate=False))
+
+
+def interpolated_pos_embed(
+    table: jnp.ndarray, pos_hw: jnp.ndarray, grid_hw: jnp.ndarray
+) -> jnp.ndarray:
+    """Qwen3-VL's learned position embeddings resampled to each image's patch grid: a bilinear
+    interpolation with aligned corners (torch `F.interpolate(..., align_corners=True)`) of the
+    side x side table at every patch's (row, column).
+
+    table: [side * side, hidden]; pos_hw: [N, 2] (row, column); grid_hw: [N, 2] the height and
+    width of the patch's slice, in patches. Returns [N, hidden] in the table's dtype.
+    """
+    side = math.isqrt(table.shape[0])
+    size = jnp.maximum(grid_hw.astype(jnp.float32) - 1, 1)
+    src = pos_hw.astype(jnp.float32) * (side - 1) / size  # [N, 2] in table cells
+    low = jnp.floor(src)
+    frac = src - low
+    low = low.astype(jnp.int32)
+    taps = (jnp.clip(low, 0, side - 1), jnp.clip(low + 1, 0, side - 1))
+    weights = (1 - frac, frac)
+    out = 0
+    for th, wh in zip(taps, weights, strict=True):
+        for tw, ww in zip(taps, weights, strict=True):
+            rows = table[th[:, 0] * side + tw[:, 1]].astype(jnp.float32)
+            out = out + rows * (wh[:, 0] * ww[:, 1])[:, None]
+    return out.astype(table.dtype)
+
+
 class VisionTower(nnx.Module):
     """Patches -> merged vision features, one per image/video pad token."""
 
@@ -268,13 +330,24 @@ class VisionTower(nnx.Module):
         self.cfg = cfg
         self.dtype = dtype
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        qwen3 = cfg.generation == "qwen3_vl"
         self.patch_embed = Dense(
             cfg.patch_dim,
             cfg.hidden_size,
             axes=(None, "embed"),
-            use_bias=False,
+            use_bias=qwen3,
             init_std=cfg.initializer_range,
             **kw,
+        )
+        self.pos_embed = (
+            nnx.Param(
+                normal_init(cfg.initializer_range)(
+                    rngs.params(), (cfg.num_position_embeddings, cfg.hidden_size), param_dtype
+                ),
+                axes=(None, "embed"),
+            )
+            if cfg.has_pos_embed
+            else None
         )
         # A Qwen2.5-VL window is `side` x `side` merge units (partial at the right and bottom).
         side = cfg.window_size // cfg.spatial_merge_size // cfg.patch_size
@@ -290,7 +363,13 @@ class VisionTower(nnx.Module):
             for _ in range(cfg.depth)
         ]
         self.blocks = stack.stacked(blocks) if scan_blocks else nnx.List(blocks)
-        self.merger = PatchMerger(cfg, **kw)
+        if qwen3:
+            self.merger = Qwen3PatchMerger(cfg, postshuffle=False, **kw)
+            self.deepstack_merger_list = nnx.List(
+                [Qwen3PatchMerger(cfg, postshuffle=True, **kw) for _ in range(cfg.deepstack)]
+            )
+        else:
+            self.merger = PatchMerger(cfg, **kw)
         self.remat = remat
         self.remat_policy = remat_policy
 
@@ -303,8 +382,13 @@ class VisionTower(nnx.Module):
         (jaxvrl.rollout.vision_chunks: the same arrays with a leading chunk axis [K, C, ...]
         and feature_index [F], each merged feature's row in the chunks' flattened outputs).
 
-        Returns the merged features in the original item order: [N/4, out_hidden_size], or
-        [F, out_hidden_size] from chunks (attended chunk by chunk, side by side).
+        Qwen3-VL also needs grid_hw [N, 2] (each patch's slice height and width, for the
+        position embeddings).
+
+        Returns the merged features in the original item order: [N/4, width], or [F, width]
+        from chunks (attended chunk by chunk, side by side). width is out_hidden_size; with
+        DeepStack (Qwen3-VL) (1 + deepstack) x out_hidden_size: the merger's features, then
+        each DeepStack merger's, side by side along the last axis.
         """
         if vision["patches"].ndim == 2:
             return self._features(vision)
@@ -313,10 +397,13 @@ class VisionTower(nnx.Module):
         return features.reshape(-1, features.shape[-1])[vision["feature_index"]]
 
     def _features(self, vision: dict[str, jnp.ndarray]) -> jnp.ndarray:
-        """The tower on one packed sequence (no chunk axis) -> [N/4, out_hidden_size]."""
+        """The tower on one packed sequence (no chunk axis) -> [N/4, width] (`__call__`)."""
         cfg = self.cfg
         unit = cfg.merge_unit
         x = self.patch_embed(vision["patches"].astype(self.dtype))
+        if self.pos_embed is not None:
+            table = self.pos_embed[...].astype(self.dtype)
+            x = x + interpolated_pos_embed(table, vision["pos_hw"], vision["grid_hw"])
         n = x.shape[0]
         cos, sin = vision_cos_sin(vision["pos_hw"], cfg.head_dim, cfg.rope_theta)
         segments, windows = vision["segment_ids"], vision["window_ids"]
@@ -341,8 +428,21 @@ class VisionTower(nnx.Module):
         kinds = np.array([self._windowed(i) for i in range(cfg.depth)])
         flags = kinds if kinds.any() else None
         policy = self.remat_policy if self.remat else None
-        x, _ = stack.run(self.blocks, body, x, flags, remat_policy=policy)
-        merged = self.merger(x)
-        if cfg.is_windowed:
-            merged = merged[jnp.argsort(order)]
-        return merged
+        if not cfg.deepstack:
+            x, _ = stack.run(self.blocks, body, x, flags, remat_policy=policy)
+            merged = self.merger(x)
+            if cfg.is_windowed:
+                merged = merged[jnp.argsort(order)]
+            return merged
+        # DeepStack: the blocks run in ranges ending at each tapped block, whose output goes
+        # through its own merger.
+        taps = cfg.deepstack_visual_indexes
+        deep, start = {}, 0
+        for j in sorted(range(len(taps)), key=taps.__getitem__):
+            x, _ = stack.run_range(
+                self.blocks, start, taps[j] + 1, body, x, flags, remat_policy=policy
+            )
+            deep[j] = self.deepstack_merger_list[j](x)
+            start = taps[j] + 1
+        x, _ = stack.run_range(self.blocks, start, cfg.depth, body, x, flags, remat_policy=policy)
+        return jnp.concatenate([self.merger(x), *(deep[j] for j in range(len(taps)))], axis=-1)

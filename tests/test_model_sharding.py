@@ -176,7 +176,7 @@ def test_shared_prefix_layer_splits_completions_over_the_batch_axes():
     )
 
     def run(m, xp, xc):
-        rope_p, rope_c = m._rope(pos_p), m._rope(pos_c)
+        rope_p, rope_c = m.rope(pos_p), m.rope(pos_c)
         first = stack.layer(m.layers, 0)
         return first.shared_prefix(xp, xc, rope_p, rope_c, mask_p, mask_c, s2p)
 

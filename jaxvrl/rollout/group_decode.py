@@ -30,7 +30,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvrl.rollout import sampling
 from model.layers import MASK_VALUE
-from model.rope import apply_rotary, mrope_cos_sin
 from model.sharding import Rules, axis_size, fit_spec, logical_to_spec
 
 # ------------------------------------------------------------------------------------------------
@@ -132,7 +131,7 @@ def decode_step(model, cache: GroupCache, tokens, positions, step):
     p, g = tokens.shape
     x = model.embed(tokens)  # [P, G, hidden]
     pos = jnp.broadcast_to(positions[None, :, None], (3, p, 1))
-    cos, sin = mrope_cos_sin(pos, t.head_dim, t.rope_theta, t.mrope_section)  # [P, 1, d]
+    cos, sin = model.rope(pos)  # [P, 1, d]
     sample_valid = jnp.arange(cache.sample_k.shape[4]) <= step
 
     def body(layer, carry, per_layer):
@@ -141,9 +140,7 @@ def decode_step(model, cache: GroupCache, tokens, positions, step):
         attn = layer.self_attn
         heads, kv, hd = attn.shape
         h = layer.input_layernorm(x)
-        q = apply_rotary(attn.q_proj(h).reshape(p, g, heads, hd), cos, sin)
-        k = apply_rotary(attn.k_proj(h).reshape(p, g, kv, hd), cos, sin)
-        v = attn.v_proj(h).reshape(p, g, kv, hd)
+        q, k, v = attn.rotated_qkv(h, cos, sin)  # [P, G, heads or kv, d]
         # [P, G, kv, d] -> [1, P, kv, G, 1, d] at layer i, completion slot `step`.
         at = (i, 0, 0, 0, step, 0)
         new_k = k.transpose(0, 2, 1, 3)[None, :, :, :, None].astype(sample_k.dtype)

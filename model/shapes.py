@@ -1,5 +1,6 @@
-"""Published model shapes: the config.json fields of the released Qwen2-VL and Qwen2.5-VL
-checkpoints (Instruct and base share them), so a model's size is known without its files.
+"""Published model shapes: the config.json fields of the released Qwen2-VL, Qwen2.5-VL and
+Qwen3-VL checkpoints (Instruct and base, or Thinking, share them), so a model's size is known
+without its files.
 
     config = published_config("Qwen2.5-VL-7B")     # a ModelConfig, nothing downloaded
 
@@ -86,18 +87,84 @@ def _qwen2_5_vl(hidden, intermediate, layers, heads, kv_heads, vocab, tie) -> di
     }
 
 
+_QWEN3_VL_VISION_SMALL = {  # Qwen3-VL-2B and -4B
+    "depth": 24,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "deepstack_visual_indexes": [5, 11, 17],
+}
+_QWEN3_VL_VISION_LARGE = {  # Qwen3-VL-8B and -32B
+    "depth": 27,
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "deepstack_visual_indexes": [8, 16, 24],
+}
+
+
+def _qwen3_vl(hidden, intermediate, layers, heads, kv_heads, tie, vision) -> dict[str, Any]:
+    """Qwen3-VL's nested config.json (text: Qwen3 with head_dim 128, rope_theta 5e6)."""
+    text = {
+        "vocab_size": 151936,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "attention_bias": False,
+        "rope_theta": 5000000,
+        "rope_scaling": {
+            "rope_type": "default",
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+        "max_position_embeddings": 262144,
+        "tie_word_embeddings": tie,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+    }
+    return {
+        "model_type": "qwen3_vl",
+        "tie_word_embeddings": tie,
+        "image_token_id": 151655,
+        "video_token_id": 151656,
+        "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653,
+        "text_config": text,
+        "vision_config": {
+            **vision,
+            "model_type": "qwen3_vl",
+            "num_heads": 16,
+            "hidden_act": "gelu_pytorch_tanh",
+            "in_channels": 3,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 2304,
+            "out_hidden_size": hidden,
+        },
+    }
+
+
 # name -> the released config.json's shape fields.
 PUBLISHED: dict[str, dict[str, Any]] = {
     "Qwen2-VL-2B": _qwen2_vl(1536, 8960, 28, 12, 2, 151936, True),
     "Qwen2-VL-7B": _qwen2_vl(3584, 18944, 28, 28, 4, 152064, False),
     "Qwen2.5-VL-3B": _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, True),
     "Qwen2.5-VL-7B": _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, False),
+    "Qwen3-VL-2B": _qwen3_vl(2048, 6144, 28, 16, 8, True, _QWEN3_VL_VISION_SMALL),
+    "Qwen3-VL-4B": _qwen3_vl(2560, 9728, 36, 32, 8, True, _QWEN3_VL_VISION_SMALL),
+    "Qwen3-VL-8B": _qwen3_vl(4096, 12288, 36, 32, 8, False, _QWEN3_VL_VISION_LARGE),
+    "Qwen3-VL-32B": _qwen3_vl(5120, 25600, 64, 64, 8, False, _QWEN3_VL_VISION_LARGE),
 }
 
 
 def published_config(name: str) -> ModelConfig:
-    """The ModelConfig of a released checkpoint by name (an `-Instruct` suffix is accepted)."""
-    key = name.removesuffix("-Instruct")
+    """The ModelConfig of a released checkpoint by name (an `-Instruct` or `-Thinking` suffix is
+    accepted)."""
+    key = name.removesuffix("-Instruct").removesuffix("-Thinking")
     if key not in PUBLISHED:
         raise ValueError(f"unknown model shape {name!r}; known: {', '.join(PUBLISHED)}")
     return ModelConfig.from_hf_dict(PUBLISHED[key])

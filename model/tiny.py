@@ -31,9 +31,11 @@ def tiny_hf_config(
     vision_mlp_ratio: int = 2,
     token_ids: dict[str, int] | None = None,
     nested: bool = False,
+    vision_overrides: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """A config.json dict for a tiny model. `nested` writes the newer `text_config` form."""
+    """A config.json dict for a tiny model. `nested` writes the newer `text_config` form (always
+    for Qwen3-VL); `vision_overrides` change vision_config fields, `overrides` top-level ones."""
     ids = {**TINY_TOKEN_IDS, **(token_ids or {})}
     heads = 4
     head_dim = hidden_size // heads
@@ -121,6 +123,7 @@ def tiny_hf_config(
         nested = True  # Qwen3-VL's config.json is always nested
     else:
         raise ValueError(f"unknown generation {generation!r}")
+    vision.update(vision_overrides or {})
     top = {
         "architectures": [architecture],
         "model_type": generation,

@@ -436,13 +436,15 @@ class VisionTower(nnx.Module):
             return merged
         # DeepStack: the blocks run in ranges ending at each tapped block, whose output goes
         # through its own merger.
+        # In depth order, as transformers: the j-th tapped block in depth goes to decoder layer
+        # j, through the merger at the block's place in the list.
         taps = cfg.deepstack_visual_indexes
-        deep, start = {}, 0
+        deep, start = [], 0
         for j in sorted(range(len(taps)), key=taps.__getitem__):
             x, _ = stack.run_range(
                 self.blocks, start, taps[j] + 1, body, x, flags, remat_policy=policy
             )
-            deep[j] = self.deepstack_merger_list[j](x)
+            deep.append(self.deepstack_merger_list[j](x))
             start = taps[j] + 1
         x, _ = stack.run_range(self.blocks, start, cfg.depth, body, x, flags, remat_policy=policy)
-        return jnp.concatenate([self.merger(x), *(deep[j] for j in range(len(taps)))], axis=-1)
+        return jnp.concatenate([self.merger(x), *deep], axis=-1)

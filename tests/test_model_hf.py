@@ -44,11 +44,19 @@ CASES = {
     "qwen2_5_vl-in_memory-flat-sharded": dict(
         generation="qwen2_5_vl", in_memory_keys=True, max_shard_size="50KB"
     ),
+    # Qwen3-VL: nested config.json and its published key layout (model.language_model.*).
+    "qwen3_vl-published-tied": dict(generation="qwen3_vl", tie_word_embeddings=True),
+    "qwen3_vl-published-sharded": dict(generation="qwen3_vl", max_shard_size="50KB"),
 }
 # The tiny models hold about 0.8 MB of float32 tensors: 64 KB shards give an index and ~12 files.
 EXPORT_SHARD_BYTES = 64 * 1024
 # One exported checkpoint per generation for the transformers logit checks: tied and untied.
-LOGIT_CASES = ["qwen2_vl-in_memory-nested-tied-sharded", "qwen2_5_vl-in_memory-flat-sharded"]
+LOGIT_CASES = [
+    "qwen2_vl-in_memory-nested-tied-sharded",
+    "qwen2_5_vl-in_memory-flat-sharded",
+    "qwen3_vl-published-tied",
+    "qwen3_vl-published-sharded",
+]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +133,22 @@ def test_export_reproduces_every_checkpoint_tensor_exactly(checkpoints, case):
         assert np.array_equal(exported[key], value), key
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("qwen3_vl")])
+def test_qwen3_export_keeps_the_published_tensor_names(checkpoints, case):
+    """Qwen3-VL checkpoints are published as model.language_model.* / model.visual.*; the export
+    writes those names, not the Qwen2 hub layout."""
+    source, _, target = checkpoints(case)
+
+    def names(directory):
+        return sorted(k for f in checkpoint_files(directory) for k in load_file(f))
+
+    assert names(target) == names(source)
+    assert any(
+        k.startswith("model.language_model.layers.0.self_attn.q_norm") for k in names(target)
+    )
+    assert any(k.startswith("model.visual.deepstack_merger_list.1.") for k in names(target))
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_export_config_reads_back_as_the_loaded_config(checkpoints, case):
     source, port, target = checkpoints(case)
@@ -185,7 +209,9 @@ def test_export_copies_tokenizer_files(checkpoints, tmp_path):
 # transformers loads the export.
 
 
-@pytest.mark.parametrize("case", ["qwen2_vl-hub-flat", "qwen2_5_vl-hub-nested-tied"])
+@pytest.mark.parametrize(
+    "case", ["qwen2_vl-hub-flat", "qwen2_5_vl-hub-nested-tied", "qwen3_vl-published-tied"]
+)
 def test_transformers_accepts_the_exported_config(checkpoints, case):
     _, port, target = checkpoints(case)
     config = AutoConfig.from_pretrained(target)
@@ -215,6 +241,23 @@ def test_parity_checker_passes_on_export(checkpoints, case):
     rows = compare(target, tolerance=LOGIT_TOLERANCE)
     assert [r["input"] for r in rows if not r["ok"]] == []
     assert len(rows) == 6
+
+
+def test_qwen3_config_reads_rope_parameters_and_rope_scaling_alike():
+    """transformers 4.57 wrote rope_scaling + rope_theta, 5.x writes rope_parameters: the same
+    model either way."""
+    raw = tiny_hf_config("qwen3_vl")
+    text = dict(raw["text_config"])
+    scaling, theta = text.pop("rope_scaling"), text.pop("rope_theta")
+    parameters = {
+        **raw,
+        "text_config": {**text, "rope_parameters": {**scaling, "rope_theta": theta}},
+    }
+    config = ModelConfig.from_hf_dict(raw)
+    assert ModelConfig.from_hf_dict(parameters) == config
+    assert config.text.head_dim == 32 != config.text.hidden_size // config.text.num_heads
+    assert config.text.qk_norm and config.text.mrope_interleaved
+    assert not config.text.attention_bias
 
 
 def test_bfloat16_export_loads_in_transformers_as_bfloat16(checkpoints, tmp_path):
@@ -322,7 +365,7 @@ def test_load_with_unknown_model_type_names_it(broken):
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("nested", [False, True])
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_config_round_trips_through_hf_dict(generation, nested, tied):
     config = ModelConfig.from_hf_dict(
         tiny_hf_config(generation, nested=nested, tie_word_embeddings=tied)
@@ -347,7 +390,7 @@ def test_config_round_trips_at_7b_defaults(generation):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_config_reads_the_nested_form_transformers_writes(generation, tied, tmp_path):
     raw = tiny_hf_config(generation, tie_word_embeddings=tied)
     (tmp_path / "config.json").write_text(json.dumps(raw))

@@ -1,4 +1,4 @@
-"""The port's float32 logits equal transformers' on every input kind, both generations."""
+"""The port's float32 logits equal transformers' on every input kind, every generation."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from model import parity
 TOLERANCE = 1e-4
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_logits_match_transformers_on_every_input_kind(generation, tie):
     directory, _ = tiny_checkpoint(generation, tie)
@@ -22,7 +22,7 @@ def test_logits_match_transformers_on_every_input_kind(generation, tie):
         assert r["rel_diff"] <= TOLERANCE, r
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_vision_features_reach_the_logits(generation):
     """Guards the parity test against a vision path that contributes nothing: shuffling the
     patches of the video must move the logits far beyond the parity tolerance."""
@@ -36,6 +36,44 @@ def test_vision_features_reach_the_logits(generation):
     shuffled["patches"] = shuffled["patches"][::-1].copy()
     moved = np.asarray(model.logits(model(ids, arrays["positions"], mask, shuffled)))
     assert np.abs(moved - base).max() > 100 * TOLERANCE * np.abs(base).max()
+
+
+def test_qwen3_deepstack_on_three_layers_listed_out_of_order_matches_transformers(tmp_path):
+    """DeepStack's k-th listed merger takes the output of the k-th listed vision block, and the
+    tapped blocks feed the decoder layers in depth order (transformers' loop): blocks [3, 0, 2]
+    into 3 decoder layers, untied."""
+    from model.tiny import make_tiny_checkpoint
+
+    make_tiny_checkpoint(
+        tmp_path,
+        "qwen3_vl",
+        seed=3,
+        num_layers=3,
+        vision_overrides={"deepstack_visual_indexes": [3, 0, 2]},
+    )
+    rows = parity.compare(str(tmp_path), TOLERANCE)
+    for r in rows:
+        assert r["rel_diff"] <= TOLERANCE, r
+
+
+def test_qwen3_deepstack_features_reach_the_logits():
+    """Guards the Qwen3-VL parity against a DeepStack path that contributes nothing: without its
+    additions the logits at and after the video move far beyond the tolerance."""
+    import model.qwen2_vl as qwen2_vl
+
+    model = tiny_port("qwen3_vl")
+    cfg = model.config
+    inp = next(i for i in parity.build_inputs(cfg) if i.name == "video")
+    arrays = parity.port_arrays(cfg, inp)
+    ids, mask = inp.input_ids, inp.attention_mask.astype(bool)
+    embedded = model.embed(ids, arrays["vision"])
+    assert isinstance(embedded, qwen2_vl.Embedded)
+    assert embedded.deepstack.shape == (2, *ids.shape, cfg.text.hidden_size)
+    is_vision = ids == cfg.video_token_id
+    assert np.all(np.asarray(embedded.deepstack)[:, ~is_vision] == 0)
+    base = np.asarray(model.logits(model.hidden_states(embedded, arrays["positions"], mask)))
+    plain = np.asarray(model.logits(model.hidden_states(embedded.x, arrays["positions"], mask)))
+    assert np.abs(plain - base).max() > 100 * TOLERANCE * np.abs(base).max()
 
 
 def test_parity_cli_exits_nonzero_above_tolerance(capsys):

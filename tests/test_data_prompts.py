@@ -5,6 +5,7 @@ import pytest
 
 from configs.base import data_config
 from jaxvrl.data import synthetic
+from jaxvrl.data import vision_inputs as vi
 from jaxvrl.data.prompts import (
     PromptBuilder,
     PromptSettings,
@@ -24,7 +25,7 @@ def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     dirs = {}
     tokenizer = synthetic.make_tokenizer(str(root / "qwen2_vl"))
-    for generation in ("qwen2_vl", "qwen2_5_vl"):
+    for generation in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         directory = str(root / generation)
         if generation != "qwen2_vl":
             tokenizer.save_pretrained(directory)
@@ -257,3 +258,59 @@ def test_tokenizer_and_model_config_must_agree_on_pad_tokens(checkpoint):
     config = ModelConfig.from_pretrained(checkpoint["qwen2_vl"]).replace(video_token_id=99)
     with pytest.raises(ValueError, match="video_pad"):
         PromptBuilder(tokenizer, config, PromptSettings.from_config(data_config()))
+
+
+def test_qwen3_video_prompt_equals_the_transformers_processor(checkpoint):
+    """Qwen3-VL: each temporal patch after its timestamp, in its own start/end, as transformers'
+    Qwen3VLProcessor.replace_video_token writes it (substituted for the chat template's
+    start/pad/end, as 4.57 and vLLM do); positions equal the transformers model's rope index."""
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLModel
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    b = builder(checkpoint["qwen3_vl"])
+    config = b.config
+    indices = np.array([0, 6, 12, 17, 23, 29, 35])  # 7 frames of a 12 fps video: 4 patches
+    frames = np.zeros((7, 64, 96, 3), np.uint8)
+    video = vi.vision_input(frames, "video", vi.VisionSpec.of(config.vision), 2.0, indices / 12)
+    image = vi.vision_input(frames[:1], "image", vi.VisionSpec.of(config.vision))
+    tokens = b.tokens(
+        example(media=(Media("video", "a.mp4"), Media("image", "b.png"))), [video, image]
+    )
+
+    processor = Qwen3VLProcessor.__new__(Qwen3VLProcessor)  # its __init__ checks torchvision
+    processor.video_processor = Qwen3VLVideoProcessor()
+    processor.video_token = "<|video_pad|>"
+    processor.vision_start_token, processor.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+    metadata = VideoMetadata(total_num_frames=36, fps=12.0, frames_indices=indices)
+    grid = np.array([video.grid_thw])
+    replacement = processor.replace_video_token(
+        {"video_grid_thw": grid, "video_metadata": [metadata]}, 0
+    )
+    assert replacement.startswith("<0.2 seconds><|vision_start|><|video_pad|>")
+    text = b.prompt_text(example(media=(Media("video", "a.mp4"), Media("image", "b.png"))))
+    text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", replacement, 1)
+    text = text.replace("<|image_pad|>", "<|image_pad|>" * (image.num_patches // 4), 1)
+    expected = b.tokenizer(text, add_special_tokens=False)["input_ids"]
+    np.testing.assert_array_equal(tokens.input_ids, expected)
+
+    hf_config = Qwen3VLConfig(
+        text_config={"vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 1,
+                     "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 8,
+                     "intermediate_size": 8, "rope_parameters": {"rope_type": "default",
+                     "mrope_section": [2, 1, 1], "rope_theta": 1.0}},
+        vision_config={"depth": 1, "hidden_size": 8, "num_heads": 1, "intermediate_size": 8,
+                       "out_hidden_size": 8, "deepstack_visual_indexes": []},
+        image_token_id=config.image_token_id, video_token_id=config.video_token_id,
+        vision_start_token_id=config.vision_start_token_id,
+        vision_end_token_id=config.vision_end_token_id,
+    )  # fmt: skip
+    ids = torch.tensor(np.asarray(expected))[None]
+    types = (ids == config.image_token_id).long() + 2 * (ids == config.video_token_id).long()
+    positions, _ = Qwen3VLModel(hf_config).get_rope_index(
+        ids, types, image_grid_thw=torch.tensor([image.grid_thw]),
+        video_grid_thw=torch.tensor(grid),
+    )  # fmt: skip
+    np.testing.assert_array_equal(tokens.positions, positions[:, 0].numpy())

@@ -264,3 +264,95 @@ def test_shuffle_permutation_is_never_the_identity():
     for n in (2, 3, 8):
         for _ in range(50):
             assert not np.array_equal(vi.shuffle_permutation(n, rng), np.arange(n))
+
+
+# ------------------------------------------------------------------------------------------------
+# Qwen3-VL: its video processor's frame count, sizes, normalisation and patch order.
+
+QWEN3 = vi.VisionSpec(patch_size=16, family="qwen3_vl")
+
+
+@pytest.mark.parametrize(
+    "total, fps", [(30, 10.0), (7, 30.0), (3, 30.0), (301, 29.97), (2000, 25.0), (45, 24.0)]
+)
+def test_qwen3_frame_count_and_indices_match_the_transformers_video_processor(total, fps):
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    processor = Qwen3VLVideoProcessor(min_frames=4, max_frames=64)
+    metadata = VideoMetadata(total_num_frames=total, fps=fps, width=64, height=64)
+    expected = processor.sample_frames(metadata, fps=2.0)
+    n = vi.qwen3_num_video_frames(total, fps, 2.0, 4, 64)
+    np.testing.assert_array_equal(vi.frame_indices(total, n), expected)
+
+
+@pytest.mark.parametrize(
+    "frames, height, width",
+    [(16, 720, 1280), (5, 480, 640), (64, 1080, 1920), (4, 20, 300), (2, 64, 64), (31, 360, 202)],
+)
+def test_qwen3_frame_size_matches_the_transformers_video_processor_with_the_per_frame_cap(
+    frames, height, width, monkeypatch
+):
+    """transformers' own resize (its budget arithmetic and smart_resize) with the pixel
+    resampling stubbed out (it needs torchvision): the size it asks for is ours."""
+    import torch
+    from transformers.image_utils import SizeDict
+    from transformers.models.qwen3_vl import video_processing_qwen3_vl as qwen3
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    asked = {}
+    monkeypatch.setattr(
+        BaseVideoProcessor, "resize", lambda self, image, size, **kw: asked.update(size=size)
+    )
+    processor = qwen3.Qwen3VLVideoProcessor(max_video_tokens=256)
+    budget = dict(shortest_edge=64 * 32 * 32, longest_edge=16 * 256 * 32 * 32 // 2)
+    processor.resize(
+        torch.zeros((1, frames, 3, height, width), dtype=torch.uint8),
+        size=SizeDict(**budget),
+        resample=None,
+        factor=32,
+        temporal_factor=2,
+        cap_pixels_per_frame=True,
+    )
+    ours = vi.qwen3_video_frame_size(
+        height,
+        width,
+        frames,
+        QWEN3,
+        min_pixels=budget["shortest_edge"],
+        max_pixels=256 * 32 * 32,
+        total_pixels=budget["longest_edge"],
+    )
+    assert ours == (asked["size"].height, asked["size"].width)
+
+
+def test_qwen3_video_pixels_match_the_transformers_video_processor():
+    """Normalisation (mean and std 0.5), temporal padding (an odd frame count) and patch order
+    of transformers' Qwen3VLVideoProcessor, fed frames already at their size. Its rescale and
+    normalise need torchvision, so they are applied here with the processor's own mean, std
+    and rescale factor; the patch order is the processor's own (patchify)."""
+    import torch
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    processor = Qwen3VLVideoProcessor()
+    frames = np.random.default_rng(3).integers(0, 256, (5, 64, 96, 3), dtype=np.uint8)
+    mean = torch.tensor(processor.image_mean).view(1, 1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 1, 3, 1, 1)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float()
+    video = (video * processor.rescale_factor - mean) / std
+    expected, t, h, w = processor.patchify(video, 16, 2, 2)
+    item = vi.vision_input(frames, "video", QWEN3, sample_fps=2.0)
+    assert item.grid_thw == (t, h, w) == (3, 4, 6)
+    np.testing.assert_allclose(item.patches, expected[0].numpy(), atol=1e-6)
+
+
+def test_qwen3_timestamps_match_the_transformers_processor():
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+    indices = np.array([0, 6, 12, 17, 23, 29, 35])  # odd: the last frame is repeated
+    expected = Qwen3VLProcessor._calculate_timestamps(None, indices, 12.0, 2)
+    item = vi.vision_input(
+        np.zeros((7, 32, 32, 3), np.uint8), "video", QWEN3, sample_fps=2.0, times=indices / 12.0
+    )
+    np.testing.assert_allclose(item.timestamps, expected, rtol=1e-12)
+    assert len(item.timestamps) == item.grid_thw[0] == 4

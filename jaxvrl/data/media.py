@@ -60,7 +60,7 @@ class Frames:
 
     frames: [T, H, W, 3] uint8. indices: source frame indices [T] (0 for an image).
     sample_fps: frames per second of the sampled sequence (videos; None for images).
-    source_size: (height, width) before resizing.
+    source_size: (height, width) before resizing. times: the sampled frames' times (videos).
     """
 
     kind: str
@@ -68,6 +68,7 @@ class Frames:
     indices: np.ndarray
     sample_fps: float | None
     source_size: tuple[int, int]
+    times: np.ndarray | None = None  # videos: each frame's time in seconds (Qwen3-VL stamps)
 
 
 def _check_file(path: str) -> None:
@@ -81,7 +82,20 @@ def video_size(
     height: int, width: int, num_frames: int, s: FrameSampling, spec: vi.VisionSpec
 ) -> tuple[int, int]:
     """The (height, width) every frame of a `num_frames` video of that source size is resized
-    to under the sampling settings' pixel budgets (qwen-vl-utils' fetch_video)."""
+    to under the sampling settings' pixel budgets (qwen-vl-utils' fetch_video; Qwen3-VL: its
+    video processor's, video_max_pixels the per-frame cap and video_total_pixels the whole
+    video's budget)."""
+    if spec.family == "qwen3_vl" and not (s.resized_height and s.resized_width):
+        return vi.qwen3_video_frame_size(
+            height,
+            width,
+            num_frames,
+            spec,
+            min_pixels=s.video_min_pixels,
+            max_pixels=s.video_max_pixels,
+            total_pixels=s.video_total_pixels,
+            min_pixels_slack=s.video_min_pixels_slack,
+        )
     return vi.video_frame_size(
         height,
         width,
@@ -102,6 +116,14 @@ def video_size(
 # Videos.
 
 
+def num_frames_to_sample(total: int, video_fps: float, s: FrameSampling, spec) -> int:
+    """Frames to sample from a video of `total` frames recorded at `video_fps`: qwen-vl-utils'
+    rule, or Qwen3-VL's video processor's (spec.family)."""
+    if spec.family == "qwen3_vl":
+        return vi.qwen3_num_video_frames(total, video_fps, s.fps, s.min_frames, s.max_frames)
+    return vi.num_video_frames(total, video_fps, s.fps, s.min_frames, s.max_frames, s.frame_factor)
+
+
 def read_video(path: str, sampling: FrameSampling, spec: vi.VisionSpec) -> Frames:
     """Decodes a video file with decord, samples frames by fps and resizes them.
 
@@ -115,7 +137,7 @@ def read_video(path: str, sampling: FrameSampling, spec: vi.VisionSpec) -> Frame
     try:
         reader = decord.VideoReader(path, num_threads=s.decode_threads)
         total, video_fps = len(reader), float(reader.get_avg_fps())
-        n = vi.num_video_frames(total, video_fps, s.fps, s.min_frames, s.max_frames, s.frame_factor)
+        n = num_frames_to_sample(total, video_fps, s, spec)
         indices = vi.frame_indices(total, n)
         frames = reader.get_batch(indices.tolist()).asnumpy()
     except MediaError:
@@ -137,6 +159,7 @@ def read_video(path: str, sampling: FrameSampling, spec: vi.VisionSpec) -> Frame
         indices=indices,
         sample_fps=n / total * video_fps,
         source_size=(int(height), int(width)),
+        times=indices / video_fps,
     )
 
 
@@ -213,16 +236,18 @@ def read_frame_folder(
         steps = max(num_frames - 1, 1)
         indices = np.array([i * (total - 1) // steps for i in range(num_frames)], np.int64)
         sample_fps = s.fps  # a fixed frame list carries no timing: assume the target rate
+        times = np.arange(num_frames) / s.fps
     else:
         try:
-            n = vi.num_video_frames(
-                total, s.frame_folder_fps, s.fps, s.min_frames, s.max_frames, s.frame_factor
-            )
+            n = num_frames_to_sample(total, s.frame_folder_fps, s, spec)
         except ValueError as e:
             raise MediaError(f"{path}: {e}") from e
         indices = vi.frame_indices(total, n)
         sample_fps = n / total * s.frame_folder_fps
-    indices = np.concatenate([indices, np.repeat(indices[-1:], -len(indices) % s.frame_factor)])
+        times = indices / s.frame_folder_fps
+    pad = -len(indices) % s.frame_factor
+    indices = np.concatenate([indices, np.repeat(indices[-1:], pad)])
+    times = np.concatenate([times, np.repeat(times[-1:], pad)])
     rgb = [load_rgb(files[i]) for i in indices]
     height, width = rgb[0].shape[:2]
     try:
@@ -236,6 +261,7 @@ def read_frame_folder(
         indices=indices,
         sample_fps=sample_fps,
         source_size=(height, width),
+        times=times,
     )
 
 

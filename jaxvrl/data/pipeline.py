@@ -77,7 +77,7 @@ def tokenizer_path_for(config) -> str:
 
 
 def vision_spec(vision: VisionConfig) -> vi.VisionSpec:
-    return vi.VisionSpec(vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size)
+    return vi.VisionSpec.of(vision)
 
 
 def _sorted_ints(values: Any, name: str) -> tuple[int, ...]:
@@ -162,7 +162,9 @@ class ExampleProcessor:
         for m in example.media:
             path = records_lib.resolve_path(m.path, self.media_root)
             frames = media_lib.read_media(m.kind, path, self.sampling, self.spec, m.num_frames)
-            item = vi.vision_input(frames.frames, frames.kind, self.spec, frames.sample_fps)
+            item = vi.vision_input(
+                frames.frames, frames.kind, self.spec, frames.sample_fps, frames.times
+            )
             items.append(item)
             frame_counts.append(int(frames.frames.shape[0]))
             if self.shuffle_unit != "none" and not self.summary_only:

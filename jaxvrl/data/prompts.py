@@ -134,6 +134,51 @@ def expand_vision_tokens(
     return np.concatenate(pieces).astype(np.int32)
 
 
+def timestamped_videos(text: str, items: Sequence[VisionInput], tokens: dict[str, str]) -> str:
+    """Qwen3-VL's video prompt: the k-th video's `<|vision_start|><|video_pad|><|vision_end|>`
+    becomes, for each of its temporal patches, `<T seconds>` (its timestamp, one decimal) and
+    the patch's own start, pad and end (transformers 4.57's Qwen3VLProcessor and vLLM; 5.23
+    replaces the pad alone and keeps the outer start and end around the blocks). `tokens`: the
+    tokenizer's strings of vision_start, video_pad and vision_end. Returns the text with one
+    pad per temporal patch (expand_vision_tokens then takes per-patch items)."""
+    start, pad, end = tokens["vision_start"], tokens["video_pad"], tokens["vision_end"]
+    triple = start + pad + end
+    videos = [item for item in items if item.kind == "video"]
+    pieces = text.split(triple)
+    if len(pieces) - 1 != len(videos):
+        raise ValueError(
+            f"prompt has {len(pieces) - 1} video placeholders for {len(videos)} videos"
+        )
+    out = [pieces[0]]
+    for video, rest in zip(videos, pieces[1:], strict=True):
+        if len(video.timestamps) != video.grid_thw[0]:
+            raise ValueError(
+                f"a Qwen3-VL video needs a timestamp per temporal patch: {len(video.timestamps)} "
+                f"for grid {video.grid_thw}"
+            )
+        out += [f"<{t:.1f} seconds>{triple}" for t in video.timestamps]
+        out.append(rest)
+    return "".join(out)
+
+
+def per_temporal_patch(items: Sequence[VisionInput]) -> list[VisionInput]:
+    """Each video split into its temporal patches (views, no copy), images as they are: the
+    items of a Qwen3-VL prompt's pads in order."""
+    out = []
+    for item in items:
+        t, h, w = item.grid_thw
+        if item.kind != "video" or t == 1:
+            out.append(item)
+            continue
+        out += [
+            dataclasses.replace(
+                item, patches=item.patches[j * h * w : (j + 1) * h * w], grid_thw=(1, h, w)
+            )
+            for j in range(t)
+        ]
+    return out
+
+
 class PromptBuilder:
     """Tokenises examples with the checkpoint's tokenizer and chat template."""
 
@@ -148,6 +193,11 @@ class PromptBuilder:
             got = tokenizer.convert_tokens_to_ids(name)
             if got != want:
                 raise ValueError(f"tokenizer maps {name} to {got}, the model config to {want}")
+        self.vision_tokens = {
+            "vision_start": tokenizer.convert_ids_to_tokens(config.vision_start_token_id),
+            "video_pad": tokenizer.convert_ids_to_tokens(config.video_token_id),
+            "vision_end": tokenizer.convert_ids_to_tokens(config.vision_end_token_id),
+        }
 
     def prompt_text(self, example: Example) -> str:
         """The rendered chat prompt, one pad token per vision item, ending with the assistant
@@ -169,7 +219,11 @@ class PromptBuilder:
         """Token ids with expanded pad tokens and their M-RoPE positions. With SFT targets on,
         the target and the end-of-turn token follow the prompt (tokenised separately)."""
         text = self.prompt_text(example)
-        ids = expand_vision_tokens(self.encode(text), items, self.config)
+        if self.config.model_type == "qwen3_vl":
+            text = timestamped_videos(text, items, self.vision_tokens)
+            ids = expand_vision_tokens(self.encode(text), per_temporal_patch(items), self.config)
+        else:
+            ids = expand_vision_tokens(self.encode(text), items, self.config)
         prompt_length = len(ids)
         loss_mask = np.zeros((prompt_length,), np.int8)
         if self.settings.sft_target:

@@ -19,20 +19,37 @@ from PIL import Image
 # OpenAI CLIP normalisation, the one Qwen2-VL's processors use.
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+# Qwen3-VL's processors: mean and std 0.5 on every channel (transformers IMAGENET_STANDARD_*).
+HALF = np.array([0.5, 0.5, 0.5], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionSpec:
-    """The vision tower's geometry (from ModelConfig.vision)."""
+    """The vision tower's geometry (from ModelConfig.vision) and its processors' family:
+    "qwen3_vl" samples and sizes videos as Qwen3-VL's video processor does and normalises with
+    mean and std 0.5; the Qwen2 families follow qwen-vl-utils with CLIP's mean and std."""
 
     patch_size: int = 14
     temporal_patch_size: int = 2
     spatial_merge_size: int = 2
+    family: str = "qwen2_vl"
+
+    @classmethod
+    def of(cls, vision) -> VisionSpec:
+        """The spec of a model.config.VisionConfig."""
+        return cls(
+            vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size,
+            vision.generation,
+        )  # fmt: skip
 
     @property
     def factor(self) -> int:
         """Side of one merged token in pixels: resized sizes are multiples of it."""
         return self.patch_size * self.spatial_merge_size
+
+    @property
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        return (HALF, HALF) if self.family == "qwen3_vl" else (CLIP_MEAN, CLIP_STD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +65,9 @@ class VisionInput:
     patches: np.ndarray
     grid_thw: tuple[int, int, int]
     second_per_grid_t: float = 1.0
+    # Videos: the mean time in seconds of each temporal patch's frames (Qwen3-VL writes it
+    # before the patch's tokens); empty for images.
+    timestamps: tuple[float, ...] = ()
 
     @property
     def num_patches(self) -> int:
@@ -110,6 +130,70 @@ def num_video_frames(
     n = total_frames / video_fps * fps
     n = min(max(n, lo), hi, total_frames)
     return max(frame_factor, math.floor(n / frame_factor) * frame_factor)
+
+
+def qwen3_num_video_frames(
+    total_frames: int, video_fps: float, fps: float, min_frames: int, max_frames: int
+) -> int:
+    """Frames to sample (transformers' Qwen3VLVideoProcessor.sample_frames): int(duration *
+    fps), raised to min_frames, capped at max_frames and at the frames the video has. Not
+    rounded to the temporal patch: patchify repeats the last frame."""
+    if total_frames < 1:
+        raise ValueError("video has no frames")
+    if not video_fps > 0:
+        raise ValueError(f"video reports a frame rate of {video_fps}")
+    n = int(total_frames / video_fps * fps)
+    return min(max(n, min_frames), max_frames, total_frames)
+
+
+def qwen3_video_frame_size(
+    height: int,
+    width: int,
+    num_frames: int,
+    spec: VisionSpec,
+    *,
+    min_pixels: int,
+    max_pixels: int,
+    total_pixels: int,
+    min_pixels_slack: float = 1.05,
+) -> tuple[int, int]:
+    """Resized (height, width) of a video's frames (transformers' Qwen3VLVideoProcessor.resize
+    with cap_pixels_per_frame, the reference behaviour of qwen-vl-utils): a per-frame budget
+    max(min(max_pixels, total_pixels // frames), int(min_pixels * slack)), then the video
+    smart_resize over all frames (frames rounded to the temporal patch) between min_pixels and
+    frames x budget. Sides under the factor are first scaled up to it."""
+    tp, factor = spec.temporal_patch_size, spec.factor
+    if num_frames < tp:
+        raise ValueError(f"video has {num_frames} frames, fewer than {tp}")
+    per_frame = max(min(max_pixels, total_pixels // num_frames), int(min_pixels * min_pixels_slack))
+    budget = per_frame * num_frames
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio of a {height}x{width} video exceeds 200")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / tp) * tp
+    if t_bar * h_bar * w_bar > budget:
+        beta = math.sqrt(num_frames * height * width / budget)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def patch_timestamps(times: np.ndarray, temporal_patch_size: int) -> tuple[float, ...]:
+    """Qwen3-VL's timestamp of each temporal patch (transformers' Qwen3VLProcessor
+    `_calculate_timestamps`): the frames' times padded with the last to a multiple of the
+    temporal patch, then the mean of each patch's first and last frame time, in seconds."""
+    times = np.asarray(times, np.float64)
+    times = np.concatenate([times, np.repeat(times[-1:], -len(times) % temporal_patch_size)])
+    groups = times.reshape(-1, temporal_patch_size)
+    return tuple(float(t) for t in (groups[:, 0] + groups[:, -1]) / 2)
 
 
 def frame_indices(total_frames: int, num_frames: int) -> np.ndarray:
@@ -239,11 +323,13 @@ def resize_images(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def normalize(frames: np.ndarray) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> float32 [T, H, W, 3]: /255, then CLIP mean/std, as one multiply
-    and one add per value (same values as the processor's two steps up to float32 rounding)."""
-    scale = (1.0 / (255.0 * CLIP_STD)).astype(np.float32)
-    shift = (-CLIP_MEAN / CLIP_STD).astype(np.float32)
+def normalize(frames: np.ndarray, spec: VisionSpec = VisionSpec()) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> float32 [T, H, W, 3]: /255, then the family's mean/std
+    (VisionSpec.mean_std), as one multiply and one add per value (same values as the
+    processor's two steps up to float32 rounding)."""
+    mean, std = spec.mean_std
+    scale = (1.0 / (255.0 * std)).astype(np.float32)
+    shift = (-mean / std).astype(np.float32)
     x = np.asarray(frames).astype(np.float32)
     x *= scale
     x += shift
@@ -279,13 +365,23 @@ def patchify(frames: np.ndarray, spec: VisionSpec) -> tuple[np.ndarray, tuple[in
 
 
 def vision_input(
-    frames: np.ndarray, kind: str, spec: VisionSpec, sample_fps: float | None = None
+    frames: np.ndarray,
+    kind: str,
+    spec: VisionSpec,
+    sample_fps: float | None = None,
+    times: np.ndarray | None = None,
 ) -> VisionInput:
     """Resized uint8 frames [T, H, W, 3] -> VisionInput (normalised, padded, patchified).
-    `sample_fps` (videos): frames per second of the sampled frames."""
-    patches, grid = patchify(normalize(frames), spec)
+    `sample_fps` (videos): frames per second of the sampled frames; `times` (videos): each
+    frame's time in seconds, for the temporal patches' timestamps."""
+    patches, grid = patchify(normalize(frames, spec), spec)
     seconds = 1.0 if kind == "image" or not sample_fps else spec.temporal_patch_size / sample_fps
-    return VisionInput(kind=kind, patches=patches, grid_thw=grid, second_per_grid_t=seconds)
+    stamps = ()
+    if kind == "video" and times is not None and len(times):
+        stamps = patch_timestamps(times, spec.temporal_patch_size)
+    return VisionInput(
+        kind=kind, patches=patches, grid_thw=grid, second_per_grid_t=seconds, timestamps=stamps
+    )
 
 
 # ------------------------------------------------------------------------------------------------

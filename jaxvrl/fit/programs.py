@@ -49,12 +49,10 @@ def largest_example(
     from jaxvrl.data import vision_inputs as vi
 
     s = media_lib.FrameSampling.from_config(data)
-    spec = vi.VisionSpec(vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size)
+    spec = vi.VisionSpec.of(vision)
     grids = []
     if "video" in media.split("+"):
-        frames = vi.num_video_frames(
-            1 << 20, 30.0, s.fps, s.min_frames, s.max_frames, s.frame_factor
-        )
+        frames = media_lib.num_frames_to_sample(1 << 20, 30.0, s, spec)
         sizes = [media_lib.video_size(h, w, frames, s, spec) for h, w in SOURCE_SIZES]
         h, w = max(sizes, key=lambda hw: hw[0] * hw[1])
         t = -(-frames // spec.temporal_patch_size)

@@ -55,8 +55,13 @@ def make_row(cfg, parts, seed):
         patches = rng.standard_normal((int(np.prod(grid)), cfg.vision.patch_dim))
         items.append((kind, grid, patches.astype(np.float32)))
         tok = cfg.image_token_id if kind == "image" else cfg.video_token_id
-        ids += [cfg.vision_start_token_id] + [tok] * (int(np.prod(grid)) // 4)
-        ids += [cfg.vision_end_token_id]
+        # Qwen3-VL: a video's temporal patches in blocks of their own, after 2 timestamp tokens.
+        blocks = grid[0] if kind == "video" and cfg.model_type == "qwen3_vl" else 1
+        for _ in range(blocks):
+            if blocks > 1:
+                ids += rng.integers(10, cfg.text.vocab_size, size=2).tolist()
+            ids += [cfg.vision_start_token_id] + [tok] * (int(np.prod(grid)) // 4 // blocks)
+            ids += [cfg.vision_end_token_id]
     return ids, items
 
 
@@ -125,7 +130,7 @@ def samples_of(out: dict[str, np.ndarray], row: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_greedy_decoding_matches_transformers_generate(generation):
     model = tiny_port(generation)
     _, torch_model = tiny_checkpoint(generation)
@@ -144,9 +149,26 @@ def test_greedy_decoding_matches_transformers_generate(generation):
         )
 
 
+@pytest.fixture(scope="module")
+def vl3():
+    """vl's Qwen3-VL counterpart (DeepStack, q/k norm, interleaved M-RoPE)."""
+    model = tiny_port("qwen3_vl")
+    cfg = model.config
+    rows = {name: make_row(cfg, parts, i) for i, (name, parts) in enumerate(
+        [("A", ROW_A), ("B", ROW_B), ("C", ROW_C)])}  # fmt: skip
+    return model, rows, Sampler(model, config=SHARED)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.8])
 def test_logprobs_equal_a_full_forward_over_the_same_tokens(vl, temperature):
-    model, rows, sampler = vl
+    check_logprobs_equal_a_full_forward(*vl, temperature)
+
+
+def test_qwen3_logprobs_equal_a_full_forward_over_the_same_tokens(vl3):
+    check_logprobs_equal_a_full_forward(*vl3, 0.8)
+
+
+def check_logprobs_equal_a_full_forward(model, rows, sampler, temperature):
     cfg = model.config
     prompts = make_prompts(cfg, [rows["A"], rows["B"]])
     params = SamplingParams(max_new_tokens=6, temperature=temperature, top_p=0.9, top_k=50)
@@ -409,7 +431,7 @@ def test_left_padded_prompts_are_moved_to_the_right():
     np.testing.assert_array_equal(prompts.lengths, [2, 4])
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_vision_in_slice_chunks_gives_the_packed_towers_features(generation):
     """Vision attention (and Qwen2.5-VL's windows) stay inside temporal slices, so running whole
     slices as separate chunks, several per chunk, reproduces the packed tower's features."""

@@ -17,6 +17,7 @@ from jaxvrl import steps
 from model import parity
 from model.hf import load_pretrained
 from model.packing import pack_vision
+from model.qwen2_vl import Embedded
 from model.rope import rope_index
 from model.sharding import DEFAULT_RULES, shard_model
 
@@ -44,8 +45,9 @@ def _rl_batch(model, seed=0):
     }
 
 
-def test_completion_logprobs_equal_a_full_forward_of_prompt_and_completion():
-    model = tiny_port("qwen2_vl")
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen3_vl"])
+def test_completion_logprobs_equal_a_full_forward_of_prompt_and_completion(generation):
+    model = tiny_port(generation)
     cfg = model.config
     inp, batch = _rl_batch(model)
     got = np.asarray(steps.completion_logprobs(model, batch)["logp"])
@@ -71,13 +73,14 @@ def _concatenated_logprobs(model, batch):
     the whole sequence run through the decoder."""
     s2p = batch["sample_to_prompt"]
     lp, lc = batch["prompt_mask"].shape[1], batch["completion_mask"].shape[1]
-    x = jnp.concatenate(
-        [
-            model.embed(batch["prompt_ids"], batch["vision"])[s2p],
-            model.embed(batch["completion_ids"]),
-        ],
-        axis=1,
-    )
+    prompt = model.embed(batch["prompt_ids"], batch["vision"])
+    completion = model.embed(batch["completion_ids"])
+    if isinstance(prompt, Embedded):  # Qwen3-VL: DeepStack adds at the prompts' vision tokens
+        deep = prompt.deepstack[:, s2p]
+        deep = jnp.concatenate([deep, jnp.zeros((deep.shape[0], *completion.shape))], axis=2)
+        x = Embedded(jnp.concatenate([prompt.x[s2p], completion], axis=1), deep)
+    else:
+        x = jnp.concatenate([prompt[s2p], completion], axis=1)
     mask = jnp.concatenate([batch["prompt_mask"][s2p], batch["completion_mask"]], axis=1)
     prompt_len = batch["prompt_mask"].sum(axis=1)[s2p]
     start = (batch["rope_deltas"][s2p] + prompt_len)[:, None] + jnp.arange(lc)[None, :]
@@ -92,11 +95,14 @@ def _concatenated_logprobs(model, batch):
     return model.token_logprobs(picked, batch["completion_ids"])
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_shared_prompt_pass_has_the_gradient_of_the_concatenated_forward(remat):
+@pytest.mark.parametrize(
+    ("generation", "remat"), [("qwen2_vl", False), ("qwen2_vl", True), ("qwen3_vl", True)]
+)
+def test_shared_prompt_pass_has_the_gradient_of_the_concatenated_forward(generation, remat):
     """The prompt run once for its completions gives the log-probs and the parameter gradient of
-    running every prompt + completion (float32, 1e-5: only summation order differs)."""
-    model = tiny_port("qwen2_vl")  # a fresh copy
+    running every prompt + completion (float32, 1e-5: only summation order differs); Qwen3-VL's
+    DeepStack mergers get their gradient through the prompts."""
+    model = tiny_port(generation)  # a fresh copy
     model.remat = remat
     _, batch = _rl_batch(model)
     weights = jnp.asarray(batch["completion_mask"], jnp.float32) * batch["advantages"][:, None]

@@ -39,7 +39,10 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     data.train_files = os.path.join(directory, "train_videos.json")
     data.media_root = directory
     # Small inputs: 4 frames of 112 x 112 (16 merged tokens each, 2 fps), images of 112 x 112.
+    # The fixed frame size keeps 16 tokens a frame on Qwen3-VL too (its 16-pixel patches round
+    # the 112-pixel frames up to 128 x 128; the budgets below would give it 96 x 96).
     data.max_frames = 4
+    data.resized_height = data.resized_width = 112
     data.video_min_pixels = 16 * base.TOKEN_PIXELS
     data.video_max_pixels = 16 * base.TOKEN_PIXELS
     data.video_total_pixels = 64 * base.TOKEN_PIXELS * 4

@@ -92,6 +92,21 @@ def test_building_again_with_the_same_spec_reuses_the_files(dataset):
     assert again == dataset and os.path.getmtime(dataset["train_file"]) == before
 
 
+def test_another_generation_rewrites_only_the_model_config(tmp_path):
+    """The same set for a Qwen3-VL model: the videos, records and tokenizer stay; config.json
+    becomes a tiny Qwen3-VL with the tokenizer's ids; switching back restores Qwen2-VL."""
+    paths = synthetic.build_dataset(str(tmp_path), SPEC)
+    before = os.path.getmtime(paths["train_file"])
+    again = synthetic.build_dataset(str(tmp_path), SPEC, "qwen3_vl")
+    assert again == paths and os.path.getmtime(paths["train_file"]) == before
+    config = ModelConfig.from_pretrained(paths["model_dir"])
+    tokenizer = load_tokenizer(paths["model_dir"])
+    assert config.model_type == "qwen3_vl"
+    assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    synthetic.build_dataset(str(tmp_path), SPEC)
+    assert ModelConfig.from_pretrained(paths["model_dir"]).model_type == "qwen2_vl"
+
+
 def test_balanced_sets_hold_every_cell_equally_in_train_cold_start_and_eval(tmp_path):
     spec = synthetic.SyntheticSpec(
         num_videos=32, num_eval_videos=16, num_images=0, video_size=(32, 32), seconds=0.5,

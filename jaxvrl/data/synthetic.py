@@ -361,6 +361,13 @@ def make_tokenizer(directory: str, texts: Sequence[str] = (), vocab_size: int = 
     return tokenizer
 
 
+def load_tokenizer_dir(directory: str):
+    """The tokenizer make_tokenizer saved in `directory`."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(directory)
+
+
 def token_ids(tokenizer) -> dict[str, int]:
     """The special token ids a model config.json needs, read from the tokenizer."""
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
@@ -422,8 +429,19 @@ def build_dataset(
     }
     if os.path.isfile(manifest):
         with open(manifest) as f:
-            if json.load(f) == json.loads(json.dumps(wanted)):
-                return paths
+            found = json.load(f)
+        wanted_json = json.loads(json.dumps(wanted))
+        if found == wanted_json:
+            return paths
+        media = ("format", "spec")
+        if all(found.get(k) == wanted_json[k] for k in media) and os.path.isdir(paths["model_dir"]):
+            # Same videos and records, another model (e.g. generation=qwen3_vl): only the tiny
+            # model's config.json is rewritten.
+            tokenizer = load_tokenizer_dir(paths["model_dir"])
+            write_model_config(paths["model_dir"], tokenizer, generation, **(model_kwargs or {}))
+            with open(manifest, "w") as f:
+                json.dump(wanted, f)
+            return paths
     os.makedirs(directory, exist_ok=True)
     records = build_media_and_records(directory, spec)
     held_out = eval_records(directory, spec)

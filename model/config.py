@@ -178,6 +178,14 @@ class ModelConfig:
         patch = int(
             vision_raw.get("patch_size", vision_raw.get("spatial_patch_size", 16 if qwen3 else 14))
         )
+        # Fields every generation reads the same way.
+        common = dict(
+            in_channels=in_channels,
+            patch_size=patch,
+            temporal_patch_size=int(vision_raw.get("temporal_patch_size", 2)),
+            spatial_merge_size=int(vision_raw.get("spatial_merge_size", 2)),
+            initializer_range=vision_init,
+        )
         if qwen3:
             vision_rope = vision_raw.get("rope_parameters") or {}
             vision = VisionConfig(
@@ -187,17 +195,13 @@ class ModelConfig:
                 num_heads=int(vision_raw.get("num_heads", 16)),
                 intermediate_size=int(vision_raw.get("intermediate_size", 4304)),
                 hidden_act=vision_raw.get("hidden_act", "gelu_pytorch_tanh"),
-                in_channels=in_channels,
-                patch_size=patch,
-                temporal_patch_size=int(vision_raw.get("temporal_patch_size", 2)),
-                spatial_merge_size=int(vision_raw.get("spatial_merge_size", 2)),
                 out_hidden_size=int(vision_raw.get("out_hidden_size", text.hidden_size)),
                 rope_theta=float(vision_rope.get("rope_theta", 10000.0)),
                 num_position_embeddings=int(vision_raw.get("num_position_embeddings", 2304)),
                 deepstack_visual_indexes=tuple(
                     int(i) for i in vision_raw.get("deepstack_visual_indexes", (8, 16, 24))
                 ),
-                initializer_range=vision_init,
+                **common,
             )
             side = math.isqrt(vision.num_position_embeddings)
             if side * side != vision.num_position_embeddings:
@@ -223,12 +227,8 @@ class ModelConfig:
                 num_heads=int(vision_raw.get("num_heads", 16)),
                 intermediate_size=int(width * vision_raw.get("mlp_ratio", 4)),
                 hidden_act=vision_raw.get("hidden_act", "quick_gelu"),
-                in_channels=in_channels,
-                patch_size=patch,
-                temporal_patch_size=int(vision_raw.get("temporal_patch_size", 2)),
-                spatial_merge_size=int(vision_raw.get("spatial_merge_size", 2)),
                 out_hidden_size=int(vision_raw.get("hidden_size", text.hidden_size)),
-                initializer_range=vision_init,
+                **common,
             )
         else:
             vision = VisionConfig(
@@ -238,17 +238,13 @@ class ModelConfig:
                 num_heads=int(vision_raw.get("num_heads", 16)),
                 intermediate_size=int(vision_raw.get("intermediate_size", 3420)),
                 hidden_act=vision_raw.get("hidden_act", "silu"),
-                in_channels=in_channels,
-                patch_size=patch,
-                temporal_patch_size=int(vision_raw.get("temporal_patch_size", 2)),
-                spatial_merge_size=int(vision_raw.get("spatial_merge_size", 2)),
                 out_hidden_size=int(vision_raw.get("out_hidden_size", text.hidden_size)),
                 window_size=int(vision_raw.get("window_size", 112)),
                 fullatt_block_indexes=tuple(
                     int(i) for i in vision_raw.get("fullatt_block_indexes", (7, 15, 23, 31))
                 ),
                 tokens_per_second=float(vision_raw.get("tokens_per_second", 2)),
-                initializer_range=vision_init,
+                **common,
             )
         if vision.out_hidden_size != text.hidden_size:
             raise ValueError(

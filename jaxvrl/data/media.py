@@ -85,30 +85,24 @@ def video_size(
     to under the sampling settings' pixel budgets (qwen-vl-utils' fetch_video; Qwen3-VL: its
     video processor's, video_max_pixels the per-frame cap and video_total_pixels the whole
     video's budget)."""
+    budgets = dict(
+        min_pixels=s.video_min_pixels,
+        max_pixels=s.video_max_pixels,
+        total_pixels=s.video_total_pixels,
+        min_pixels_slack=s.video_min_pixels_slack,
+    )
     if spec.family == "qwen3_vl" and not (s.resized_height and s.resized_width):
-        return vi.qwen3_video_frame_size(
-            height,
-            width,
-            num_frames,
-            spec,
-            min_pixels=s.video_min_pixels,
-            max_pixels=s.video_max_pixels,
-            total_pixels=s.video_total_pixels,
-            min_pixels_slack=s.video_min_pixels_slack,
-        )
+        return vi.qwen3_video_frame_size(height, width, num_frames, spec, **budgets)
     return vi.video_frame_size(
         height,
         width,
         num_frames,
         spec,
-        min_pixels=s.video_min_pixels,
-        max_pixels=s.video_max_pixels,
-        total_pixels=s.video_total_pixels,
         frame_factor=s.frame_factor,
-        min_pixels_slack=s.video_min_pixels_slack,
         resized_height=s.resized_height,
         resized_width=s.resized_width,
         max_aspect_ratio=s.max_aspect_ratio,
+        **budgets,
     )
 
 

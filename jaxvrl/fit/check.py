@@ -367,7 +367,7 @@ def _result_dict(r: Result, chip, chips: int) -> dict[str, Any]:
 def model_shape(config):
     """The ModelConfig of `model.path`'s config.json, else of the published `model.shape`."""
     from model.config import ModelConfig
-    from model.shapes import published_config
+    from model.shapes import PUBLISHED, published_config
 
     path = str(config.model.path or "")
     if path and os.path.isfile(os.path.join(path, "config.json")):
@@ -376,8 +376,7 @@ def model_shape(config):
     if not shape:
         raise ValueError(
             "no model shape: set --config.model.path to a directory with config.json or "
-            "--config.model.shape to a published shape (Qwen2-VL-2B, Qwen2-VL-7B, "
-            "Qwen2.5-VL-3B, Qwen2.5-VL-7B)"
+            f"--config.model.shape to a published shape ({', '.join(PUBLISHED)})"
         )
     return published_config(shape)
 

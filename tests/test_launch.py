@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -216,6 +217,19 @@ def test_tpu_run_names_the_first_worker_that_failed_and_stops_the_others(tpu, tm
     assert not _alive(int((homes[0] / "python.pid").read_text()))
 
 
+# A command the test interrupts starts with a terminal's signal state whatever pytest's is: run
+# in the background by a shell (`pytest ... &`), pytest and its children ignore SIGINT, and bash
+# never traps a signal ignored when it started, so Ctrl-C could not reach tpu_pod.sh's handler.
+DEFAULT_SIGNALS = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys\n"
+    "for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n"
+    "signal.pthread_sigmask(signal.SIG_SETMASK, [])\n"
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def test_tpu_run_outlives_the_session_here_and_attach_and_stop_reach_it(tpu, tmp_path):
     checkout, commit, fake, env = tpu
     homes = [_install_worker(fake, w, commit) for w in ("0", "1")]
@@ -223,7 +237,8 @@ def test_tpu_run_outlives_the_session_here_and_attach_and_stop_reach_it(tpu, tmp
         (home / "hang").write_text("")
     here = tmp_path / "here"
     here.mkdir()
-    command = [str(checkout / "launch" / "tpu_pod.sh"), "run", "t", "z", "configs/demo.py", "/r"]
+    command = [*DEFAULT_SIGNALS, str(checkout / "launch" / "tpu_pod.sh"), "run", "t", "z"]
+    command += ["configs/demo.py", "/r"]
     run = subprocess.Popen(command, env=env, cwd=here, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 30

@@ -242,7 +242,8 @@ class Qwen2VL(nnx.Module):
             xp, xc = layer.shared_prefix(*carry, rope_p, rope_c, mask_p, mask_c, sample_to_prompt)
             return (_add_deepstack(xp, deepstack, i), xc), None
 
-        layers = jnp.arange(self.config.text.num_layers)
+        # The layer index only places DeepStack's additions: without them the scan takes none.
+        layers = None if deepstack is None else jnp.arange(self.config.text.num_layers)
         (xp, xc), _ = self.over_layers(body, (prompt_x, completion_x), layers, remat=self.remat)
         return self.norm(xp), self.norm(xc)
 

@@ -1,7 +1,8 @@
-"""Model configuration for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, read from (and written to) a Hugging
-Face config.json in either of its forms: the flat one of the published Qwen2 checkpoints and the
-nested `text_config` one (Qwen3-VL's own, and what newer transformers versions write), with the
-rotary settings under `rope_scaling` + `rope_theta` (transformers 4) or `rope_parameters` (5)."""
+"""Model configuration for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5, read from (and written
+to) a Hugging Face config.json in either of its forms: the flat one of the published Qwen2
+checkpoints and the nested `text_config` one (Qwen3-VL's and Qwen3.5's own, and what newer
+transformers versions write), with the rotary settings under `rope_scaling` + `rope_theta`
+(transformers 4) or `rope_parameters` (5)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import math
 import os
 from typing import Any
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+# The generations whose videos are one item per temporal patch after a text timestamp, and whose
+# vision tower is Qwen3-VL's kind (Qwen3.5: without DeepStack).
+QWEN3_TYPES = ("qwen3_vl", "qwen3_5")
+FULL_ATTENTION, LINEAR_ATTENTION = "full_attention", "linear_attention"
 
 
 def _int_if_whole(x: float) -> int | float:
@@ -96,10 +101,46 @@ class TextConfig:
     # in three contiguous sections.
     mrope_interleaved: bool = False
     explicit_head_dim: int | None = None  # config.json `head_dim` where it is given (Qwen3)
+    # Qwen3.5's hybrid decoder. `layer_types`: each layer's token mixer, "full_attention" or
+    # "linear_attention" (Gated DeltaNet, model/delta_net.py); () is all full attention.
+    layer_types: tuple[str, ...] = ()
+    attn_output_gate: bool = False  # full attention's output times sigmoid(a gate from q_proj)
+    partial_rotary_factor: float = 1.0  # the share of each head's dims that rotate
+    norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): Qwen3.5 stores weight - 1
+    linear_conv_kernel_dim: int = 4
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
+    linear_num_key_heads: int = 16
+    linear_num_value_heads: int = 32
 
     @property
     def head_dim(self) -> int:
         return self.explicit_head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each query/key head that rotate (the first ones; the rest pass)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every layer's token mixer."""
+        return self.layer_types or (FULL_ATTENTION,) * self.num_layers
+
+    @property
+    def is_hybrid(self) -> bool:
+        return LINEAR_ATTENTION in self.layer_types
+
+    @property
+    def period(self) -> int:
+        """The shortest repeat of `kinds` that tiles the layers (Qwen3.5: 3 linear + 1 full
+        = 4): the decoder scans over groups of this many layers (model/hybrid.py)."""
+        kinds = self.kinds
+        n = len(kinds)
+        for p in range(1, n + 1):
+            if n % p == 0 and kinds == kinds[:p] * (n // p):
+                return p
+        return n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +164,11 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def timestamped_videos(self) -> bool:
+        """Videos as one item per temporal patch after its timestamp (Qwen3-VL, Qwen3.5)."""
+        return self.model_type in QWEN3_TYPES
+
     # ----------------------------------------------------------------------------------------
     # Hugging Face config.json, both forms.
 
@@ -140,11 +186,42 @@ class ModelConfig:
             # Nested form: text fields live under text_config; top-level values fill gaps only.
             text_raw = {**raw, **raw["text_config"]}
         vision_raw = raw.get("vision_config") or {}
-        qwen3 = model_type == "qwen3_vl"
+        qwen3 = model_type in QWEN3_TYPES
+        qwen35 = model_type == "qwen3_5"
         rope = text_raw.get("rope_scaling") or text_raw.get("rope_parameters") or {}
-        mrope = tuple(rope.get("mrope_section", (24, 20, 20) if qwen3 else (16, 24, 24)))
-        default_theta = 500000.0 if qwen3 else 1000000.0  # transformers' defaults
+        default_section = (11, 11, 10) if qwen35 else (24, 20, 20) if qwen3 else (16, 24, 24)
+        mrope = tuple(rope.get("mrope_section", default_section))
+        # transformers' defaults (Qwen3.5: the published checkpoints' value).
+        default_theta = 1e7 if qwen35 else 500000.0 if qwen3 else 1000000.0
         rope_theta = text_raw.get("rope_theta", rope.get("rope_theta", default_theta))
+        rotary_share = rope.get(
+            "partial_rotary_factor", text_raw.get("partial_rotary_factor", 0.25 if qwen35 else 1)
+        )
+        layer_types: tuple[str, ...] = ()
+        if qwen35:
+            n = int(text_raw["num_hidden_layers"])
+            interval = int(text_raw.get("full_attention_interval", 4))
+            layer_types = tuple(
+                text_raw.get("layer_types")
+                or [LINEAR_ATTENTION if (i + 1) % interval else FULL_ATTENTION for i in range(n)]
+            )
+            unknown = set(layer_types) - {FULL_ATTENTION, LINEAR_ATTENTION}
+            if unknown or len(layer_types) != n:
+                raise ValueError(
+                    f"layer_types must name {n} layers, each {FULL_ATTENTION!r} or "
+                    f"{LINEAR_ATTENTION!r}; got {list(layer_types)}"
+                )
+        linear = {
+            key: int(text_raw[key])
+            for key in (
+                "linear_conv_kernel_dim",
+                "linear_key_head_dim",
+                "linear_value_head_dim",
+                "linear_num_key_heads",
+                "linear_num_value_heads",
+            )
+            if key in text_raw
+        }
         text = TextConfig(
             vocab_size=int(text_raw["vocab_size"]),
             hidden_size=int(text_raw["hidden_size"]),
@@ -167,11 +244,21 @@ class ModelConfig:
             explicit_head_dim=int(text_raw["head_dim"])
             if qwen3 and "head_dim" in text_raw
             else None,
+            layer_types=layer_types,
+            attn_output_gate=qwen35,
+            partial_rotary_factor=float(rotary_share),
+            norm_offset=1.0 if qwen35 else 0.0,
+            **linear,
         )
-        if sum(mrope) * 2 != text.head_dim:
+        if text.is_hybrid and text.linear_num_value_heads % text.linear_num_key_heads:
             raise ValueError(
-                f"mrope_section {list(mrope)} sums to {sum(mrope)}, expected head_dim/2 = "
-                f"{text.head_dim // 2}"
+                f"linear_num_value_heads {text.linear_num_value_heads} is not a multiple of "
+                f"linear_num_key_heads {text.linear_num_key_heads}"
+            )
+        if sum(mrope) * 2 != text.rotary_dim:
+            raise ValueError(
+                f"mrope_section {list(mrope)} sums to {sum(mrope)}, expected half the rotary "
+                f"dims = {text.rotary_dim // 2}"
             )
         vision_init = float(vision_raw.get("initializer_range", text.initializer_range))
         in_channels = int(vision_raw.get("in_channels", vision_raw.get("in_chans", 3)))
@@ -188,6 +275,7 @@ class ModelConfig:
         )
         if qwen3:
             vision_rope = vision_raw.get("rope_parameters") or {}
+            default_taps = () if qwen35 else (8, 16, 24)  # Qwen3.5's tower has no DeepStack
             vision = VisionConfig(
                 generation="qwen3_vl",
                 depth=int(vision_raw.get("depth", 27)),
@@ -199,7 +287,7 @@ class ModelConfig:
                 rope_theta=float(vision_rope.get("rope_theta", 10000.0)),
                 num_position_embeddings=int(vision_raw.get("num_position_embeddings", 2304)),
                 deepstack_visual_indexes=tuple(
-                    int(i) for i in vision_raw.get("deepstack_visual_indexes", (8, 16, 24))
+                    int(i) for i in vision_raw.get("deepstack_visual_indexes", default_taps)
                 ),
                 **common,
             )
@@ -287,7 +375,7 @@ class ModelConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The config.json of the published checkpoints, which every transformers reads: flat for
         Qwen2-VL and Qwen2.5-VL, nested for Qwen3-VL."""
-        if self.model_type == "qwen3_vl":
+        if self.model_type in QWEN3_TYPES:
             return self._qwen3_hf_dict()
         t, v = self.text, self.vision
         if self.model_type == "qwen2_vl":
@@ -355,12 +443,13 @@ class ModelConfig:
         }
 
     def _qwen3_hf_dict(self) -> dict[str, Any]:
-        """Qwen3-VL's nested config.json, rotary settings in the published (transformers 4.57)
-        form that transformers 5 also reads."""
+        """Qwen3-VL's and Qwen3.5's nested config.json, rotary settings in the published form
+        (Qwen3-VL: transformers 4.57's, which transformers 5 also reads)."""
         t, v = self.text, self.vision
         eos = list(self.eos_token_id)
+        qwen35 = self.model_type == "qwen3_5"
         text_raw = {
-            "model_type": "qwen3_vl_text",
+            "model_type": f"{self.model_type}_text",
             "vocab_size": t.vocab_size,
             "hidden_size": t.hidden_size,
             "intermediate_size": t.intermediate_size,
@@ -385,8 +474,26 @@ class ModelConfig:
             "pad_token_id": self.pad_token_id,
             "torch_dtype": self.param_dtype,
         }
+        if qwen35:
+            del text_raw["rope_theta"], text_raw["rope_scaling"]
+            text_raw["rope_parameters"] = {
+                "rope_type": "default",
+                "rope_theta": t.rope_theta,
+                "partial_rotary_factor": t.partial_rotary_factor,
+                "mrope_section": list(t.mrope_section),
+                "mrope_interleaved": True,
+            }
+            text_raw["layer_types"] = list(t.kinds)
+            for key in (
+                "linear_conv_kernel_dim",
+                "linear_key_head_dim",
+                "linear_value_head_dim",
+                "linear_num_key_heads",
+                "linear_num_value_heads",
+            ):
+                text_raw[key] = getattr(t, key)
         vision_raw = {
-            "model_type": "qwen3_vl",
+            "model_type": "qwen3_5_vision" if qwen35 else "qwen3_vl",
             "depth": v.depth,
             "hidden_size": v.hidden_size,
             "intermediate_size": v.intermediate_size,
@@ -401,9 +508,14 @@ class ModelConfig:
             "deepstack_visual_indexes": list(v.deepstack_visual_indexes),
             "initializer_range": v.initializer_range,
         }
+        if qwen35:
+            del vision_raw["deepstack_visual_indexes"]
+        architecture = (
+            "Qwen3_5ForConditionalGeneration" if qwen35 else "Qwen3VLForConditionalGeneration"
+        )
         return {
-            "architectures": ["Qwen3VLForConditionalGeneration"],
-            "model_type": "qwen3_vl",
+            "architectures": [architecture],
+            "model_type": self.model_type,
             "tie_word_embeddings": self.tie_word_embeddings,
             "image_token_id": self.image_token_id,
             "video_token_id": self.video_token_id,

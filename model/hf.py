@@ -26,7 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from model.config import ModelConfig
+from model.config import QWEN3_TYPES, ModelConfig
+from model.hybrid import layer_name
 from model.qwen2_vl import Qwen2VL
 from model.sharding import DEFAULT_RULES, Rules, state_shardings
 
@@ -220,14 +221,37 @@ _RULES: list[tuple[re.Pattern, Callable[[re.Match], Path], str]] = [
         "same",
     ),
     (
-        re.compile(r"model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.(weight|bias)"),
+        re.compile(r"model\.layers\.(\d+)\.linear_attn\.norm\.weight"),
+        lambda m: ("layers", int(m[1]), "linear_attn", "norm", "scale"),
+        "same",
+    ),
+    (
+        re.compile(r"model\.layers\.(\d+)\.linear_attn\.conv1d\.weight"),
+        lambda m: ("layers", int(m[1]), "linear_attn", "conv1d"),
+        "conv",
+    ),
+    (
+        re.compile(r"model\.layers\.(\d+)\.linear_attn\.(dt_bias|A_log)"),
+        lambda m: ("layers", int(m[1]), "linear_attn", m[2]),
+        "same",
+    ),
+    (
+        re.compile(r"model\.layers\.(\d+)\.(self_attn|mlp|linear_attn)\.(\w+)\.(weight|bias)"),
         lambda m: ("layers", int(m[1]), m[2], m[3], "kernel" if m[4] == "weight" else "bias"),
         "linear",
     ),
 ]
-_TO_PORT = {"same": _same, "linear": _linear, "patch": _patch_embed}
-# Buffers some checkpoints carry that the port recomputes.
-_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+
+
+def _conv(t: np.ndarray) -> np.ndarray:
+    # Depthwise Conv1d weight [channels, 1, K] -> [channels, K].
+    return t.reshape(t.shape[0], t.shape[-1])
+
+
+_TO_PORT = {"same": _same, "linear": _linear, "patch": _patch_embed, "conv": _conv}
+# Buffers some checkpoints carry that the port recomputes, and Qwen3.5's multi-token-prediction
+# head (`mtp.*`), which the port does not run.
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$|mtp\..*")
 
 
 def hub_key_to_path(key: str) -> tuple[Path, str] | None:
@@ -272,9 +296,33 @@ def _path_to_hub_key(path: Path) -> tuple[str, str]:
     layer = f"model.layers.{p[1]}"
     if p[2] in ("input_layernorm", "post_attention_layernorm"):
         return f"{layer}.{p[2]}.weight", "same"
+    if p[2] == "linear_attn":
+        if p[3] in ("dt_bias", "A_log"):
+            return f"{layer}.linear_attn.{p[3]}", "same"
+        if p[3] == "conv1d":
+            return f"{layer}.linear_attn.conv1d.weight", "conv"
+        if p[3] == "norm":
+            return f"{layer}.linear_attn.norm.weight", "same"
     if p[3] in ("q_norm", "k_norm"):
         return f"{layer}.self_attn.{p[3]}.weight", "same"
     return f"{layer}.{p[2]}.{p[3]}.{'weight' if p[4] == 'kernel' else 'bias'}", "linear"
+
+
+def _to_group(path: Path, config: ModelConfig) -> Path:
+    """A hybrid decoder's layer i is child i % p of group i // p (model/hybrid.py):
+    ("layers", i, ...) -> ("layers", i // p, "layer_{i % p}", ...); other paths unchanged."""
+    if not config.text.is_hybrid or path[0] != "layers" or not isinstance(path[1], int):
+        return path
+    group, position = divmod(path[1], config.text.period)
+    return ("layers", group, layer_name(position), *path[2:])
+
+
+def _from_group(path: Path, config: ModelConfig) -> Path:
+    """_to_group's inverse."""
+    if not config.text.is_hybrid or path[0] != "layers":
+        return path
+    position = int(str(path[2]).removeprefix("layer_"))
+    return ("layers", path[1] * config.text.period + position, *path[3:])
 
 
 # Stacked layers (model/stack.py, config model.scan_layers): the hub's tensors of layer i are
@@ -336,6 +384,8 @@ def _expected_hub_shape(port_shape: tuple[int, ...], conversion: str, config: Mo
     if conversion == "patch":
         v = config.vision
         return (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+    if conversion == "conv":
+        return (port_shape[0], 1, port_shape[1])
     return tuple(port_shape)
 
 
@@ -396,6 +446,8 @@ def load_pretrained(
             if _IGNORED.fullmatch(key):
                 continue
             mapped = hub_key_to_path(key)
+            if mapped is not None:
+                mapped = (_to_group(mapped[0], config), mapped[1])
             split = None if mapped is None else _split_layer(mapped[0])
             if mapped is not None and mapped[0] not in flat and split and split[0] in flat:
                 path, index = split
@@ -437,7 +489,7 @@ def load_pretrained(
         elif path not in filled:
             missing.append(path)
     if missing:
-        names = [_path_to_hub_key(p)[0] for p in missing]
+        names = [_path_to_hub_key(_from_group(p, config))[0] for p in missing]
         raise ValueError(f"{directory}: checkpoint is missing tensors: {names}")
     if unexpected:
         log.warning(
@@ -467,12 +519,14 @@ def export_tensors(model: Qwen2VL, dtype: str | None = None) -> Iterator[tuple[s
 
 def _hub_tensor(model: Qwen2VL, path: Path, value, dtype: str | None) -> tuple[str, np.ndarray]:
     """One parameter (of one layer) as (hub key, array in the PyTorch layout)."""
-    key, conversion = _path_to_hub_key(path)
-    if model.config.model_type == "qwen3_vl":
+    key, conversion = _path_to_hub_key(_from_group(path, model.config))
+    if model.config.model_type in QWEN3_TYPES:
         key = qwen3_key(key)
     value = np.asarray(jax.device_get(value))
     if conversion == "linear":
         value = value.T
+    elif conversion == "conv":
+        value = value[:, None, :]
     elif conversion == "patch":
         v = model.config.vision
         value = value.T.reshape(

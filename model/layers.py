@@ -68,18 +68,30 @@ class Dense(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm computed in float32, scaled after casting back (as Qwen2's reference does)."""
+    """RMSNorm computed in float32, scaled after casting back (as Qwen2's reference does). With
+    an `offset` (Qwen3.5: 1) the parameter holds scale - offset (initialised to 0) and the norm
+    scales in float32 before casting back, as Qwen3.5's reference does."""
 
     def __init__(
-        self, dim: int, eps: float, *, param_dtype: jnp.dtype = jnp.float32, axis_name="embed"
+        self,
+        dim: int,
+        eps: float,
+        *,
+        param_dtype: jnp.dtype = jnp.float32,
+        axis_name="embed",
+        offset: float = 0.0,
     ):
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), axes=(axis_name,))
+        init = jnp.zeros if offset else jnp.ones
+        self.scale = nnx.Param(init((dim,), param_dtype), axes=(axis_name,))
         self.eps = eps
+        self.offset = offset
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         dtype = x.dtype
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return (x32 * (self.offset + self.scale[...].astype(jnp.float32))).astype(dtype)
         return self.scale[...].astype(dtype) * x32.astype(dtype)
 
 

@@ -4,9 +4,9 @@
     python -m model.parity --tiny qwen3_vl DIR       # first build a tiny random checkpoint in DIR
 
 Runs a fixed set of inputs (text only; one image; one video; an image and a video in one prompt;
-two videos in one prompt; a batch of two prompts of different lengths, right-padded), prints the
-max absolute and relative logit difference of each, and exits non-zero when any relative
-difference (max |diff| / max |logit|) is above the tolerance. Inputs are built from token ids and
+two videos in one prompt; a batch of two prompts of different lengths, right-padded and
+left-padded), prints the max absolute and relative logit difference of each, and exits non-zero
+when any relative difference (max |diff| / max |logit|) is above the tolerance. Inputs are built from token ids and
 the config's special token ids, so no tokenizer is needed; pixels are random normalised patches.
 Both sides get the same position ids (model/rope.py), so the check is on the model itself.
 """
@@ -60,7 +60,7 @@ def _vision_block(cfg: ModelConfig, kind: str, grid: tuple[int, int, int]) -> li
     """An item's tokens: its pads between vision start and end; a Qwen3-VL video as one such
     block per temporal patch, each after a stand-in for its timestamp text (3 tokens)."""
     tok = cfg.image_token_id if kind == "image" else cfg.video_token_id
-    frames = grid[0] if kind == "video" and cfg.model_type == "qwen3_vl" else 1
+    frames = grid[0] if kind == "video" and cfg.timestamped_videos else 1
     count = grid[0] * grid[1] * grid[2] // cfg.vision.merge_unit // frames
     block = [cfg.vision_start_token_id] + [tok] * count + [cfg.vision_end_token_id]
     if frames == 1:
@@ -141,6 +141,13 @@ def build_inputs(cfg: ModelConfig, seed: int = 0) -> list[ParityInput]:
         ids[r, : len(row)] = row
         mask[r, : len(row)] = 1
     inputs.append(ParityInput("batch of two, padded", ids, mask, [img, vid], [1.0]))
+    # The same rows left-padded (as transformers' generate pads).
+    ids_left = np.full((2, length), pad, np.int64)
+    mask_left = np.zeros((2, length), np.int64)
+    for r, row in enumerate((row0, row1)):
+        ids_left[r, length - len(row) :] = row
+        mask_left[r, length - len(row) :] = 1
+    inputs.append(ParityInput("batch of two, left-padded", ids_left, mask_left, [img, vid], [1.0]))
     return inputs
 
 
@@ -197,6 +204,7 @@ def torch_logits(hf_model, cfg: ModelConfig, inp: ParityInput, positions: np.nda
     kwargs = torch_inputs(cfg, inp.input_ids, inp.items, inp.second_per_grid_ts)
     with torch.no_grad():
         out = hf_model(
+            use_cache=False,  # transformers' hybrid cache needs an attention layer
             attention_mask=torch.tensor(inp.attention_mask),
             position_ids=torch.tensor(positions.astype(np.int64)),
             **kwargs,
@@ -260,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| / max |logit|")
     parser.add_argument(
         "--tiny",
-        choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl"),
+        choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"),
         help="first write a tiny random checkpoint of this generation into hf_dir",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -271,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         make_tiny_checkpoint(args.hf_dir, args.tiny, seed=args.seed)
         print(f"wrote a tiny random {args.tiny} checkpoint to {args.hf_dir}")
     rows = compare(args.hf_dir, args.tolerance, args.seed)
-    print(f"{'input':<24}{'tokens':>8}{'max|diff|':>14}{'max|logit|':>14}{'relative':>12}  ok")
+    print(f"{'input':<28}{'tokens':>8}{'max|diff|':>14}{'max|logit|':>14}{'relative':>12}  ok")
     for r in rows:
         print(
-            f"{r['input']:<24}{r['tokens']:>8}{r['max_abs_diff']:>14.3e}{r['max_abs_logit']:>14.3e}"
+            f"{r['input']:<28}{r['tokens']:>8}{r['max_abs_diff']:>14.3e}{r['max_abs_logit']:>14.3e}"
             f"{r['rel_diff']:>12.2e}  {'yes' if r['ok'] else 'NO'}"
         )
     bad = [r["input"] for r in rows if not r["ok"]]

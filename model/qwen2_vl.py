@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from model import stack
+from model import hybrid, stack
 from model.config import ModelConfig
 from model.flash import Mask
 from model.layers import RMSNorm, dtype_of, normal_init
@@ -88,12 +88,15 @@ class Qwen2VL(nnx.Module):
             ),
             axes=("vocab", "embed"),
         )
-        layers = [
-            DecoderLayer(t, param_dtype=param_dtype, dtype=dtype, attention=attention, rngs=rngs)
-            for _ in range(t.num_layers)
-        ]
+        layer_kwargs = dict(param_dtype=param_dtype, dtype=dtype, attention=attention, rngs=rngs)
+        if t.is_hybrid:  # Qwen3.5: groups of DeltaNet and attention layers (model/hybrid.py)
+            layers = hybrid.groups(t, **layer_kwargs)
+        else:
+            layers = [DecoderLayer(t, **layer_kwargs) for _ in range(t.num_layers)]
         self.layers = stack.stacked(layers) if scan_layers else nnx.List(layers)
-        self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, param_dtype=param_dtype)
+        self.norm = RMSNorm(
+            t.hidden_size, t.rms_norm_eps, param_dtype=param_dtype, offset=t.norm_offset
+        )
         self.lm_head = (
             None
             if config.tie_word_embeddings
@@ -146,10 +149,10 @@ class Qwen2VL(nnx.Module):
         return Embedded(x=x, deepstack=constrain(deep, (None, "batch", None, None)))
 
     def rope(self, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """M-RoPE cos, sin [batch, seq, head_dim] of positions [3, batch, seq]."""
+        """M-RoPE cos, sin [batch, seq, rotary_dim] of positions [3, batch, seq]."""
         t = self.config.text
         return mrope_cos_sin(
-            positions, t.head_dim, t.rope_theta, t.mrope_section, t.mrope_interleaved
+            positions, t.rotary_dim, t.rope_theta, t.mrope_section, t.mrope_interleaved
         )
 
     def over_layers(self, body, carry, xs=None, *, remat: bool = False):
@@ -160,11 +163,15 @@ class Qwen2VL(nnx.Module):
         policy = self.remat_policy if remat else None
         return stack.run(self.layers, body, carry, xs, remat_policy=policy)
 
-    def _layers(self, x, cos, sin, mask, cache: KVCache | None, deepstack=None):
+    def _layers(self, x, cos, sin, mask, cache, deepstack=None, valid=None):
         """The decoder layers and the final norm; with a cache, each layer writes its keys and
-        values at the cache's index; `deepstack` (Embedded) is added after the first layers.
-        Returns hidden states and the caches' (keys, values)."""
+        values at the cache's index; `deepstack` (Embedded) is added after the first layers;
+        `valid` [batch, L]: the tokens a hybrid decoder's DeltaNet layers run over. Returns
+        hidden states and the cache's new arrays ((keys, values); hybrid: and the states)."""
         remat = self.remat and cache is None
+        if self.config.text.is_hybrid:
+            x, arrays = hybrid.run_layers(self, x, cos, sin, mask, valid, cache, remat)
+            return self.norm(x), arrays
 
         def body(layer, carry, i):
             x, kv = carry
@@ -200,7 +207,8 @@ class Qwen2VL(nnx.Module):
         prompt embeddings computed once and shared by several completions)."""
         x, deepstack = _unpack(x)
         cos, sin = self.rope(positions)
-        hidden, _ = self._layers(x, cos, sin, causal_mask(attention_mask), None, deepstack)
+        mask = causal_mask(attention_mask)
+        hidden, _ = self._layers(x, cos, sin, mask, None, deepstack, attention_mask.astype(bool))
         return hidden
 
     def shared_prefix_hidden_states(
@@ -237,6 +245,13 @@ class Qwen2VL(nnx.Module):
             kv_pos=jnp.concatenate([jnp.zeros((samples, lp), own.dtype), own], axis=1),
             causal_offset=lp,
         )
+
+        if self.config.text.is_hybrid:
+            xp, xc = hybrid.run_shared_prefix(
+                self, prompt_x, completion_x, rope_p, rope_c, mask_p, mask_c,
+                prompt_mask, completion_mask, sample_to_prompt,
+            )  # fmt: skip
+            return self.norm(xp), self.norm(xc)
 
         def body(layer, carry, i):
             xp, xc = layer.shared_prefix(*carry, rope_p, rope_c, mask_p, mask_c, sample_to_prompt)
@@ -281,15 +296,22 @@ class Qwen2VL(nnx.Module):
         x = self.embed(tokens)
         return self._extend(x, positions, jnp.ones(tokens.shape, bool), cache)
 
-    def _extend(self, x, positions, new_valid, cache: KVCache, deepstack=None):
+    def _extend(self, x, positions, new_valid, cache, deepstack=None):
         length = x.shape[1]
         valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
         mask = cache_mask(valid, cache.index, length)
         cos, sin = self.rope(positions)
-        hidden, (k, v) = self._layers(x, cos, sin, mask, cache, deepstack)
-        return hidden, KVCache(k=k, v=v, valid=valid, index=cache.index + length)
+        hidden, arrays = self._layers(x, cos, sin, mask, cache, deepstack, new_valid)
+        kv = KVCache(k=arrays[0], v=arrays[1], valid=valid, index=cache.index + length)
+        if isinstance(cache, hybrid.HybridCache):
+            return hidden, hybrid.HybridCache(kv=kv, conv=arrays[2], state=arrays[3])
+        return hidden, kv
 
-    def init_cache(self, batch: int, slots: int) -> KVCache:
+    def init_cache(self, batch: int, slots: int) -> KVCache | hybrid.HybridCache:
+        """An empty cache: keys and values of every layer (KVCache), or for a hybrid decoder
+        those of its attention layers and its DeltaNet layers' states (HybridCache)."""
+        if self.config.text.is_hybrid:
+            return hybrid.HybridCache.create(self.config.text, batch, slots, self.dtype)
         return KVCache.create(self.config.text, batch, slots, self.dtype)
 
     # --------------------------------------------------------------------------------------------

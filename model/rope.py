@@ -23,11 +23,16 @@ def rotate_half(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def apply_rotary(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """Rotates `x` [..., seq, heads, head_dim] by angles given as cos/sin [..., seq, head_dim]."""
+    """Rotates `x` [..., seq, heads, head_dim] by angles given as cos/sin [..., seq, rotary]:
+    the first `rotary` dims of each head rotate, the rest (partial rotary, Qwen3.5) pass."""
     cos = cos[..., None, :]
     sin = sin[..., None, :]
-    out = x.astype(jnp.float32) * cos + rotate_half(x.astype(jnp.float32)) * sin
-    return out.astype(x.dtype)
+    rotary = cos.shape[-1]
+    part = x[..., :rotary].astype(jnp.float32)
+    out = (part * cos + rotate_half(part) * sin).astype(x.dtype)
+    if rotary == x.shape[-1]:
+        return out
+    return jnp.concatenate([out, x[..., rotary:]], axis=-1)
 
 
 def inverse_frequencies(dim: int, theta: float) -> np.ndarray:
@@ -143,7 +148,7 @@ def rope_index(
     video_grids = np.asarray(
         video_grid_thw if video_grid_thw is not None else [], np.int64
     ).reshape(-1, 3)
-    if config.model_type == "qwen3_vl":
+    if config.timestamped_videos:
         video_grids = np.repeat(video_grids, video_grids[:, 0], axis=0)
         video_grids[:, 0] = 1
     videos = iter(video_grids)

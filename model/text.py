@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from model.config import TextConfig
+from model.config import FULL_ATTENTION, LINEAR_ATTENTION, TextConfig
+from model.delta_net import GatedDeltaNet
 from model.flash import Mask
 from model.layers import Dense, RMSNorm, activation, attention
 from model.rope import apply_rotary
@@ -45,8 +46,10 @@ class KVCache:
 
 class Attention(nnx.Module):
     """Grouped-query attention: q, k, v with bias, o without (Qwen2); no biases and an RMSNorm
-    over each query and key head before the rotation (Qwen3, `qk_norm`). `implementation`:
-    config `model.attention` (model.layers.attention)."""
+    over each query and key head before the rotation (Qwen3, `qk_norm`); Qwen3.5 adds an output
+    gate (q_proj gives each head's queries then its gate; the output is multiplied by
+    sigmoid(gate)) and rotates only the first `rotary_dim` dims. `implementation`: config
+    `model.attention` (model.layers.attention)."""
 
     def __init__(
         self, cfg: TextConfig, *, param_dtype, dtype, implementation: str = "auto", rngs: nnx.Rngs
@@ -54,11 +57,13 @@ class Attention(nnx.Module):
         d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kw = dict(param_dtype=param_dtype, dtype=dtype, init_std=cfg.initializer_range, rngs=rngs)
         bias = cfg.attention_bias
-        self.q_proj = Dense(d, h * hd, axes=("embed", "heads"), use_bias=bias, **kw)
+        self.gated = cfg.attn_output_gate
+        q_width = h * hd * (2 if self.gated else 1)
+        self.q_proj = Dense(d, q_width, axes=("embed", "heads"), use_bias=bias, **kw)
         self.k_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), use_bias=bias, **kw)
         self.v_proj = Dense(d, kv * hd, axes=("embed", "kv_heads"), use_bias=bias, **kw)
         self.o_proj = Dense(h * hd, d, axes=("heads", "embed"), use_bias=False, **kw)
-        norm = dict(param_dtype=param_dtype, axis_name=None)
+        norm = dict(param_dtype=param_dtype, axis_name=None, offset=cfg.norm_offset)
         self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, **norm) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, **norm) if cfg.qk_norm else None
         self.shape = (h, kv, hd)
@@ -72,24 +77,34 @@ class Attention(nnx.Module):
 
     def rotated_qkv(self, x, cos, sin):
         """Queries [..., heads, d] and keys [..., kv_heads, d] (normed, Qwen3, and rotated) and
-        values [..., kv_heads, d] of x [..., hidden]; cos, sin: [..., d] (model.rope)."""
+        values [..., kv_heads, d] of x [..., hidden]; cos, sin: [..., rotary] (model.rope)."""
+        return self.rotated_qkv_gate(x, cos, sin)[:3]
+
+    def rotated_qkv_gate(self, x, cos, sin):
+        """`rotated_qkv` and the output gate [..., heads, d] (None without one), from one
+        q_proj."""
         h, kv, hd = self.shape
         lead = x.shape[:-1]
-        q = self.q_proj(x).reshape(*lead, h, hd)
+        q = self.q_proj(x).reshape(*lead, h, -1)
+        q, gate = (q[..., :hd], q[..., hd:]) if self.gated else (q, None)
         k = self.k_proj(x).reshape(*lead, kv, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         v = self.v_proj(x).reshape(*lead, kv, hd)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, gate
 
     def project(self, x, cos, sin):
-        """Rotated queries [b, len, heads, d] and keys, and values [b, len, kv_heads, d]."""
-        q, k, v = self.rotated_qkv(x, cos, sin)
-        return _heads(q, "heads"), _heads(k, "kv_heads"), _heads(v, "kv_heads")
+        """Rotated queries [b, len, heads, d] and keys, values [b, len, kv_heads, d] and the
+        output gate (or None)."""
+        q, k, v, gate = self.rotated_qkv_gate(x, cos, sin)
+        return _heads(q, "heads"), _heads(k, "kv_heads"), _heads(v, "kv_heads"), gate
 
-    def output(self, out):
-        """Attention output [b, len, heads, d] -> the residual update [b, len, hidden]."""
+    def output(self, out, gate=None):
+        """Attention output [b, len, heads, d] -> the residual update [b, len, hidden], times
+        sigmoid(gate) first where the layer has an output gate (Qwen3.5)."""
         b, length, h, hd = out.shape
+        if gate is not None:
+            out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
         return self.o_proj(out.reshape(b, length, h * hd))
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
@@ -98,7 +113,7 @@ class Attention(nnx.Module):
         and values are written at slots [index, index + len) of that layer, and the attention
         reads the layer's whole cache. Returns the residual update and the updated kv_cache."""
         hd = self.shape[2]
-        q, k, v = self.project(x, cos, sin)
+        q, k, v, gate = self.project(x, cos, sin)
         if kv_cache is not None:
             k_all, v_all, layer = kv_cache
             at = (layer, 0, index, 0, 0)
@@ -108,7 +123,7 @@ class Attention(nnx.Module):
             k, v = k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype)
         chunk = self.query_chunk if kv_cache is not None else 0
         out = attention(q, k, v, mask, hd**-0.5, chunk, self.implementation)
-        return self.output(out), kv_cache
+        return self.output(out, gate), kv_cache
 
     def shared_prefix(self, xp, xc, rope_p, rope_c, mask_p, mask_c, sample_to_prompt):
         """Attention for completions that continue shared prompts, the prompts computed once.
@@ -120,13 +135,13 @@ class Attention(nnx.Module):
         Returns the residual updates of both. Equal to attention over each concatenated
         prompt + completion, without running the prompt once per completion."""
         hd = self.shape[2]
-        qp, kp, vp = self.project(xp, *rope_p)
-        qc, kc, vc = self.project(xc, *rope_c)
+        qp, kp, vp, gate_p = self.project(xp, *rope_p)
+        qc, kc, vc, gate_c = self.project(xc, *rope_c)
         out_p = attention(qp, kp, vp, mask_p, hd**-0.5, implementation=self.implementation)
         k = _heads(jnp.concatenate([kp[sample_to_prompt], kc], axis=1), "kv_heads")
         v = _heads(jnp.concatenate([vp[sample_to_prompt], vc], axis=1), "kv_heads")
         out_c = attention(qc, k, v, mask_c, hd**-0.5, implementation=self.implementation)
-        return self.output(out_p), self.output(out_c)
+        return self.output(out_p, gate_p), self.output(out_c, gate_c)
 
 
 class MLP(nnx.Module):
@@ -150,22 +165,53 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
+    """A token mixer and the MLP, each after an RMSNorm and with its residual. The mixer is
+    attention (`self_attn`) or, for kind LINEAR_ATTENTION (Qwen3.5), a Gated DeltaNet
+    (`linear_attn`, model/delta_net.py)."""
+
     def __init__(
-        self, cfg: TextConfig, *, param_dtype, dtype, attention: str = "auto", rngs: nnx.Rngs
+        self,
+        cfg: TextConfig,
+        *,
+        param_dtype,
+        dtype,
+        attention: str = "auto",
+        kind: str = FULL_ATTENTION,
+        rngs: nnx.Rngs,
     ):
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
-        self.self_attn = Attention(
-            cfg, param_dtype=param_dtype, dtype=dtype, implementation=attention, rngs=rngs
-        )
-        self.post_attention_layernorm = RMSNorm(
-            cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype
-        )
+        norm = dict(param_dtype=param_dtype, offset=cfg.norm_offset)
+        self.kind = kind
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
+        if kind == LINEAR_ATTENTION:
+            self.linear_attn = GatedDeltaNet(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        else:
+            self.self_attn = Attention(
+                cfg, param_dtype=param_dtype, dtype=dtype, implementation=attention, rngs=rngs
+            )
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
         self.mlp = MLP(cfg, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, index=None):
         x = _tokens(x)
         attn, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, index)
         return self.feed_forward(x + attn), kv_cache
+
+    def linear(self, x, valid=None, conv_state=None, state=None):
+        """The layer with its Gated DeltaNet (GatedDeltaNet.__call__'s arguments). Returns the
+        output and the two states."""
+        x = _tokens(x)
+        mixed, conv_state, state = self.linear_attn(
+            self.input_layernorm(x), valid, conv_state, state
+        )
+        return self.feed_forward(x + mixed), conv_state, state
+
+    def shared_prefix_linear(self, xp, xc, valid_p, valid_c, sample_to_prompt):
+        """The Gated DeltaNet layer over prompts xp [P, Lp, hidden] (valid_p [P, Lp]) and the
+        completions xc [S, Lc, hidden] (valid_c) that continue them: each completion starts
+        from its prompt's final states. Returns both outputs."""
+        xp, conv, state = self.linear(xp, valid_p)
+        xc, _, _ = self.linear(xc, valid_c, conv[sample_to_prompt], state[sample_to_prompt])
+        return xp, xc
 
     def feed_forward(self, x):
         """The MLP half of the layer with its residual."""

@@ -32,10 +32,12 @@ def tiny_hf_config(
     token_ids: dict[str, int] | None = None,
     nested: bool = False,
     vision_overrides: dict[str, Any] | None = None,
+    layer_types: list[str] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """A config.json dict for a tiny model. `nested` writes the newer `text_config` form (always
-    for Qwen3-VL); `vision_overrides` change vision_config fields, `overrides` top-level ones."""
+    for Qwen3-VL and Qwen3.5); `vision_overrides` change vision_config fields, `overrides`
+    top-level ones; `layer_types` is Qwen3.5's pattern (default: linear, full, repeated)."""
     ids = {**TINY_TOKEN_IDS, **(token_ids or {})}
     heads = 4
     head_dim = hidden_size // heads
@@ -121,6 +123,47 @@ def tiny_hf_config(
         }
         architecture = "Qwen3VLForConditionalGeneration"
         nested = True  # Qwen3-VL's config.json is always nested
+    elif generation == "qwen3_5":
+        # Qwen3.5: Qwen3-VL's text settings plus the hybrid layers (Gated DeltaNet with 2 key
+        # heads serving 4 value heads), an output gate on attention, half of each head rotating
+        # (16 of 32 dims: sections [4, 2, 2] interleaved), and Qwen3-VL's tower without DeepStack.
+        text = {k: v for k, v in text.items() if k not in ("rope_theta", "rope_scaling")}
+        text = {
+            **text,
+            "head_dim": 32,
+            "attention_bias": False,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            "layer_types": layer_types
+            or ["linear_attention", "full_attention"] * (num_layers // 2)
+            + ["linear_attention"] * (num_layers % 2),
+            "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 24,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+        }
+        vision = {
+            "depth": vision_depth,
+            "hidden_size": vision_width,
+            "intermediate_size": vision_width * vision_mlp_ratio,
+            "num_heads": 4,
+            "hidden_act": "gelu_pytorch_tanh",
+            "out_hidden_size": hidden_size,
+            "in_channels": 3,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 16,
+            "model_type": "qwen3_5_vision",
+        }
+        architecture = "Qwen3_5ForConditionalGeneration"
+        nested = True
     else:
         raise ValueError(f"unknown generation {generation!r}")
     vision.update(vision_overrides or {})

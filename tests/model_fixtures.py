@@ -57,7 +57,11 @@ def tiny_checkpoint(generation: str, tie: bool = False) -> tuple[str, object]:
     """(directory, torch model) of a tiny random checkpoint, built once per test process."""
     directory = tempfile.mkdtemp(prefix=f"jaxvrl_{generation}_{'tied' if tie else 'untied'}_")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    torch_model = make_tiny_checkpoint(directory, generation, tie_word_embeddings=tie, seed=1)
+    # Qwen3.5: 4 layers (linear, full, linear, full) so the decoder scans over two groups.
+    extra = {"num_layers": 4} if generation == "qwen3_5" else {}
+    torch_model = make_tiny_checkpoint(
+        directory, generation, tie_word_embeddings=tie, seed=1, **extra
+    )
     return directory, torch_model
 
 

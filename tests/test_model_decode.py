@@ -13,7 +13,7 @@ from model.rope import rope_index
 TOLERANCE = 1e-5
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_prefill_then_decode_equals_full_forward_for_a_padded_batch(generation):
     model = tiny_port(generation)
     cfg = model.config

@@ -47,6 +47,8 @@ CASES = {
     # Qwen3-VL: nested config.json and its published key layout (model.language_model.*).
     "qwen3_vl-published-tied": dict(generation="qwen3_vl", tie_word_embeddings=True),
     "qwen3_vl-published-sharded": dict(generation="qwen3_vl", max_shard_size="50KB"),
+    # Qwen3.5: the hybrid decoder's DeltaNet tensors (conv1d, A_log, dt_bias, gated norm).
+    "qwen3_5-published": dict(generation="qwen3_5", num_layers=4),
 }
 # The tiny models hold about 0.8 MB of float32 tensors: 64 KB shards give an index and ~12 files.
 EXPORT_SHARD_BYTES = 64 * 1024
@@ -56,6 +58,7 @@ LOGIT_CASES = [
     "qwen2_5_vl-in_memory-flat-sharded",
     "qwen3_vl-published-tied",
     "qwen3_vl-published-sharded",
+    "qwen3_5-published",
 ]
 
 
@@ -149,6 +152,20 @@ def test_qwen3_export_keeps_the_published_tensor_names(checkpoints, case):
     assert any(k.startswith("model.visual.deepstack_merger_list.1.") for k in names(target))
 
 
+def test_qwen3_5_export_writes_each_layer_kind_under_its_hub_index(checkpoints):
+    """The hybrid decoder's groups (model/hybrid.py) export as hub layers 0..3 again: linear
+    layers 0 and 2, attention layers 1 and 3, in the published names."""
+    source, _, target = checkpoints("qwen3_5-published")
+    names = sorted(k for f in checkpoint_files(target) for k in load_file(f))
+    assert names == sorted(k for f in checkpoint_files(source) for k in load_file(f))
+    prefix = "model.language_model.layers"
+    for i in (0, 2):
+        assert f"{prefix}.{i}.linear_attn.A_log" in names
+        assert f"{prefix}.{i}.linear_attn.conv1d.weight" in names
+    for i in (1, 3):
+        assert f"{prefix}.{i}.self_attn.q_norm.weight" in names
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_export_config_reads_back_as_the_loaded_config(checkpoints, case):
     source, port, target = checkpoints(case)
@@ -240,7 +257,7 @@ def test_parity_checker_passes_on_export(checkpoints, case):
     _, _, target = checkpoints(case)
     rows = compare(target, tolerance=LOGIT_TOLERANCE)
     assert [r["input"] for r in rows if not r["ok"]] == []
-    assert len(rows) == 6
+    assert len(rows) == 7
 
 
 def test_qwen3_config_reads_rope_parameters_and_rope_scaling_alike():
@@ -365,7 +382,7 @@ def test_load_with_unknown_model_type_names_it(broken):
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("nested", [False, True])
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_config_round_trips_through_hf_dict(generation, nested, tied):
     config = ModelConfig.from_hf_dict(
         tiny_hf_config(generation, nested=nested, tie_word_embeddings=tied)
@@ -390,7 +407,7 @@ def test_config_round_trips_at_7b_defaults(generation):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_config_reads_the_nested_form_transformers_writes(generation, tied, tmp_path):
     raw = tiny_hf_config(generation, tie_word_embeddings=tied)
     (tmp_path / "config.json").write_text(json.dumps(raw))

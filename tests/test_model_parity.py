@@ -11,18 +11,26 @@ from model import parity
 TOLERANCE = 1e-4
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_logits_match_transformers_on_every_input_kind(generation, tie):
     directory, _ = tiny_checkpoint(generation, tie)
     rows = parity.compare(directory, TOLERANCE)
     names = {r["input"] for r in rows}
-    assert names == {"text", "image", "video", "image+video", "two videos", "batch of two, padded"}
+    assert names == {
+        "text",
+        "image",
+        "video",
+        "image+video",
+        "two videos",
+        "batch of two, padded",
+        "batch of two, left-padded",
+    }
     for r in rows:
         assert r["rel_diff"] <= TOLERANCE, r
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_vision_features_reach_the_logits(generation):
     """Guards the parity test against a vision path that contributes nothing: shuffling the
     patches of the video must move the logits far beyond the parity tolerance."""
@@ -74,6 +82,51 @@ def test_qwen3_deepstack_features_reach_the_logits():
     base = np.asarray(model.logits(model.hidden_states(embedded, arrays["positions"], mask)))
     plain = np.asarray(model.logits(model.hidden_states(embedded.x, arrays["positions"], mask)))
     assert np.abs(plain - base).max() > 100 * TOLERANCE * np.abs(base).max()
+
+
+@pytest.mark.parametrize(
+    "layer_types",
+    [
+        ["full_attention", "linear_attention", "linear_attention"],  # no period: one group
+        ["linear_attention"] * 3
+        + ["full_attention"]
+        + ["linear_attention"] * 3
+        + ["full_attention"],  # Qwen3.5's own pattern, two groups of 4
+        ["linear_attention", "linear_attention"],  # no attention layer at all
+    ],
+    ids=["full-linear-linear", "3linear-full-x2", "all-linear"],
+)
+def test_qwen3_5_layer_patterns_match_transformers(tmp_path, layer_types):
+    """Qwen3.5's hybrid decoder on several `layer_types` patterns, tied embeddings."""
+    from model.tiny import make_tiny_checkpoint
+
+    make_tiny_checkpoint(
+        tmp_path,
+        "qwen3_5",
+        seed=4,
+        num_layers=len(layer_types),
+        layer_types=layer_types,
+        tie_word_embeddings=True,
+    )
+    rows = parity.compare(str(tmp_path), TOLERANCE)
+    for r in rows:
+        assert r["rel_diff"] <= TOLERANCE, r
+
+
+def test_qwen3_5_linear_attention_reaches_the_logits():
+    """Guards the Qwen3.5 parity against DeltaNet layers that contribute nothing: zeroing their
+    output projections moves the logits far beyond the tolerance."""
+    model = tiny_port("qwen3_5")
+    cfg = model.config
+    inp = next(i for i in parity.build_inputs(cfg) if i.name == "text")
+    arrays = parity.port_arrays(cfg, inp)
+    ids, mask = inp.input_ids, inp.attention_mask.astype(bool)
+    base = np.asarray(model.logits(model(ids, arrays["positions"], mask)))
+    for group in ("layer_0",):
+        kernel = getattr(model.layers, group).linear_attn.out_proj.kernel
+        kernel[...] = kernel[...] * 0
+    moved = np.asarray(model.logits(model(ids, arrays["positions"], mask)))
+    assert np.abs(moved - base).max() > 100 * TOLERANCE * np.abs(base).max()
 
 
 def test_parity_cli_exits_nonzero_above_tolerance(capsys):

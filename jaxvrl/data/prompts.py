@@ -219,7 +219,7 @@ class PromptBuilder:
         """Token ids with expanded pad tokens and their M-RoPE positions. With SFT targets on,
         the target and the end-of-turn token follow the prompt (tokenised separately)."""
         text = self.prompt_text(example)
-        if self.config.model_type == "qwen3_vl":
+        if self.config.timestamped_videos:
             text = timestamped_videos(text, items, self.vision_tokens)
             ids = expand_vision_tokens(self.encode(text), per_temporal_patch(items), self.config)
         else:

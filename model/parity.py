@@ -6,8 +6,9 @@
 Runs a fixed set of inputs (text only; one image; one video; an image and a video in one prompt;
 two videos in one prompt; a batch of two prompts of different lengths, right-padded and
 left-padded), prints the max absolute and relative logit difference of each, and exits non-zero
-when any relative difference (max |diff| / max |logit|) is above the tolerance. Inputs are built from token ids and
-the config's special token ids, so no tokenizer is needed; pixels are random normalised patches.
+when any relative difference (max |diff| / max |logit|) is above the tolerance. Inputs are built
+from token ids and the config's special token ids, so no tokenizer is needed; pixels are random
+normalised patches.
 Both sides get the same position ids (model/rope.py), so the check is on the model itself.
 """
 

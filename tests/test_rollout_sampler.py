@@ -31,6 +31,7 @@ from jaxvrl.rollout.sampler import Rollout, RolloutConfig, Sampler, SamplingPara
 from model import parity
 from model.hf import load_pretrained
 from model.packing import pack_vision
+from model.qwen2_vl import Embedded
 from model.rope import rope_index
 
 SECONDS_PER_GRID = 0.5
@@ -56,7 +57,7 @@ def make_row(cfg, parts, seed):
         items.append((kind, grid, patches.astype(np.float32)))
         tok = cfg.image_token_id if kind == "image" else cfg.video_token_id
         # Qwen3-VL: a video's temporal patches in blocks of their own, after 2 timestamp tokens.
-        blocks = grid[0] if kind == "video" and cfg.model_type == "qwen3_vl" else 1
+        blocks = grid[0] if kind == "video" and cfg.timestamped_videos else 1
         for _ in range(blocks):
             if blocks > 1:
                 ids += rng.integers(10, cfg.text.vocab_size, size=2).tolist()
@@ -130,7 +131,7 @@ def samples_of(out: dict[str, np.ndarray], row: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_greedy_decoding_matches_transformers_generate(generation):
     model = tiny_port(generation)
     _, torch_model = tiny_checkpoint(generation)
@@ -168,6 +169,16 @@ def test_qwen3_logprobs_equal_a_full_forward_over_the_same_tokens(vl3):
     check_logprobs_equal_a_full_forward(*vl3, 0.8)
 
 
+def test_qwen3_5_logprobs_equal_a_full_forward_over_the_same_tokens():
+    """The hybrid decoder's rollout (each prompt's DeltaNet states computed once and copied to
+    its samples, then stepped token by token) against one chunked full forward per sample."""
+    model = tiny_port("qwen3_5")
+    cfg = model.config
+    rows = {name: make_row(cfg, parts, i) for i, (name, parts) in enumerate(
+        [("A", ROW_A), ("B", ROW_B)])}  # fmt: skip
+    check_logprobs_equal_a_full_forward(model, rows, Sampler(model, config=SHARED), 0.8)
+
+
 def check_logprobs_equal_a_full_forward(model, rows, sampler, temperature):
     cfg = model.config
     prompts = make_prompts(cfg, [rows["A"], rows["B"]])
@@ -195,14 +206,28 @@ def check_logprobs_equal_a_full_forward(model, rows, sampler, temperature):
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def full_logprobs(state, ids, positions, mask, vision, targets, gather):
+    def full_logprobs(state, ids, positions, mask, vision, targets, gather, completion):
         m_ = nnx.merge(graphdef, state)
-        hidden = m_(ids, positions, mask, vision)
+        # A random model can sample a vision pad id: in the completion it is a plain token, so
+        # its embedding (and no vision feature or DeepStack addition) goes there.
+        x = m_.embed(ids, vision)
+        plain = m_.embed(ids)
+        if isinstance(x, Embedded):
+            x = Embedded(
+                x=jnp.where(completion[..., None], plain, x.x),
+                deepstack=jnp.where(completion[None, ..., None], 0, x.deepstack),
+            )
+        else:
+            x = jnp.where(completion[..., None], plain, x)
+        hidden = m_.hidden_states(x, positions, mask)
         hidden = jnp.take_along_axis(hidden, gather[..., None], axis=1)
         return m_.token_logprobs(hidden, targets, temperature=temperature)
 
     gather = (n - 1)[:, None] + np.arange(m)[None]
-    ref = np.asarray(full_logprobs(state, ids, positions, mask, vision, out["tokens"], gather))
+    completion = np.arange(length)[None] >= n[:, None]
+    ref = np.asarray(
+        full_logprobs(state, ids, positions, mask, vision, out["tokens"], gather, completion)
+    )
     valid = out["mask"]
     assert valid.sum() == s * m
     np.testing.assert_allclose(out["logprobs"][valid], ref[valid], rtol=0, atol=1e-5)
@@ -431,7 +456,7 @@ def test_left_padded_prompts_are_moved_to_the_right():
     np.testing.assert_array_equal(prompts.lengths, [2, 4])
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_vision_in_slice_chunks_gives_the_packed_towers_features(generation):
     """Vision attention (and Qwen2.5-VL's windows) stay inside temporal slices, so running whole
     slices as separate chunks, several per chunk, reproduces the packed tower's features."""

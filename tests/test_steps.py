@@ -45,7 +45,7 @@ def _rl_batch(model, seed=0):
     }
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen3_vl", "qwen3_5"])
 def test_completion_logprobs_equal_a_full_forward_of_prompt_and_completion(generation):
     model = tiny_port(generation)
     cfg = model.config
@@ -96,12 +96,15 @@ def _concatenated_logprobs(model, batch):
 
 
 @pytest.mark.parametrize(
-    ("generation", "remat"), [("qwen2_vl", False), ("qwen2_vl", True), ("qwen3_vl", True)]
+    ("generation", "remat"),
+    [("qwen2_vl", False), ("qwen2_vl", True), ("qwen3_vl", True), ("qwen3_5", True)],
 )
 def test_shared_prompt_pass_has_the_gradient_of_the_concatenated_forward(generation, remat):
     """The prompt run once for its completions gives the log-probs and the parameter gradient of
     running every prompt + completion (float32, 1e-5: only summation order differs); Qwen3-VL's
-    DeepStack mergers get their gradient through the prompts."""
+    DeepStack mergers get their gradient through the prompts. Qwen3.5: the reference runs each
+    completion after its padded prompt, so its DeltaNet layers must skip the padding in between
+    (a state carried from the prompt's last valid token)."""
     model = tiny_port(generation)  # a fresh copy
     model.remat = remat
     _, batch = _rl_batch(model)

@@ -29,6 +29,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvrl.rollout import sampling
+from model import hybrid
+from model.config import LINEAR_ATTENTION
 from model.layers import MASK_VALUE
 from model.sharding import Rules, axis_size, fit_spec, logical_to_spec
 
@@ -62,19 +64,24 @@ def vision_features(
 
 @struct.dataclass
 class GroupCache:
-    """Every layer's keys/values: the prompts' [layers, P, kv_heads, L, head_dim], shared by
-    their samples, and the samples' own [layers, P, kv_heads, G, M, head_dim]; prompt validity
-    [P, L]."""
+    """Every attention layer's keys/values: the prompts' [layers, P, kv_heads, L, head_dim],
+    shared by their samples, and the samples' own [layers, P, kv_heads, G, M, head_dim]; prompt
+    validity [P, L]. A hybrid decoder (Qwen3.5) also holds each DeltaNet layer's states per
+    sample, conv [linear layers, P, G, K-1, channels] and state [linear layers, P, G, v_heads,
+    k_dim, v_dim], each started from its prompt's (None without DeltaNet layers)."""
 
     prompt_k: jnp.ndarray
     prompt_v: jnp.ndarray
     prompt_valid: jnp.ndarray
     sample_k: jnp.ndarray
     sample_v: jnp.ndarray
+    conv: jnp.ndarray | None = None
+    state: jnp.ndarray | None = None
 
 
 def prefill(model, input_ids, positions, attention_mask, features, group_size: int, max_new: int):
-    """Prompt forward through the decoder layers, keeping each layer's keys and values.
+    """Prompt forward through the decoder layers, keeping each layer's keys and values (and a
+    hybrid decoder's DeltaNet states, copied to each of the prompt's samples).
 
     input_ids, attention_mask: [P, L] (right-padded); positions: [3, P, L]; features: [F, hidden]
     or None. Returns final hidden states [P, L, hidden] and a GroupCache with room for
@@ -86,13 +93,21 @@ def prefill(model, input_ids, positions, attention_mask, features, group_size: i
     hidden, cache = model.prefill_embedded(
         x, positions, attention_mask, model.init_cache(batch=p, slots=length)
     )
-    tail = (t.num_layers, p, t.num_kv_heads, group_size, max_new, t.head_dim)
+    conv = state = None
+    if t.is_hybrid:
+        conv, state = (
+            jnp.repeat(a[:, :, None], group_size, axis=2) for a in (cache.conv, cache.state)
+        )
+        cache = cache.kv
+    tail = (cache.k.shape[0], p, t.num_kv_heads, group_size, max_new, t.head_dim)
     return hidden, GroupCache(
         prompt_k=cache.k.transpose(0, 1, 3, 2, 4),
         prompt_v=cache.v.transpose(0, 1, 3, 2, 4),
         prompt_valid=attention_mask.astype(bool),
         sample_k=jnp.zeros(tail, model.dtype),
         sample_v=jnp.zeros(tail, model.dtype),
+        conv=conv,
+        state=state,
     )
 
 
@@ -123,43 +138,71 @@ def _group_attention(q, pk, pv, prompt_valid, sk, sv, sample_valid, scale):
     return out.transpose(0, 2, 1, 3, 4).reshape(p, g, h, d)
 
 
+def _attention_layer(layer, x, cos, sin, i, prompt_k, prompt_v, cache, sample_k, sample_v, step):
+    """An attention decoder layer on one new token per sample, x [P, G, hidden]: writes its
+    keys/values at layer i, completion slot `step`, of the samples' caches. Returns x and the
+    samples' caches."""
+    p, g = x.shape[:2]
+    attn = layer.self_attn
+    hd = attn.shape[2]
+    q, k, v, gate = attn.rotated_qkv_gate(layer.input_layernorm(x), cos, sin)  # [P, G, ., d]
+    # [P, G, kv, d] -> [1, P, kv, G, 1, d] at layer i, completion slot `step`.
+    at = (i, 0, 0, 0, step, 0)
+    new_k = k.transpose(0, 2, 1, 3)[None, :, :, :, None].astype(sample_k.dtype)
+    new_v = v.transpose(0, 2, 1, 3)[None, :, :, :, None].astype(sample_v.dtype)
+    sample_k = jax.lax.dynamic_update_slice(sample_k, new_k, at)
+    sample_v = jax.lax.dynamic_update_slice(sample_v, new_v, at)
+    out = _group_attention(
+        q,
+        prompt_k.astype(q.dtype),
+        prompt_v.astype(q.dtype),
+        cache.prompt_valid,
+        sample_k[i].astype(q.dtype),
+        sample_v[i].astype(q.dtype),
+        jnp.arange(cache.sample_k.shape[4]) <= step,
+        hd**-0.5,
+    )
+    x = x + attn.output(out, gate)
+    x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return x, sample_k, sample_v
+
+
+def _linear_layer(layer, x, conv, state):
+    """A DeltaNet decoder layer on one new token per sample, x [P, G, hidden], from each
+    sample's states conv [P, G, K-1, channels] and state [P, G, ...]. Returns x and the new
+    states."""
+    p, g, hidden = x.shape
+    x, conv_new, state_new = layer.linear(
+        x.reshape(p * g, 1, hidden),
+        None,
+        conv.reshape(p * g, *conv.shape[2:]),
+        state.reshape(p * g, *state.shape[2:]),
+    )
+    return (
+        x.reshape(p, g, hidden),
+        conv_new.reshape(conv.shape),
+        state_new.reshape(state.shape),
+    )
+
+
 def decode_step(model, cache: GroupCache, tokens, positions, step):
     """One token per sample. tokens: [P, G] int32, fed at completion slot `step` (a scalar);
     positions: [P] (the same for all samples of a prompt). Returns logits [P, G, vocab] float32
-    and the cache with the tokens' keys/values written."""
+    and the cache with the tokens' keys/values (and DeltaNet states) written."""
     t = model.config.text
     p, g = tokens.shape
     x = model.embed(tokens)  # [P, G, hidden]
     pos = jnp.broadcast_to(positions[None, :, None], (3, p, 1))
     cos, sin = model.rope(pos)  # [P, 1, d]
-    sample_valid = jnp.arange(cache.sample_k.shape[4]) <= step
+    if t.is_hybrid:
+        return _hybrid_decode_step(model, cache, x, cos, sin, step)
 
     def body(layer, carry, per_layer):
         x, sample_k, sample_v = carry
         i, prompt_k, prompt_v = per_layer
-        attn = layer.self_attn
-        heads, kv, hd = attn.shape
-        h = layer.input_layernorm(x)
-        q, k, v = attn.rotated_qkv(h, cos, sin)  # [P, G, heads or kv, d]
-        # [P, G, kv, d] -> [1, P, kv, G, 1, d] at layer i, completion slot `step`.
-        at = (i, 0, 0, 0, step, 0)
-        new_k = k.transpose(0, 2, 1, 3)[None, :, :, :, None].astype(sample_k.dtype)
-        new_v = v.transpose(0, 2, 1, 3)[None, :, :, :, None].astype(sample_v.dtype)
-        sample_k = jax.lax.dynamic_update_slice(sample_k, new_k, at)
-        sample_v = jax.lax.dynamic_update_slice(sample_v, new_v, at)
-        out = _group_attention(
-            q,
-            prompt_k.astype(q.dtype),
-            prompt_v.astype(q.dtype),
-            cache.prompt_valid,
-            sample_k[i].astype(q.dtype),
-            sample_v[i].astype(q.dtype),
-            sample_valid,
-            hd**-0.5,
-        )
-        x = x + attn.o_proj(out.reshape(p, g, heads * hd))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return (x, sample_k, sample_v), None
+        return _attention_layer(
+            layer, x, cos, sin, i, prompt_k, prompt_v, cache, sample_k, sample_v, step
+        ), None
 
     per_layer = (jnp.arange(t.num_layers), cache.prompt_k, cache.prompt_v)
     (x, sample_k, sample_v), _ = model.over_layers(
@@ -167,6 +210,54 @@ def decode_step(model, cache: GroupCache, tokens, positions, step):
     )
     logits = model.logits(model.norm(x))
     return logits, cache.replace(sample_k=sample_k, sample_v=sample_v)
+
+
+def _hybrid_decode_step(model, cache: GroupCache, x, cos, sin, step):
+    """decode_step's layers for a hybrid decoder: a scan over its layer groups
+    (model/hybrid.py), each attention layer as above, each DeltaNet layer one recurrence step."""
+    t = model.config.text
+    full, linear = hybrid.counts(t)
+    groups = t.num_layers // t.period
+
+    def by_group(a, per_group):
+        return a.reshape(groups, per_group, *a.shape[1:])
+
+    def body(group, carry, per_group):
+        x, sample_k, sample_v = carry
+        index, prompt_k, prompt_v, conv, state = per_group
+        new_conv, new_state = [], []
+        f = l_ = 0
+        for layer in group.sublayers():
+            if layer.kind == LINEAR_ATTENTION:
+                x, c, s = _linear_layer(layer, x, conv[l_], state[l_])
+                new_conv.append(c)
+                new_state.append(s)
+                l_ += 1
+            else:
+                x, sample_k, sample_v = _attention_layer(
+                    layer, x, cos, sin, index * full + f, prompt_k[f], prompt_v[f],
+                    cache, sample_k, sample_v, step,
+                )  # fmt: skip
+                f += 1
+        return (x, sample_k, sample_v), (jnp.stack(new_conv), jnp.stack(new_state))
+
+    per_group = (
+        jnp.arange(groups),
+        by_group(cache.prompt_k, full),
+        by_group(cache.prompt_v, full),
+        by_group(cache.conv, linear),
+        by_group(cache.state, linear),
+    )
+    (x, sample_k, sample_v), (conv, state) = model.over_layers(
+        body, (x, cache.sample_k, cache.sample_v), per_group
+    )
+    logits = model.logits(model.norm(x))
+    return logits, cache.replace(
+        sample_k=sample_k,
+        sample_v=sample_v,
+        conv=conv.reshape(cache.conv.shape),
+        state=state.reshape(cache.state.shape),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,6 +364,10 @@ def group_rollout(
         sample_k=shard(cache.sample_k, None, "batch", "kv_heads"),
         sample_v=shard(cache.sample_v, None, "batch", "kv_heads"),
     )
+    if cache.conv is not None:
+        cache = cache.replace(
+            conv=shard(cache.conv, None, "batch"), state=shard(cache.state, None, "batch")
+        )
     n_valid = attention_mask.sum(axis=1).astype(jnp.int32)
     last = jnp.take_along_axis(hidden, (n_valid - 1)[:, None, None], axis=1)[:, 0]
     first_logits = jnp.repeat(model.logits(last), g, axis=0)  # [R, vocab]

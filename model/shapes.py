@@ -1,5 +1,5 @@
-"""Published model shapes: the config.json fields of the released Qwen2-VL, Qwen2.5-VL and
-Qwen3-VL checkpoints (Instruct and base, or Thinking, share them), so a model's size is known
+"""Published model shapes: the config.json fields of the released Qwen2-VL, Qwen2.5-VL, Qwen3-VL
+and Qwen3.5 checkpoints (Instruct and base, or Thinking, share them), so a model's size is known
 without its files.
 
     config = published_config("Qwen2.5-VL-7B")     # a ModelConfig, nothing downloaded
@@ -148,6 +148,64 @@ def _qwen3_vl(hidden, intermediate, layers, heads, kv_heads, tie, vision) -> dic
     }
 
 
+def _qwen3_5(hidden, intermediate, layers, heads, linear_value_heads) -> dict[str, Any]:
+    """Qwen3.5's nested config.json: three Gated DeltaNet layers then one gated attention layer
+    (head_dim 256, a quarter of it rotating), 16 key heads of 128 in the DeltaNet layers, and
+    Qwen3-VL-8B's vision tower without DeepStack."""
+    text = {
+        "vocab_size": 248320,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "attention_bias": False,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000000,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [11, 11, 10],
+            "mrope_interleaved": True,
+        },
+        "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128,
+        "linear_num_key_heads": 16,
+        "linear_num_value_heads": linear_value_heads,
+        "max_position_embeddings": 262144,
+        "tie_word_embeddings": False,
+        "eos_token_id": 248044,
+    }
+    text["layer_types"] = text["layer_types"] * (layers // 4)
+    return {
+        "model_type": "qwen3_5",
+        "tie_word_embeddings": False,
+        "image_token_id": 248056,
+        "video_token_id": 248057,
+        "vision_start_token_id": 248053,
+        "vision_end_token_id": 248054,
+        "text_config": text,
+        "vision_config": {
+            "model_type": "qwen3_5_vision",
+            "depth": 27,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_heads": 16,
+            "hidden_act": "gelu_pytorch_tanh",
+            "in_channels": 3,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 2304,
+            "out_hidden_size": hidden,
+        },
+    }
+
+
 # name -> the released config.json's shape fields.
 PUBLISHED: dict[str, dict[str, Any]] = {
     "Qwen2-VL-2B": _qwen2_vl(1536, 8960, 28, 12, 2, 151936, True),
@@ -158,6 +216,8 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     "Qwen3-VL-4B": _qwen3_vl(2560, 9728, 36, 32, 8, True, _QWEN3_VL_VISION_SMALL),
     "Qwen3-VL-8B": _qwen3_vl(4096, 12288, 36, 32, 8, False, _QWEN3_VL_VISION_LARGE),
     "Qwen3-VL-32B": _qwen3_vl(5120, 25600, 64, 64, 8, False, _QWEN3_VL_VISION_LARGE),
+    "Qwen3.5-9B": _qwen3_5(4096, 12288, 32, 16, 32),
+    "Qwen3.5-27B": _qwen3_5(5120, 17408, 64, 24, 48),
 }
 
 

@@ -496,7 +496,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--height", type=int, default=SyntheticSpec.video_size[0])
     parser.add_argument("--width", type=int, default=SyntheticSpec.video_size[1])
     parser.add_argument(
-        "--generation", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+        "--generation",
+        default="qwen2_vl",
+        choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"),
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ from flax import nnx
 from model.config import TextConfig
 from model.delta_rule import causal_conv, chunked_gated_delta_rule, recurrent_gated_delta_rule
 from model.layers import Dense
+from model.sharding import constrain
 
 # Passes of at most this many tokens run the token-by-token recurrence (decode); longer ones the
 # chunked form (training, prefill).
@@ -119,7 +120,11 @@ class GatedDeltaNet(nnx.Module):
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
         if conv_state is None:
             conv_state = jnp.zeros((b, self.kernel_size - 1, self.channels), qkv.dtype)
-        conv_state = conv_state.astype(qkv.dtype)
+        # Rows split over the batch axes, like the tokens: the partitioner must not gather
+        # every row's states onto every device (the rollout steps them once per token).
+        conv_state = constrain(conv_state.astype(qkv.dtype), ("batch", None, None))
+        if state is not None:
+            state = constrain(state, ("batch", None, None, None))
         if valid is not None:
             order, inverse, count = compaction(valid.astype(bool))
             kept = (jnp.arange(length) < count[:, None])[..., None]
@@ -145,6 +150,8 @@ class GatedDeltaNet(nnx.Module):
             else chunked_gated_delta_rule
         )
         out, new_state = rule(q, k, v, g, beta, state)
+        new_state = constrain(new_state, ("batch", None, None, None))
+        new_conv = constrain(new_conv, ("batch", None, None))
         if valid is not None:
             out = _take(jnp.where(kept[..., None], out, 0), inverse)
         out = self.norm(out.astype(z.dtype), z)

@@ -20,15 +20,15 @@ u_j = beta_j (v_j - exp(g_j) S_{j-1}^T k_j) the correction written at j. Unrolli
     out_i = exp(G_i) S_0^T q_i + sum_{j<=i} exp(G_i - G_j) (q_i . k_j) u_j
 
 The second line is a unit-lower-triangular system (I + A) U = B (the "UT transform"); it is
-solved once per chunk for [beta v | beta exp(G) k], which do not depend on S_0, so only two
-[chunk, dim] x [dim, dim] products per chunk remain inside the scan over chunks.
+solved by forward substitution once per chunk for [beta v | beta exp(G) k], which do not
+depend on S_0, so only two [chunk, dim] x [dim, dim] products per chunk remain inside the scan
+over chunks.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
 
 def l2norm(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
@@ -66,6 +66,21 @@ def _segment_sum(g: jnp.ndarray) -> jnp.ndarray:
     terms = jnp.where(strictly_lower, g[..., :, None], 0.0)
     windows = jnp.cumsum(terms, axis=-2)
     return jnp.where(strictly_lower | jnp.eye(size, dtype=bool), windows, -jnp.inf)
+
+
+def _forward_substitution(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """X with (I + A) X = B, A strictly lower triangular [..., C, C], B [..., C, D]: row i is
+    B_i - sum_{j<i} A_ij X_j, one row per step of a loop of plain XLA ops. Not
+    jax.scipy.linalg.solve_triangular: on the CPU it lowers to LAPACK's trsm (a custom call),
+    and the compiled RL step of the Qwen3.5 demo hung there, at 0% CPU, twice."""
+    size = a.shape[-1]
+    a = jnp.tril(a, -1)
+
+    def row(i, x):
+        xi = b[..., i, :] - jnp.einsum("...j,...jd->...d", a[..., i, :], x)
+        return x.at[..., i, :].set(xi)
+
+    return jax.lax.fori_loop(0, size, row, jnp.zeros_like(b))
 
 
 def chunked_gated_delta_rule(
@@ -111,7 +126,7 @@ def chunked_gated_delta_rule(
     gram = jnp.einsum("...jd,...md->...jm", k, k)
     system = beta[..., None] * gram * decay
     rhs = beta[..., None] * jnp.concatenate([v, from_start * k], axis=-1)
-    solved = solve_triangular(system, rhs, lower=True, unit_diagonal=True)
+    solved = _forward_substitution(system, rhs)
     new_values, k_cumdecay = solved[..., : v.shape[-1]], solved[..., v.shape[-1] :]
     intra = jnp.einsum("...id,...jd->...ij", q, k) * decay
     q_decayed = q * from_start

@@ -68,19 +68,49 @@ def _segment_sum(g: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(strictly_lower | jnp.eye(size, dtype=bool), windows, -jnp.inf)
 
 
-def _forward_substitution(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """X with (I + A) X = B, A strictly lower triangular [..., C, C], B [..., C, D]: row i is
-    B_i - sum_{j<i} A_ij X_j, one row per step of a loop of plain XLA ops. Not
-    jax.scipy.linalg.solve_triangular: on the CPU it lowers to LAPACK's trsm (a custom call),
-    and the compiled RL step of the Qwen3.5 demo hung there, at 0% CPU, twice."""
+def _substitute(a: jnp.ndarray, b: jnp.ndarray, transpose: bool) -> jnp.ndarray:
+    """X with (I + A) X = B (rows first to last) or (I + A)^T X = B (last to first), for A
+    strictly lower triangular [..., C, C] and B [..., C, D]: one row per step of a loop of plain
+    XLA ops."""
     size = a.shape[-1]
     a = jnp.tril(a, -1)
+    if transpose:
+        a = jnp.swapaxes(a, -1, -2)
 
-    def row(i, x):
+    def row(step, x):
+        i = size - 1 - step if transpose else step
         xi = b[..., i, :] - jnp.einsum("...j,...jd->...d", a[..., i, :], x)
         return x.at[..., i, :].set(xi)
 
     return jax.lax.fori_loop(0, size, row, jnp.zeros_like(b))
+
+
+@jax.custom_vjp
+def unit_lower_solve(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """X with (I + tril(A, -1)) X = B: A [..., C, C] (its diagonal and upper part unused),
+    B [..., C, D].
+
+    Forward substitution in plain XLA ops, not jax.scipy.linalg.solve_triangular: on the CPU
+    that lowers to LAPACK's trsm (a custom call), and the compiled RL step of the Qwen3.5 demo
+    hung there, at 0% CPU, twice. The gradient is written out (the transposed solve, then
+    dA = -tril(dB X^T, -1)), so differentiating keeps A and X only, not the loop's every step
+    (which took Qwen3.5-9B's SFT step on h100x8 from 28.07 to 35.10 GiB per chip)."""
+    return _substitute(a, b, transpose=False)
+
+
+def _solve_forward(a, b):
+    x = _substitute(a, b, transpose=False)
+    return x, (a, x)
+
+
+def _solve_backward(residuals, dx):
+    a, x = residuals
+    db = _substitute(a, dx, transpose=True)
+    da = -jnp.tril(jnp.einsum("...id,...jd->...ij", db, x), -1)
+    return da, db
+
+
+unit_lower_solve.defvjp(_solve_forward, _solve_backward)
 
 
 def chunked_gated_delta_rule(
@@ -126,7 +156,7 @@ def chunked_gated_delta_rule(
     gram = jnp.einsum("...jd,...md->...jm", k, k)
     system = beta[..., None] * gram * decay
     rhs = beta[..., None] * jnp.concatenate([v, from_start * k], axis=-1)
-    solved = _forward_substitution(system, rhs)
+    solved = unit_lower_solve(system, rhs)
     new_values, k_cumdecay = solved[..., : v.shape[-1]], solved[..., v.shape[-1] :]
     intra = jnp.einsum("...id,...jd->...ij", q, k) * decay
     q_decayed = q * from_start

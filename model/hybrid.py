@@ -13,7 +13,6 @@ layers a rollout's memory does not grow with the completion.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
@@ -165,10 +164,3 @@ def run_shared_prefix(
 
     (xp, xc), _ = model.over_layers(body, (xp, xc), None, remat=model.remat)
     return xp, xc
-
-
-def state_bytes(cfg: TextConfig, batch: int, dtype=jnp.bfloat16) -> int:
-    """Bytes of the DeltaNet layers' states for `batch` rows (convolution in `dtype`, recurrence
-    in float32): what they hold at any length."""
-    cache = jax.eval_shape(lambda: HybridCache.create(cfg, batch, 1, dtype))
-    return cache.conv.size * cache.conv.dtype.itemsize + cache.state.size * 4

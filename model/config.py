@@ -275,7 +275,8 @@ class ModelConfig:
         )
         if qwen3:
             vision_rope = vision_raw.get("rope_parameters") or {}
-            default_taps = () if qwen35 else (8, 16, 24)  # Qwen3.5's tower has no DeepStack
+            # Qwen3.5's tower has no DeepStack: transformers ignores the field there, and so do we.
+            taps = () if qwen35 else vision_raw.get("deepstack_visual_indexes", (8, 16, 24))
             vision = VisionConfig(
                 generation="qwen3_vl",
                 depth=int(vision_raw.get("depth", 27)),
@@ -286,9 +287,7 @@ class ModelConfig:
                 out_hidden_size=int(vision_raw.get("out_hidden_size", text.hidden_size)),
                 rope_theta=float(vision_rope.get("rope_theta", 10000.0)),
                 num_position_embeddings=int(vision_raw.get("num_position_embeddings", 2304)),
-                deepstack_visual_indexes=tuple(
-                    int(i) for i in vision_raw.get("deepstack_visual_indexes", default_taps)
-                ),
+                deepstack_visual_indexes=tuple(int(i) for i in taps),
                 **common,
             )
             side = math.isqrt(vision.num_position_embeddings)

@@ -415,3 +415,21 @@ def test_config_reads_the_nested_form_transformers_writes(generation, tied, tmp_
     written = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert "text_config" in written and "rope_parameters" in written["text_config"]
     assert ModelConfig.from_hf_dict(written) == ModelConfig.from_hf_dict(raw)
+
+
+def test_qwen3_5_config_reads_its_hybrid_fields_and_ignores_deepstack():
+    """Qwen3.5's text fields (layer pattern, DeltaNet heads, gate, partial rotary, norm offset);
+    its vision config has no DeepStack, and a `deepstack_visual_indexes` there is ignored, as
+    transformers ignores it."""
+    raw = tiny_hf_config(
+        "qwen3_5", num_layers=3, vision_overrides={"deepstack_visual_indexes": [1]}
+    )
+    config = ModelConfig.from_hf_dict(raw)
+    t = config.text
+    assert t.kinds == ("linear_attention", "full_attention", "linear_attention")
+    assert t.is_hybrid and t.period == 3 and t.attn_output_gate and t.norm_offset == 1.0
+    assert t.rotary_dim == 16 and t.linear_num_value_heads == 4
+    assert config.vision.deepstack == 0 and config.timestamped_videos
+    bad = tiny_hf_config("qwen3_5", layer_types=["linear_attention", "sliding_attention"])
+    with pytest.raises(ValueError, match="layer_types"):
+        ModelConfig.from_hf_dict(bad)

@@ -17,6 +17,14 @@ MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 # vision tower is Qwen3-VL's kind (Qwen3.5: without DeepStack).
 QWEN3_TYPES = ("qwen3_vl", "qwen3_5")
 FULL_ATTENTION, LINEAR_ATTENTION = "full_attention", "linear_attention"
+# Qwen3.5's Gated DeltaNet sizes, config.json fields and TextConfig fields alike.
+LINEAR_FIELDS = (
+    "linear_conv_kernel_dim",
+    "linear_key_head_dim",
+    "linear_value_head_dim",
+    "linear_num_key_heads",
+    "linear_num_value_heads",
+)
 
 
 def _int_if_whole(x: float) -> int | float:
@@ -211,17 +219,7 @@ class ModelConfig:
                     f"layer_types must name {n} layers, each {FULL_ATTENTION!r} or "
                     f"{LINEAR_ATTENTION!r}; got {list(layer_types)}"
                 )
-        linear = {
-            key: int(text_raw[key])
-            for key in (
-                "linear_conv_kernel_dim",
-                "linear_key_head_dim",
-                "linear_value_head_dim",
-                "linear_num_key_heads",
-                "linear_num_value_heads",
-            )
-            if key in text_raw
-        }
+        linear = {key: int(text_raw[key]) for key in LINEAR_FIELDS if key in text_raw}
         text = TextConfig(
             vocab_size=int(text_raw["vocab_size"]),
             hidden_size=int(text_raw["hidden_size"]),
@@ -483,13 +481,7 @@ class ModelConfig:
                 "mrope_interleaved": True,
             }
             text_raw["layer_types"] = list(t.kinds)
-            for key in (
-                "linear_conv_kernel_dim",
-                "linear_key_head_dim",
-                "linear_value_head_dim",
-                "linear_num_key_heads",
-                "linear_num_value_heads",
-            ):
+            for key in LINEAR_FIELDS:
                 text_raw[key] = getattr(t, key)
         vision_raw = {
             "model_type": "qwen3_5_vision" if qwen35 else "qwen3_vl",

@@ -101,6 +101,18 @@ _QWEN3_VL_VISION_LARGE = {  # Qwen3-VL-8B and -32B
 }
 
 
+# The fields every Qwen3-kind vision tower (Qwen3-VL, Qwen3.5) shares.
+_QWEN3_VISION = {
+    "num_heads": 16,
+    "hidden_act": "gelu_pytorch_tanh",
+    "in_channels": 3,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "num_position_embeddings": 2304,
+}
+
+
 def _qwen3_vl(hidden, intermediate, layers, heads, kv_heads, tie, vision) -> dict[str, Any]:
     """Qwen3-VL's nested config.json (text: Qwen3 with head_dim 128, rope_theta 5e6)."""
     text = {
@@ -135,14 +147,8 @@ def _qwen3_vl(hidden, intermediate, layers, heads, kv_heads, tie, vision) -> dic
         "text_config": text,
         "vision_config": {
             **vision,
+            **_QWEN3_VISION,
             "model_type": "qwen3_vl",
-            "num_heads": 16,
-            "hidden_act": "gelu_pytorch_tanh",
-            "in_channels": 3,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 2304,
             "out_hidden_size": hidden,
         },
     }
@@ -190,17 +196,11 @@ def _qwen3_5(hidden, intermediate, layers, heads, linear_value_heads) -> dict[st
         "vision_end_token_id": 248054,
         "text_config": text,
         "vision_config": {
-            "model_type": "qwen3_5_vision",
             "depth": 27,
             "hidden_size": 1152,
             "intermediate_size": 4304,
-            "num_heads": 16,
-            "hidden_act": "gelu_pytorch_tanh",
-            "in_channels": 3,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 2304,
+            **_QWEN3_VISION,
+            "model_type": "qwen3_5_vision",
             "out_hidden_size": hidden,
         },
     }

@@ -59,6 +59,21 @@ def tiny_hf_config(
         "eos_token_id": ids["eos_token_id"],
         "pad_token_id": ids["pad_token_id"],
     }
+    # Qwen3-VL's and Qwen3.5's tower: 16-pixel patches, a 4 x 4 grid of position embeddings
+    # (every test image is interpolated up or down from it).
+    qwen3_vision = {
+        "depth": vision_depth,
+        "hidden_size": vision_width,
+        "intermediate_size": vision_width * vision_mlp_ratio,
+        "num_heads": 4,
+        "hidden_act": "gelu_pytorch_tanh",
+        "out_hidden_size": hidden_size,
+        "in_channels": 3,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 16,
+    }
     if generation == "qwen2_vl":
         vision = {
             "depth": vision_depth,
@@ -106,18 +121,7 @@ def tiny_hf_config(
             },
         }
         vision = {
-            "depth": vision_depth,
-            "hidden_size": vision_width,
-            "intermediate_size": vision_width * vision_mlp_ratio,
-            "num_heads": 4,
-            "hidden_act": "gelu_pytorch_tanh",
-            "out_hidden_size": hidden_size,
-            "in_channels": 3,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            # A 4 x 4 grid: every test image is interpolated up or down from it.
-            "num_position_embeddings": 16,
+            **qwen3_vision,
             "deepstack_visual_indexes": [1, 3],
             "model_type": "qwen3_vl",
         }
@@ -148,20 +152,7 @@ def tiny_hf_config(
             "linear_num_key_heads": 2,
             "linear_num_value_heads": 4,
         }
-        vision = {
-            "depth": vision_depth,
-            "hidden_size": vision_width,
-            "intermediate_size": vision_width * vision_mlp_ratio,
-            "num_heads": 4,
-            "hidden_act": "gelu_pytorch_tanh",
-            "out_hidden_size": hidden_size,
-            "in_channels": 3,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 16,
-            "model_type": "qwen3_5_vision",
-        }
+        vision = {**qwen3_vision, "model_type": "qwen3_5_vision"}
         architecture = "Qwen3_5ForConditionalGeneration"
         nested = True
     else:

@@ -113,7 +113,7 @@ def test_recurrent_matches_transformers_recurrent(initial_state):
 
 @pytest.mark.parametrize("initial_state", [False, True])
 @pytest.mark.parametrize("chunk_size", [16, 64])
-@pytest.mark.parametrize("length", [37, 130])
+@pytest.mark.parametrize("length", [130])  # 37: test_chunked_matches_transformers_chunked
 def test_chunked_equals_sequential_recurrence(length, chunk_size, initial_state):
     inputs = as_jax(delta_inputs(length, initial_state=initial_state))
     out, state = chunked_gated_delta_rule(**inputs, chunk_size=chunk_size)
@@ -143,7 +143,7 @@ def test_chunked_gradients_equal_sequential_recurrence_gradients(chunk_size):
         assert relative_error(grads[name], expected[name]) < TOLERANCE, name
 
 
-@pytest.mark.parametrize("split", [1, 16, 50, 129])
+@pytest.mark.parametrize("split", [1, 50, 129])
 def test_chunked_prefix_then_rest_equals_whole(split):
     """The rollout's contract: a prefill's final state continues the sequence exactly."""
     inputs = as_jax(delta_inputs(130))

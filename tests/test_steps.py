@@ -45,7 +45,8 @@ def _rl_batch(model, seed=0):
     }
 
 
-@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen3_vl", "qwen3_5"])
+# Qwen3.5's log-probs: test_shared_prompt_pass_has_the_gradient_of_the_concatenated_forward.
+@pytest.mark.parametrize("generation", ["qwen2_vl", "qwen3_vl"])
 def test_completion_logprobs_equal_a_full_forward_of_prompt_and_completion(generation):
     model = tiny_port(generation)
     cfg = model.config

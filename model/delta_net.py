@@ -94,13 +94,6 @@ class GatedDeltaNet(nnx.Module):
         self.norm = GatedRMSNorm(self.v_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.dtype = dtype
 
-    def state_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Shapes of the convolution state and the recurrent state of `batch` rows."""
-        return (
-            (batch, self.kernel_size - 1, self.channels),
-            (batch, self.v_heads, self.k_dim, self.v_dim),
-        )
-
     def __call__(
         self,
         x: jnp.ndarray,

@@ -130,3 +130,15 @@ def test_balanced_sets_hold_every_cell_equally_in_train_cold_start_and_eval(tmp_
     with open(unbalanced["eval_file"]) as f:
         drawn = {(r["solution"], r["process"].split("is ")[-1]) for r in json.load(f)}
     assert len(drawn) < 16
+
+
+def test_model_by_generation_overrides_the_tiny_model_for_its_generation_only():
+    from configs import demo
+
+    section = demo.get_config().data.synthetic
+    base = section.model.to_dict()
+    assert synthetic.model_kwargs(section, "qwen2_vl") == base
+    assert synthetic.model_kwargs(section, "qwen3_vl") == base
+    assert synthetic.model_kwargs(section, "qwen3_5") == {**base, "num_layers": 4}
+    section.model_by_generation.qwen3_5.num_layers = 2  # as a command-line override sets it
+    assert synthetic.model_kwargs(section, "qwen3_5") == base

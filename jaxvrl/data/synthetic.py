@@ -479,12 +479,21 @@ def ensure_from_config(config) -> None:
     synthetic = config.data.get("synthetic")
     if not synthetic or not synthetic.get("enabled", False):
         return
+    generation = str(synthetic.get("generation", "qwen2_vl"))
     build_dataset(
         str(synthetic.directory),
         spec_from_config(synthetic),
-        str(synthetic.get("generation", "qwen2_vl")),
-        dict(synthetic.get("model", {})),
+        generation,
+        model_kwargs(synthetic, generation),
     )
+
+
+def model_kwargs(synthetic, generation: str) -> dict[str, Any]:
+    """The tiny model's tiny_hf_config arguments: `synthetic.model`, then what
+    `synthetic.model_by_generation[generation]` sets for that generation."""
+    kwargs = dict(synthetic.get("model", {}))
+    kwargs.update(dict(synthetic.get("model_by_generation", {}).get(generation, {})))
+    return kwargs
 
 
 def main(argv: Sequence[str] | None = None) -> None:

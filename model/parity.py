@@ -1,6 +1,6 @@
 """Logit parity between the port and transformers (PyTorch, float32) on one checkpoint directory.
 
-    python -m model.parity HF_DIR [--tolerance 1e-4]
+    python -m model.parity HF_DIR [--tolerance 1e-4] [--input video ...]
     python -m model.parity --tiny qwen3_vl DIR       # first build a tiny random checkpoint in DIR
 
 Runs a fixed set of inputs (text only; one image; one video; an image and a video in one prompt;
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -68,6 +69,18 @@ def _vision_block(cfg: ModelConfig, kind: str, grid: tuple[int, int, int]) -> li
         return block
     stamp = _prompt(np.random.default_rng(count), cfg, 3)
     return [t for _ in range(frames) for t in stamp + block]
+
+
+# The names of build_inputs' inputs, in its order.
+INPUT_NAMES = (
+    "text",
+    "image",
+    "video",
+    "image+video",
+    "two videos",
+    "batch of two, padded",
+    "batch of two, left-padded",
+)
 
 
 def build_inputs(cfg: ModelConfig, seed: int = 0) -> list[ParityInput]:
@@ -213,8 +226,14 @@ def torch_logits(hf_model, cfg: ModelConfig, inp: ParityInput, positions: np.nda
     return out.logits.float().numpy()
 
 
-def compare(hf_dir: str, tolerance: float = 1e-4, seed: int = 0) -> list[dict]:
-    """Runs every parity input; returns one row per input with its differences."""
+def compare(
+    hf_dir: str, tolerance: float = 1e-4, seed: int = 0, names: Sequence[str] | None = None
+) -> list[dict]:
+    """Runs every parity input (or those `names` lists); returns one row per input with its
+    differences."""
+    unknown = set(names or ()) - set(INPUT_NAMES)
+    if unknown:
+        raise ValueError(f"no parity inputs named {sorted(unknown)}: {INPUT_NAMES}")
     import jax
     import torch
     from flax import nnx
@@ -235,7 +254,8 @@ def compare(hf_dir: str, tolerance: float = 1e-4, seed: int = 0) -> list[dict]:
         return model.logits(model(ids, pos, mask, vision))
 
     rows = []
-    for inp in build_inputs(cfg, seed):
+    inputs = [inp for inp in build_inputs(cfg, seed) if names is None or inp.name in names]
+    for inp in inputs:
         arrays = port_arrays(cfg, inp)
         ours = np.asarray(
             forward(
@@ -273,13 +293,21 @@ def main(argv: list[str] | None = None) -> int:
         help="first write a tiny random checkpoint of this generation into hf_dir",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--input",
+        action="append",
+        dest="inputs",
+        choices=INPUT_NAMES,
+        metavar="NAME",
+        help=f"run only this input (repeatable), one of {', '.join(map(repr, INPUT_NAMES))}",
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         from model.tiny import make_tiny_checkpoint
 
         make_tiny_checkpoint(args.hf_dir, args.tiny, seed=args.seed)
         print(f"wrote a tiny random {args.tiny} checkpoint to {args.hf_dir}")
-    rows = compare(args.hf_dir, args.tolerance, args.seed)
+    rows = compare(args.hf_dir, args.tolerance, args.seed, args.inputs)
     print(f"{'input':<28}{'tokens':>8}{'max|diff|':>14}{'max|logit|':>14}{'relative':>12}  ok")
     for r in rows:
         print(

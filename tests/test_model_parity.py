@@ -51,6 +51,11 @@ def test_vision_features_reach_the_logits(generation):
     assert np.abs(moved - base).max() > 100 * TOLERANCE * np.abs(base).max()
 
 
+# For the tests of one structural setting (layer patterns, DeepStack taps): a video and the batch
+# (an image row, a video row) padded on either side; all kinds run in the tests above.
+FEW_INPUTS = ("video", "batch of two, padded", "batch of two, left-padded")
+
+
 def test_qwen3_deepstack_on_three_layers_listed_out_of_order_matches_transformers(tmp_path):
     """DeepStack's k-th listed merger takes the output of the k-th listed vision block, and the
     tapped blocks feed the decoder layers in depth order (transformers' loop): blocks [3, 0, 2]
@@ -64,7 +69,8 @@ def test_qwen3_deepstack_on_three_layers_listed_out_of_order_matches_transformer
         num_layers=3,
         vision_overrides={"deepstack_visual_indexes": [3, 0, 2]},
     )
-    rows = parity.compare(str(tmp_path), TOLERANCE)
+    rows = parity.compare(str(tmp_path), TOLERANCE, names=FEW_INPUTS)
+    assert [r["input"] for r in rows] == list(FEW_INPUTS)
     for r in rows:
         assert r["rel_diff"] <= TOLERANCE, r
 
@@ -112,7 +118,8 @@ def test_qwen3_5_layer_patterns_match_transformers(tmp_path, layer_types):
         layer_types=layer_types,
         tie_word_embeddings=True,
     )
-    rows = parity.compare(str(tmp_path), TOLERANCE)
+    rows = parity.compare(str(tmp_path), TOLERANCE, names=FEW_INPUTS)
+    assert [r["input"] for r in rows] == list(FEW_INPUTS)
     for r in rows:
         assert r["rel_diff"] <= TOLERANCE, r
 
@@ -135,6 +142,13 @@ def test_qwen3_5_linear_attention_reaches_the_logits():
 
 def test_parity_cli_exits_nonzero_above_tolerance(capsys):
     directory, _ = tiny_checkpoint("qwen2_vl")
-    assert parity.main([directory, "--tolerance", "1e-12"]) == 1
+    assert parity.main([directory, "--tolerance", "1e-12", "--input", "text"]) == 1
     assert "FAILED" in capsys.readouterr().out
-    assert parity.main([directory]) == 0
+    assert parity.main([directory, "--input", "text", "--input", "video"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:3]] == [
+        "text",
+        "video",
+    ]
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        parity.main([directory, "--input", "txt"])
+    assert "invalid choice: 'txt'" in capsys.readouterr().err

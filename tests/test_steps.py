@@ -98,7 +98,9 @@ def _concatenated_logprobs(model, batch):
 
 @pytest.mark.parametrize(
     ("generation", "remat"),
-    [("qwen2_vl", False), ("qwen2_vl", True), ("qwen3_vl", True), ("qwen3_5", True)],
+    # Rematerialised layers on the Qwen3 kinds only (DeepStack additions, DeltaNet states):
+    # test_model_stack checks a rematerialised Qwen2.5-VL decoder's gradient.
+    [("qwen2_vl", False), ("qwen3_vl", True), ("qwen3_5", True)],
 )
 def test_shared_prompt_pass_has_the_gradient_of_the_concatenated_forward(generation, remat):
     """The prompt run once for its completions gives the log-probs and the parameter gradient of
@@ -144,10 +146,11 @@ def _step(model, settings, stacked, learning_rate=1e-2, **opt):
     return fn(params, tx.init(params), stacked)
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_two_micro_batches_give_exactly_the_one_batch_update(remat):
+def test_two_micro_batches_give_exactly_the_one_batch_update():
     model = tiny_port("qwen2_vl")  # a fresh copy
-    model.remat = remat  # rematerialised layers inside the scan over micro-batches
+    # Rematerialised layers inside the scan over micro-batches (as the recipes run); without
+    # remat the accumulation is the same code (test_model_stack compares remat's gradient).
+    model.remat = True
     cfg = model.config
     inp, batch = _rl_batch(model)
     settings = steps.LossSettings(aggregation="token_mean")
@@ -396,7 +399,7 @@ def test_bfloat16_compute_runs_every_matmul_in_bfloat16_and_softmaxes_in_float32
     ]
     assert len(softmaxes) > 10
     assert all(str(e.outvars[0].aval.dtype) == "float32" for e in softmaxes)
-    value, grads = jax.value_and_grad(loss)(params)
+    value, grads = jax.eval_shape(jax.value_and_grad(loss), params)
     assert value.dtype == jnp.float32
     assert {str(x.dtype) for x in jax.tree.leaves(grads)} == {"float32"}
 

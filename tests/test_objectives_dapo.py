@@ -14,9 +14,7 @@ from demo_fixtures import QUICK_COMPILE, trainer_env
 from model_fixtures import tiny_port
 from test_train import REPO, short_overrides
 
-from configs import demo
 from jaxvrl import steps
-from jaxvrl.data import synthetic
 from jaxvrl.metrics import read_metrics
 from jaxvrl.objectives import dapo, scoring
 from jaxvrl.rollout.group_decode import FINISH_LENGTH, FINISH_STOP
@@ -249,13 +247,10 @@ def test_the_overlong_penalty_enters_the_group_reward_and_its_std():
 
 
 @pytest.fixture(scope="module")
-def dapo_run(tmp_path_factory):
+def dapo_run(small_demo_set, tmp_path_factory):
     """The shortened demo of test_train with dynamic sampling (one extra round), the overlong
     penalty and truncated completions masked."""
-    root = str(tmp_path_factory.mktemp("demo_set"))
-    config = demo.get_config(root)
-    config.data.synthetic.update(num_videos=8, num_images=4, num_eval_videos=4)
-    synthetic.ensure_from_config(config)
+    root = small_demo_set
     workdir = str(tmp_path_factory.mktemp("dapo_run"))
     overrides = [
         *short_overrides(root, workdir),

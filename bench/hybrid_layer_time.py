@@ -21,6 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -32,7 +33,7 @@ from model.qwen2_vl import Qwen2VL  # noqa: E402
 from model.tiny import tiny_hf_config  # noqa: E402
 
 SHAPES = {"prompts": (16, 256), "completions": (192, 32)}
-DEMO = {"hidden_size": 128, "vision_depth": 1, "vision_width": 32, "initializer_range": 0.1}
+DEMO = {"hidden_size": 128, "vision_depth": 4, "vision_width": 64, "initializer_range": 0.1}
 MODELS = {
     "qwen3_vl, 2 layers": ("qwen3_vl", {"num_layers": 2}),
     "qwen3_5, 2 layers (lin, full)": ("qwen3_5", {"num_layers": 2}),

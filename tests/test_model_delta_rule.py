@@ -102,6 +102,16 @@ def test_chunked_matches_transformers_chunked(length, chunk_size, initial_state)
     assert relative_error(state, expected_state) < TOLERANCE
 
 
+def test_a_sequence_shorter_than_the_chunk_runs_in_a_shorter_chunk_with_the_same_result():
+    """20 tokens with chunk_size 64 run as one chunk of 32 (the training pass's completions):
+    transformers' 64-token chunk gives the same output and state."""
+    inputs = delta_inputs(20, initial_state=True)
+    expected_out, expected_state = run_torch(torch_chunk, inputs, chunk_size=64)
+    out, state = chunked_gated_delta_rule(**as_jax(inputs), chunk_size=64)
+    assert relative_error(out, expected_out) < TOLERANCE
+    assert relative_error(state, expected_state) < TOLERANCE
+
+
 @pytest.mark.parametrize("initial_state", [False, True])
 def test_recurrent_matches_transformers_recurrent(initial_state):
     inputs = delta_inputs(37, initial_state=initial_state)

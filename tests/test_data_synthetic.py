@@ -12,6 +12,7 @@ import pytest
 from jaxvrl.data import synthetic
 from jaxvrl.data.prompts import load_tokenizer
 from model.config import ModelConfig
+from model.tiny import tiny_hf_config
 
 SPEC = synthetic.SyntheticSpec(
     num_videos=6, num_images=4, seconds=1.0, video_fps=8, seed=1, cold_start_videos=2
@@ -137,8 +138,16 @@ def test_model_by_generation_overrides_the_tiny_model_for_its_generation_only():
 
     section = demo.get_config().data.synthetic
     base = section.model.to_dict()
+    wider_init = {"vision_overrides": {"initializer_range": 0.185}}
     assert synthetic.model_kwargs(section, "qwen2_vl") == base
-    assert synthetic.model_kwargs(section, "qwen3_vl") == base
-    assert synthetic.model_kwargs(section, "qwen3_5") == {**base, "num_layers": 4}
+    assert synthetic.model_kwargs(section, "qwen3_vl") == {**base, **wider_init}
+    assert synthetic.model_kwargs(section, "qwen3_5") == {**base, "num_layers": 4, **wider_init}
     section.model_by_generation.qwen3_5.num_layers = 2  # as a command-line override sets it
-    assert synthetic.model_kwargs(section, "qwen3_5") == base
+    assert synthetic.model_kwargs(section, "qwen3_5") == {**base, **wider_init}
+    # The nested section reaches config.json as plain JSON: the tower's own init, the text's
+    # unchanged.
+    raw = tiny_hf_config("qwen3_vl", **synthetic.model_kwargs(section, "qwen3_vl"))
+    json.dumps(raw)
+    config = ModelConfig.from_hf_dict(raw)
+    assert config.vision.initializer_range == 0.185
+    assert config.text.initializer_range == base["initializer_range"]

@@ -493,7 +493,8 @@ def model_kwargs(synthetic, generation: str) -> dict[str, Any]:
     `synthetic.model_by_generation[generation]` sets for that generation."""
     kwargs = dict(synthetic.get("model", {}))
     kwargs.update(dict(synthetic.get("model_by_generation", {}).get(generation, {})))
-    return kwargs
+    # Nested sections (vision_overrides) as plain dicts: they go into config.json.
+    return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in kwargs.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -176,13 +176,12 @@ def _impl_name(impl: str) -> str:
     return "threefry2x32"
 
 
-def export_step(workdir: str, out: str, base: str | None = None, step: int | None = None) -> int:
-    """Writes the parameters of a checkpointed step as a Hugging Face directory (hub layout,
-    config.json, tokenizer files of the run's model directory). Returns the step exported."""
+def restore_model(workdir: str, step: int | None = None) -> tuple[Any, int, dict[str, Any]]:
+    """The model of a run's checkpointed step (the newest when `step` is None), built from the
+    run's model_config.json: (model, step, that file's contents)."""
     from flax import nnx
 
     from model.config import ModelConfig
-    from model.hf import save_pretrained
     from model.qwen2_vl import Qwen2VL
 
     with open(os.path.join(workdir, "model_config.json")) as f:
@@ -192,12 +191,23 @@ def export_step(workdir: str, out: str, base: str | None = None, step: int | Non
     abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0), scan_layers=scan))
     graphdef, params = nnx.split(abstract, nnx.Param)
     checkpointer = Checkpointer(workdir, async_save=False)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-    model = nnx.merge(graphdef, checkpointer.restore_params(step, params))
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+        model = nnx.merge(graphdef, checkpointer.restore_params(step, params))
+    finally:
+        checkpointer.close()
+    return model, step, run_model
+
+
+def export_step(workdir: str, out: str, base: str | None = None, step: int | None = None) -> int:
+    """Writes the parameters of a checkpointed step as a Hugging Face directory (hub layout,
+    config.json, tokenizer files of the run's model directory). Returns the step exported."""
+    from model.hf import save_pretrained
+
+    model, step, run_model = restore_model(workdir, step)
     save_pretrained(model, out, tokenizer_dir=base or run_model.get("tokenizer_dir"))
-    checkpointer.close()
     return step
 
 

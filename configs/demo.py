@@ -20,9 +20,9 @@ and after RL (`--config.seed` 0-4 on a 2-core AMD VM, 5.7-6.1 minutes: 0.81 -> 1
 
 `--config.data.synthetic.generation=qwen3_vl` runs it on a tiny random Qwen3-VL instead (the
 same videos and records; only the model's config.json changes): after RL 1.000 on seeds 0-4, in
-Q3_DOC_TIME (docs/demo.md). `--config.data.synthetic.generation=qwen3_5` on a tiny random Qwen3.5
-(4 layers): about 12 minutes, three of seeds 0-4 meeting the promise before its tower's init
-changed (docs/demo.md).
+1.1-1.3 times the Qwen2-VL demo's time (docs/demo.md).
+`--config.data.synthetic.generation=qwen3_5` on a tiny random Qwen3.5 (4 layers): about 12
+minutes, three of seeds 0-4 meeting the promise before its tower's init changed (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
             # where Qwen2-VL's use CLIP's (std about 0.27), so the same frames reach the tower
             # at about half the contrast. At Qwen2-VL's init the tiny tower then barely learnt
             # blue's and green's changes in the cold start (seed 4: after SFT, the distance
-            # between the 4 changes' mean features 7 for blue against 71-74 for red and
+            # between the 4 changes' mean features 6.6 for blue against 71-74 for red and
             # yellow; every blue and green video answered alike, and RL left blue so). Its
             # init scaled by 0.5 / 0.27 (0.185) gives 189 for blue (docs/demo.md).
             # Qwen3.5 alternates Gated DeltaNet and attention layers: with 2 layers its tiny

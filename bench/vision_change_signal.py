@@ -34,11 +34,10 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import demo  # noqa: E402
-from jaxvrl.checkpoint import restore_model  # noqa: E402
+from jaxvrl.checkpoint import restore_model, run_model_config  # noqa: E402
 from jaxvrl.data import media  # noqa: E402
 from jaxvrl.data import vision_inputs as vi  # noqa: E402
 from jaxvrl.data.synthetic import CHANGES, COLOURS  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
 from model.packing import pack_vision  # noqa: E402
 from model.qwen2_vl import Qwen2VL  # noqa: E402
 
@@ -46,10 +45,8 @@ from model.qwen2_vl import Qwen2VL  # noqa: E402
 def load_model(workdir: str, step: str, seed: int) -> Qwen2VL:
     if step != "init":
         return restore_model(workdir, None if step == "latest" else int(step))[0]
-    with open(os.path.join(workdir, "model_config.json")) as f:
-        run = json.load(f)
-    config = ModelConfig.from_hf_dict(run["hf_config"])
-    return Qwen2VL(config, rngs=nnx.Rngs(seed), scan_layers=bool(run.get("scan_layers", False)))
+    config, scan, _ = run_model_config(workdir)
+    return Qwen2VL(config, rngs=nnx.Rngs(seed), scan_layers=scan)
 
 
 def cell(record: dict) -> tuple[int, str]:
@@ -94,14 +91,16 @@ def main() -> None:
     print(f"{args.workdir}, step {args.step}: {len(train_y)} training, {len(held_y)} held-out")
     print("| colour | distance between the changes' means | spread | held-out nearest mean |")
     print("|---|---|---|---|")
+    changes = range(len(CHANGES))
+    pairs = [(a, b) for a in changes for b in changes if a < b]
     for colour in COLOURS:
         rows = [i for i, y in enumerate(train_y) if y[1] == colour]
         labels = np.array([train_y[i][0] for i in rows])
-        means = np.stack([train_x[rows][labels == k].mean(0) for k in range(len(CHANGES))])
-        pairs = [(a, b) for a in range(len(CHANGES)) for b in range(a + 1, len(CHANGES))]
+        groups = [train_x[rows][labels == k] for k in changes]
+        means = np.stack([group.mean(0) for group in groups])
         distance = np.mean([np.linalg.norm(means[a] - means[b]) for a, b in pairs])
         spread = np.mean(
-            [np.linalg.norm(train_x[rows][labels == k] - means[k], axis=1).mean() for k in range(4)]
+            [np.linalg.norm(g - m, axis=1).mean() for g, m in zip(groups, means, strict=True)]
         )
         held = [i for i, y in enumerate(held_y) if y[1] == colour]
         centres = (means - mean) / std

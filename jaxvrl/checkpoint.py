@@ -176,18 +176,25 @@ def _impl_name(impl: str) -> str:
     return "threefry2x32"
 
 
+def run_model_config(workdir: str) -> tuple[Any, bool, dict[str, Any]]:
+    """A run's model as its model_config.json records it: (ModelConfig, scan_layers, the file's
+    contents)."""
+    from model.config import ModelConfig
+
+    with open(os.path.join(workdir, "model_config.json")) as f:
+        run_model = json.load(f)
+    scan = bool(run_model.get("scan_layers", False))  # runs before 2026-12-05: unrolled
+    return ModelConfig.from_hf_dict(run_model["hf_config"]), scan, run_model
+
+
 def restore_model(workdir: str, step: int | None = None) -> tuple[Any, int, dict[str, Any]]:
     """The model of a run's checkpointed step (the newest when `step` is None), built from the
     run's model_config.json: (model, step, that file's contents)."""
     from flax import nnx
 
-    from model.config import ModelConfig
     from model.qwen2_vl import Qwen2VL
 
-    with open(os.path.join(workdir, "model_config.json")) as f:
-        run_model = json.load(f)
-    config = ModelConfig.from_hf_dict(run_model["hf_config"])
-    scan = bool(run_model.get("scan_layers", False))  # runs before 2026-12-05: unrolled
+    config, scan, run_model = run_model_config(workdir)
     abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0), scan_layers=scan))
     graphdef, params = nnx.split(abstract, nnx.Param)
     checkpointer = Checkpointer(workdir, async_save=False)

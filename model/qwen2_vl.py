@@ -140,12 +140,15 @@ class Qwen2VL(nnx.Module):
         # could only replicate the placed rows (Video-R1's SFT step on h100x8).
         features = constrain(features, (None, None))
         hidden = cfg.text.hidden_size
-        x = jnp.where(is_vision[..., None], features[order, :hidden], x)
+        # One gather of every width (DeepStack's columns too): its backward pass is one
+        # scatter-add, not one per array placed.
+        placed = features[order]  # [batch, seq, width]
+        x = jnp.where(is_vision[..., None], placed[..., :hidden], x)
         k = cfg.vision.deepstack
         if not k:
             return x
-        deep = features[:, hidden:].reshape(-1, k, hidden)[order]  # [batch, seq, k, hidden]
-        deep = jnp.where(is_vision[..., None, None], deep, 0).transpose(2, 0, 1, 3)
+        deep = jnp.where(is_vision[..., None], placed[..., hidden:], 0)
+        deep = deep.reshape(*input_ids.shape, k, hidden).transpose(2, 0, 1, 3)
         return Embedded(x=x, deepstack=constrain(deep, (None, "batch", None, None)))
 
     def rope(self, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

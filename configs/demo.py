@@ -60,8 +60,9 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     data.batch_size = 16  # RL prompts per step (the SFT stage takes 4: sft.batch_size)
     # Every RL prompt is 201 tokens: a bucket of 208 instead of 256 cuts the padding the rollout
     # and the update compute on (RL step 1.78 -> 1.57 s on the AMD VM beside other work). Not
-    # 232 for Qwen3-VL's 225-token prompts: it also moved Qwen2-VL's SFT examples from 256 to
-    # 232, and that rounding alone ended seed 2 at 0.742 -> 0.922 (docs/demo.md).
+    # 232 here for Qwen3-VL's 225-token prompts: it moved Qwen2-VL's SFT examples from 256 to
+    # 232, and that rounding alone ended seed 2 at 0.742 -> 0.922 (docs/demo.md). The rollout
+    # re-pads the RL prompts to its own buckets (below), where 232 touches no Qwen2-VL shape.
     data.token_buckets = (192, 208, 256, 384)
     data.patch_buckets = (256, 512, 1024)
     data.num_workers = 0
@@ -158,7 +159,9 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
     rl.dynamic_sampling.enabled = True
     rl.dynamic_sampling.max_extra_rounds = 1
 
-    config.rollout.prompt_buckets = (192, 208, 256, 384)
+    # The rollout's prompt widths, which the RL update takes too: 208 for Qwen2-VL's 201-token
+    # prompts, 232 for Qwen3-VL's and Qwen3.5's 225 (their timestamps), not 256.
+    config.rollout.prompt_buckets = (192, 208, 232, 256, 384)
     config.rollout.patch_buckets = (512, 1024, 2048, 4096)
     config.train.logprob_chunk = 512
     config.checkpoint.every = 20

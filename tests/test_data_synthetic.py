@@ -141,9 +141,9 @@ def test_model_by_generation_overrides_the_tiny_model_for_its_generation_only():
     wider_init = {"vision_overrides": {"initializer_range": 0.185}}
     assert synthetic.model_kwargs(section, "qwen2_vl") == base
     assert synthetic.model_kwargs(section, "qwen3_vl") == {**base, **wider_init}
+    assert synthetic.model_kwargs(section, "qwen3_5") == {**base, "num_layers": 2, **wider_init}
+    section.model_by_generation.qwen3_5.num_layers = 4  # as a command-line override sets it
     assert synthetic.model_kwargs(section, "qwen3_5") == {**base, "num_layers": 4, **wider_init}
-    section.model_by_generation.qwen3_5.num_layers = 2  # as a command-line override sets it
-    assert synthetic.model_kwargs(section, "qwen3_5") == {**base, **wider_init}
     # The nested section reaches config.json as plain JSON: the tower's own init, the text's
     # unchanged.
     raw = tiny_hf_config("qwen3_vl", **synthetic.model_kwargs(section, "qwen3_vl"))

@@ -20,7 +20,7 @@ and after RL (`--config.seed` 0-4 on a 2-core AMD VM, 5.7-6.1 minutes: 0.81 -> 1
 
 `--config.data.synthetic.generation=qwen3_vl` runs it on a tiny random Qwen3-VL instead (the
 same videos and records; only the model's config.json changes): after RL 1.000 on seeds 0-4, in
-1.1-1.3 times the Qwen2-VL demo's time (docs/demo.md).
+6.6-7.3 minutes a run against 5.7-6.1 for the Qwen2-VL demo that morning (docs/demo.md).
 `--config.data.synthetic.generation=qwen3_5` on a tiny random Qwen3.5 (2 layers): about 7
 minutes, three of seeds 0-4 meeting the promise (docs/demo.md).
 """

@@ -89,7 +89,9 @@ class GatedDeltaNet(nnx.Module):
             axes=("heads", None),
         )
         self.dt_bias = nnx.Param(jnp.ones((self.v_heads,), param_dtype), axes=(None,))
-        decay_rate = jax.random.uniform(rngs.params(), (self.v_heads,), jnp.float32, 1.0, 16.0)
+        # transformers' init: A uniform in [0.01, 16]; a head's decay per token is
+        # exp(-A * softplus(a + dt_bias)).
+        decay_rate = jax.random.uniform(rngs.params(), (self.v_heads,), jnp.float32, 0.01, 16.0)
         self.A_log = nnx.Param(jnp.log(decay_rate).astype(param_dtype), axes=(None,))
         self.norm = GatedRMSNorm(self.v_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.dtype = dtype

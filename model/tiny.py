@@ -29,27 +29,35 @@ def tiny_hf_config(
     vision_depth: int = 4,
     vision_width: int = 32,
     vision_mlp_ratio: int = 2,
+    heads: int = 4,
+    head_dim: int | None = None,
     token_ids: dict[str, int] | None = None,
     nested: bool = False,
     vision_overrides: dict[str, Any] | None = None,
     layer_types: list[str] | None = None,
+    rotary_fraction: float = 0.5,
     **overrides: Any,
 ) -> dict[str, Any]:
     """A config.json dict for a tiny model. `nested` writes the newer `text_config` form (always
     for Qwen3-VL and Qwen3.5); `vision_overrides` change vision_config fields, `overrides`
-    top-level ones; `layer_types` is Qwen3.5's pattern (default: linear, full, repeated)."""
+    top-level ones. `heads` attention heads (half as many KV heads) of `head_dim` each (default:
+    hidden_size / heads, 32 for Qwen3-VL and Qwen3.5). Qwen3.5 only: `layer_types` (default:
+    linear, full, repeated) and `rotary_fraction`, the share of each head's dims that rotate."""
     ids = {**TINY_TOKEN_IDS, **(token_ids or {})}
-    heads = 4
-    head_dim = hidden_size // heads
-    quarter = head_dim // 2
-    section = [quarter - 2 * (quarter // 3), quarter // 3, quarter // 3]
+
+    def sections(pairs: int) -> list[int]:
+        """M-RoPE's (temporal, height, width) split of a head's `pairs` rotating pairs."""
+        return [pairs - 2 * (pairs // 3), pairs // 3, pairs // 3]
+
+    qwen3_head_dim = head_dim or 32
+    section = sections((head_dim or hidden_size // heads) // 2)
     text = {
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,
         "intermediate_size": hidden_size * 2,
         "num_hidden_layers": num_layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": heads // 2,
         "hidden_act": "silu",
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
@@ -109,14 +117,14 @@ def tiny_hf_config(
         architecture = "Qwen2_5_VLForConditionalGeneration"
     elif generation == "qwen3_vl":
         # Qwen3: head_dim a field of its own (here wider than hidden / heads), no attention
-        # bias, interleaved M-RoPE sections summing to head_dim / 2.
+        # bias, interleaved M-RoPE sections summing to head_dim / 2 (32: [6, 5, 5]).
         text = {
             **text,
-            "head_dim": 32,
+            "head_dim": qwen3_head_dim,
             "attention_bias": False,
             "rope_scaling": {
                 "rope_type": "default",
-                "mrope_section": [6, 5, 5],
+                "mrope_section": sections(qwen3_head_dim // 2),
                 "mrope_interleaved": True,
             },
         }
@@ -129,18 +137,19 @@ def tiny_hf_config(
         nested = True  # Qwen3-VL's config.json is always nested
     elif generation == "qwen3_5":
         # Qwen3.5: Qwen3-VL's text settings plus the hybrid layers (Gated DeltaNet with 2 key
-        # heads serving 4 value heads), an output gate on attention, half of each head rotating
-        # (16 of 32 dims: sections [4, 2, 2] interleaved), and Qwen3-VL's tower without DeepStack.
+        # heads serving 4 value heads), an output gate on attention, `rotary_fraction` of each
+        # head rotating (0.5 of 32 dims: sections [4, 2, 2] interleaved), and Qwen3-VL's tower
+        # without DeepStack.
         text = {k: v for k, v in text.items() if k not in ("rope_theta", "rope_scaling")}
         text = {
             **text,
-            "head_dim": 32,
+            "head_dim": qwen3_head_dim,
             "attention_bias": False,
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 10000.0,
-                "partial_rotary_factor": 0.5,
-                "mrope_section": [4, 2, 2],
+                "partial_rotary_factor": rotary_fraction,
+                "mrope_section": sections(int(qwen3_head_dim * rotary_fraction) // 2),
                 "mrope_interleaved": True,
             },
             "layer_types": layer_types

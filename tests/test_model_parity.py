@@ -5,6 +5,7 @@ import pytest
 from model_fixtures import tiny_checkpoint, tiny_port
 
 from model import parity
+from model.config import ModelConfig
 
 # Float32 on both sides with the same math; differences come from summation order only, so we
 # hold the port to the project tolerance of DESIGN.md section 7: 1e-4 x max |logit|.
@@ -119,6 +120,22 @@ def test_qwen3_5_layer_patterns_match_transformers(tmp_path, layer_types):
         layer_types=layer_types,
         tie_word_embeddings=True,
     )
+    rows = parity.compare(str(tmp_path), TOLERANCE, names=FEW_INPUTS)
+    assert [r["input"] for r in rows] == list(FEW_INPUTS)
+    for r in rows:
+        assert r["rel_diff"] <= TOLERANCE, r
+
+
+def test_qwen3_5_heads_rotating_in_full_match_transformers(tmp_path):
+    """The demo's tiny Qwen3.5 attention (configs/demo.py): 8 heads of 16 dims, 4 KV heads, every
+    dim rotating (partial_rotary_factor 1), behind a DeltaNet layer; a 2-layer tower."""
+    from model.tiny import make_tiny_checkpoint
+
+    make_tiny_checkpoint(
+        tmp_path, "qwen3_5", seed=5, heads=8, head_dim=16, rotary_fraction=1.0, vision_depth=2
+    )
+    cfg = ModelConfig.from_pretrained(str(tmp_path)).text
+    assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rotary_dim) == (8, 4, 16, 16)
     rows = parity.compare(str(tmp_path), TOLERANCE, names=FEW_INPUTS)
     assert [r["input"] for r in rows] == list(FEW_INPUTS)
     for r in rows:

@@ -21,8 +21,8 @@ and after RL (`--config.seed` 0-4 on a 2-core AMD VM, 5.7-6.1 minutes: 0.81 -> 1
 `--config.data.synthetic.generation=qwen3_vl` runs it on a tiny random Qwen3-VL instead (the
 same videos and records; only the model's config.json changes): after RL 1.000 on seeds 0-4, in
 6.6-7.3 minutes a run against 5.7-6.1 for the Qwen2-VL demo that morning (docs/demo.md).
-`--config.data.synthetic.generation=qwen3_5` on a tiny random Qwen3.5 (2 layers): about 7
-minutes, three of seeds 0-4 meeting the promise (docs/demo.md).
+`--config.data.synthetic.generation=qwen3_5` on a tiny random Qwen3.5 (2 layers): 7.6-8.3
+minutes, four of seeds 0-4 meeting the promise (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -103,13 +103,23 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
             # between the 4 changes' mean features 6.6 for blue against 71-74 for red and
             # yellow; every blue and green video answered alike, and RL left blue so). Its
             # init scaled by 0.5 / 0.27 (0.185) gives 189 for blue (docs/demo.md).
-            # Qwen3.5 alternates Gated DeltaNet and attention layers. With the init above, 2
-            # layers (one of each) and 4 learn alike (3 of the 5 seeds meet the promise each;
-            # the 4-layer runs predate the init), and 2 cost 7 minutes a run against 12
-            # (docs/demo.md). `num_layers` is here so a command line can set 4.
+            # Qwen3.5 alternates Gated DeltaNet and attention layers: 2 layers (one of each;
+            # 4 cost 12 minutes a run against 7). The attention layer is the decoder's only
+            # reach across the video (most DeltaNet heads at init forget within a few tokens).
+            # With 4 heads of 32 dims, half rotating, three of seeds 0-4 learnt the direction of
+            # the size change; 8 heads of 16 dims, every dim rotating, with a 2-layer tower
+            # (Qwen3.5's has no DeepStack: the decoder reads only its last layer), four, at
+            # 7.6-8.3 minutes a run (docs/demo.md).
             "model_by_generation": {
                 "qwen3_vl": {"vision_overrides": {"initializer_range": 0.185}},
-                "qwen3_5": {"num_layers": 2, "vision_overrides": {"initializer_range": 0.185}},
+                "qwen3_5": {
+                    "num_layers": 2,
+                    "vision_depth": 2,
+                    "heads": 8,
+                    "head_dim": 16,
+                    "rotary_fraction": 1.0,
+                    "vision_overrides": {"initializer_range": 0.185},
+                },
             },
         }
     )

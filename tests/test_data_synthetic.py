@@ -141,9 +141,11 @@ def test_model_by_generation_overrides_the_tiny_model_for_its_generation_only():
     wider_init = {"vision_overrides": {"initializer_range": 0.185}}
     assert synthetic.model_kwargs(section, "qwen2_vl") == base
     assert synthetic.model_kwargs(section, "qwen3_vl") == {**base, **wider_init}
-    assert synthetic.model_kwargs(section, "qwen3_5") == {**base, "num_layers": 2, **wider_init}
+    hybrid = {"vision_depth": 2, "heads": 8, "head_dim": 16, "rotary_fraction": 1.0}
+    qwen3_5 = {**base, "num_layers": 2, **hybrid, **wider_init}
+    assert synthetic.model_kwargs(section, "qwen3_5") == qwen3_5
     section.model_by_generation.qwen3_5.num_layers = 4  # as a command-line override sets it
-    assert synthetic.model_kwargs(section, "qwen3_5") == {**base, "num_layers": 4, **wider_init}
+    assert synthetic.model_kwargs(section, "qwen3_5") == {**qwen3_5, "num_layers": 4}
     # The nested section reaches config.json as plain JSON: the tower's own init, the text's
     # unchanged.
     raw = tiny_hf_config("qwen3_vl", **synthetic.model_kwargs(section, "qwen3_vl"))

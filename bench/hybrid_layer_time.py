@@ -9,7 +9,9 @@ completions of 32 tokens, forward and forward + backward, in float32, jitted, me
 `repeats` runs after a warm-up; then `chunked_gated_delta_rule` and `recurrent_gated_delta_rule`
 on their own at the prompt shape, and one decode token. The models: Qwen3-VL (2 attention
 layers), Qwen3.5 with 2 layers (DeltaNet, attention) and 4 layers ((DeltaNet, attention) x 2),
-and the 4-layer Qwen3.5 with every layer attention (the DeltaNet layers' share).
+and the 4-layer Qwen3.5 with every layer attention (the DeltaNet layers' share); all with 4
+attention heads of 32 dims and a 4-layer tower, the demo's Qwen3.5 until commit df59f43 (now 8
+heads of 16 dims and a 2-layer tower).
 """
 
 from __future__ import annotations

@@ -2,16 +2,17 @@
 the demo's shapes, for the demo's tiny models (model/tiny.py, data.synthetic.model of
 configs/demo.py), and the gated delta rule alone.
 
-    python bench/hybrid_layer_time.py [--repeats 5]
+    python bench/hybrid_layer_time.py [--repeats 5] [--only "2 layers"]
 
 Rows: the decoder (text only) on the RL step's two shapes, 16 prompts of 256 tokens and 192
 completions of 32 tokens, forward and forward + backward, in float32, jitted, median of
 `repeats` runs after a warm-up; then `chunked_gated_delta_rule` and `recurrent_gated_delta_rule`
 on their own at the prompt shape, and one decode token. The models: Qwen3-VL (2 attention
 layers), Qwen3.5 with 2 layers (DeltaNet, attention) and 4 layers ((DeltaNet, attention) x 2),
-and the 4-layer Qwen3.5 with every layer attention (the DeltaNet layers' share); all with 4
-attention heads of 32 dims and a 4-layer tower, the demo's Qwen3.5 until commit df59f43 (now 8
-heads of 16 dims and a 2-layer tower).
+and the 4-layer Qwen3.5 with every layer attention (the DeltaNet layers' share), all with 4
+attention heads of 32 dims (the demo's Qwen3.5 until commit df59f43); and the demo's 2-layer
+Qwen3.5 now, 8 heads of 16 dims rotating in full. `--only` keeps the models whose label holds
+the given text.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ MODELS = {
     "qwen3_5, 4 layers all full": (
         "qwen3_5",
         {"num_layers": 4, "layer_types": ["full_attention"] * 4},
+    ),
+    "qwen3_5, 2 layers, 8 heads of 16": (
+        "qwen3_5",
+        {"num_layers": 2, "heads": 8, "head_dim": 16, "rotary_fraction": 1.0},
     ),
 }
 
@@ -116,6 +121,7 @@ def rule_times(repeats: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default="", help="time only the models whose label holds this")
     args = parser.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest")
     print(f"jax {jax.__version__}, {os.cpu_count()} cores; median of {args.repeats} runs, ms")
@@ -123,6 +129,8 @@ def main() -> None:
     print(f"| {'decoder':<36} | " + " | ".join(f"{h:>11}" for h in head) + " |")
     print("|" + "-" * 38 + "|" + "|".join(["-" * 13] * 4) + "|")
     for label, (generation, kwargs) in MODELS.items():
+        if args.only not in label:
+            continue
         t = decoder_times(generation, kwargs, args.repeats)
         cells = [
             t["prompts forward"],

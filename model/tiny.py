@@ -40,17 +40,20 @@ def tiny_hf_config(
 ) -> dict[str, Any]:
     """A config.json dict for a tiny model. `nested` writes the newer `text_config` form (always
     for Qwen3-VL and Qwen3.5); `vision_overrides` change vision_config fields, `overrides`
-    top-level ones. `heads` attention heads (half as many KV heads) of `head_dim` each (default:
-    hidden_size / heads, 32 for Qwen3-VL and Qwen3.5). Qwen3.5 only: `layer_types` (default:
-    linear, full, repeated) and `rotary_fraction`, the share of each head's dims that rotate."""
+    top-level ones. `heads` attention heads, half as many KV heads, each hidden_size / heads
+    wide; Qwen3-VL and Qwen3.5 give the width as a field of its own, `head_dim` (default 32).
+    Qwen3.5 only: `layer_types` (default: linear, full, repeated) and `rotary_fraction`, the
+    share of each head's dims that rotate."""
     ids = {**TINY_TOKEN_IDS, **(token_ids or {})}
 
     def sections(pairs: int) -> list[int]:
         """M-RoPE's (temporal, height, width) split of a head's `pairs` rotating pairs."""
         return [pairs - 2 * (pairs // 3), pairs // 3, pairs // 3]
 
+    if head_dim is not None and generation not in ("qwen3_vl", "qwen3_5"):
+        raise ValueError(f"{generation}'s heads are hidden_size / heads wide: no head_dim")
     qwen3_head_dim = head_dim or 32
-    section = sections((head_dim or hidden_size // heads) // 2)
+    section = sections(hidden_size // heads // 2)
     text = {
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,

@@ -22,8 +22,7 @@ and after RL (`--config.seed` 0-4 on a 2-core AMD VM, 5.7-6.1 minutes: 0.81 -> 1
 same videos and records; only the model's config.json changes): after RL 1.000 on seeds 0-4, in
 6.6-7.3 minutes a run against 5.7-6.1 for the Qwen2-VL demo that morning (docs/demo.md).
 `--config.data.synthetic.generation=qwen3_5` on a tiny random Qwen3.5 (2 layers): four of seeds
-0-4 meeting the promise, 6.6-7.8 minutes a run (seeds 0-2 measured before the read-ahead
-below; docs/demo.md).
+0-4 meeting the promise, 6.6-7.4 minutes a run (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ def get_config(directory: str | None = None) -> ml_collections.ConfigDict:
             # With 4 heads of 32 dims, half rotating, three of seeds 0-4 learnt the direction of
             # the size change; 8 heads of 16 dims, every dim rotating, with a 2-layer tower
             # (Qwen3.5's has no DeepStack: the decoder reads only its last layer), four, at
-            # 6.6-7.8 minutes a run (docs/demo.md).
+            # 6.6-7.4 minutes a run (docs/demo.md).
             "model_by_generation": {
                 "qwen3_vl": {"vision_overrides": {"initializer_range": 0.185}},
                 "qwen3_5": {

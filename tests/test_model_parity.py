@@ -58,6 +58,14 @@ def test_vision_features_reach_the_logits(generation):
 FEW_INPUTS = ("video", "batch of two, padded", "batch of two, left-padded")
 
 
+def _assert_few_inputs_match(path) -> None:
+    """The checkpoint at `path` gives transformers' logits on FEW_INPUTS, each within TOLERANCE."""
+    rows = parity.compare(str(path), TOLERANCE, names=FEW_INPUTS)
+    assert [r["input"] for r in rows] == list(FEW_INPUTS)
+    for r in rows:
+        assert r["rel_diff"] <= TOLERANCE, r
+
+
 def test_qwen3_deepstack_on_three_layers_listed_out_of_order_matches_transformers(tmp_path):
     """DeepStack's k-th listed merger takes the output of the k-th listed vision block, and the
     tapped blocks feed the decoder layers in depth order (transformers' loop): blocks [3, 0, 2]
@@ -71,10 +79,7 @@ def test_qwen3_deepstack_on_three_layers_listed_out_of_order_matches_transformer
         num_layers=3,
         vision_overrides={"deepstack_visual_indexes": [3, 0, 2]},
     )
-    rows = parity.compare(str(tmp_path), TOLERANCE, names=FEW_INPUTS)
-    assert [r["input"] for r in rows] == list(FEW_INPUTS)
-    for r in rows:
-        assert r["rel_diff"] <= TOLERANCE, r
+    _assert_few_inputs_match(tmp_path)
 
 
 def test_qwen3_deepstack_features_reach_the_logits():
@@ -120,10 +125,7 @@ def test_qwen3_5_layer_patterns_match_transformers(tmp_path, layer_types):
         layer_types=layer_types,
         tie_word_embeddings=True,
     )
-    rows = parity.compare(str(tmp_path), TOLERANCE, names=FEW_INPUTS)
-    assert [r["input"] for r in rows] == list(FEW_INPUTS)
-    for r in rows:
-        assert r["rel_diff"] <= TOLERANCE, r
+    _assert_few_inputs_match(tmp_path)
 
 
 def test_qwen3_5_heads_rotating_in_full_match_transformers(tmp_path):
@@ -136,10 +138,7 @@ def test_qwen3_5_heads_rotating_in_full_match_transformers(tmp_path):
     )
     cfg = ModelConfig.from_pretrained(str(tmp_path)).text
     assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rotary_dim) == (8, 4, 16, 16)
-    rows = parity.compare(str(tmp_path), TOLERANCE, names=FEW_INPUTS)
-    assert [r["input"] for r in rows] == list(FEW_INPUTS)
-    for r in rows:
-        assert r["rel_diff"] <= TOLERANCE, r
+    _assert_few_inputs_match(tmp_path)
 
 
 def test_qwen3_5_linear_attention_reaches_the_logits():

@@ -188,7 +188,7 @@ def loss_settings(config: ml_collections.ConfigDict, stage: Stage) -> steps.Loss
         eps_low=float(rl.eps_low),
         eps_high=float(rl.eps_high),
         norm_constant=float(rl.max_completion_tokens),
-        temperature=float(rl.temperature),
+        temperature=rollout_temperature(config),
         chunk_size=int(config.train.logprob_chunk),
     )
 
@@ -296,6 +296,19 @@ def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
     )
 
 
+def rollout_temperature(config: ml_collections.ConfigDict) -> float:
+    """The RL rollout's sampling temperature, which the update's log-probs take too:
+    `rl.temperature`, or where a config leaves it unset (None, as the CPU demo does) the value
+    `rl.temperature_by_generation` names for its synthetic set's model generation
+    (`data.synthetic.generation`), 1.0 where it names none."""
+    rl = config.rl
+    if rl.get("temperature") is not None:
+        return float(rl.temperature)
+    synthetic = config.data.get("synthetic") or {}
+    generation = str(synthetic.get("generation", "qwen2_vl"))
+    return float(dict(rl.get("temperature_by_generation") or {}).get(generation, 1.0))
+
+
 def sampling_params(
     config: ml_collections.ConfigDict,
     section: str = "rl",
@@ -306,10 +319,11 @@ def sampling_params(
     temperature, top_p, top_k and greedy (`greedy` when the section has none); max_new_tokens
     defaults to rl.max_completion_tokens."""
     s = config[section]
+    temperature = rollout_temperature(config) if section == "rl" else s.get("temperature", 1.0)
     return SamplingParams(
         max_new_tokens=int(max_new_tokens or config.rl.max_completion_tokens),
         greedy=bool(s.get("greedy", greedy)),
-        temperature=float(s.get("temperature", 1.0)),
+        temperature=float(temperature),
         top_p=float(s.get("top_p", 1.0)),
         top_k=int(s.get("top_k", 0)),
     )

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from model_fixtures import tiny_port
 
-from configs import demo
+from configs import demo, seed_bench_r1, video_r1, videochat_r1
 from jaxvrl import run_plan
 from jaxvrl.data import pipeline
 
@@ -66,3 +66,36 @@ def test_rollout_config_carries_the_config_fields(tmp_path):
     assert r.prompt_buckets == (64, 96)
     assert r.vision_chunk_patches == 512
     assert r.patch_buckets == tuple(config.rollout.patch_buckets)
+
+
+@pytest.mark.parametrize(
+    "generation,override,expected",
+    [
+        ("qwen2_vl", None, 1.0),
+        ("qwen3_vl", None, 1.0),
+        ("qwen3_5", None, 1.5),
+        ("qwen3_5", 1.2, 1.2),  # an explicit rl.temperature holds for every generation
+        ("qwen2_vl", 0.7, 0.7),
+    ],
+)
+def test_the_demo_rollout_temperature_is_per_generation_unless_set(generation, override, expected):
+    """The demo leaves `rl.temperature` unset: the rollout samples at the temperature
+    `rl.temperature_by_generation` gives its generation (1.0 where it names none), and the RL
+    update's log-probs take the same one; evaluation keeps its own (greedy)."""
+    config = demo.get_config("/nonexistent")
+    config.data.synthetic.generation = generation
+    if override is not None:
+        config.rl.temperature = override
+    assert run_plan.rollout_temperature(config) == expected
+    assert run_plan.sampling_params(config).temperature == expected
+    rl_stage = run_plan.Stage("rl", 400, 600)
+    assert run_plan.loss_settings(config, rl_stage).temperature == expected
+    assert run_plan.sampling_params(config, "eval", greedy=True).greedy
+
+
+@pytest.mark.parametrize("recipe", [video_r1, videochat_r1, seed_bench_r1])
+def test_the_papers_recipes_set_their_temperature(recipe):
+    """The papers' recipes set `rl.temperature`, and their rollouts sample at it."""
+    config = recipe.get_config()
+    assert config.rl.temperature is not None
+    assert run_plan.rollout_temperature(config) == float(config.rl.temperature)

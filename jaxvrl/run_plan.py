@@ -27,6 +27,7 @@ from jaxvrl.objectives.scoring import RLSettings
 from jaxvrl.parallel import multihost, placement
 from jaxvrl.parallel.mesh import rules_from_config
 from jaxvrl.rollout.sampler import RolloutConfig, SamplingParams
+from model.config import MODEL_TYPES
 from model.sharding import logical_to_spec
 
 # ------------------------------------------------------------------------------------------------
@@ -302,11 +303,18 @@ def rollout_temperature(config: ml_collections.ConfigDict) -> float:
     `rl.temperature_by_generation` names for its synthetic set's model generation
     (`data.synthetic.generation`), 1.0 where it names none."""
     rl = config.rl
+    by_generation = dict(rl.get("temperature_by_generation") or {})
+    unknown = sorted(set(by_generation) - set(MODEL_TYPES))
+    if unknown:
+        raise cli.ConfigError(
+            f"rl.temperature_by_generation names {', '.join(unknown)}: "
+            f"the generations are {', '.join(MODEL_TYPES)}"
+        )
     if rl.get("temperature") is not None:
         return float(rl.temperature)
     synthetic = config.data.get("synthetic") or {}
     generation = str(synthetic.get("generation", "qwen2_vl"))
-    return float(dict(rl.get("temperature_by_generation") or {}).get(generation, 1.0))
+    return float(by_generation.get(generation, 1.0))
 
 
 def sampling_params(

@@ -88,6 +88,7 @@ class Trainer:
         run_plan.check_input_files(config)
         check_trackers(config)
         run_plan.check_batch_split(config, self.mesh, self.rules)
+        run_plan.rollout_temperature(config)  # a bad per-generation table stops here, not after SFT
         model, self.tokenizer, _ = policy.load_model_for(config, self.mesh, self.rules)
         self.model_config: ModelConfig = model.config
         self.graphdef, self.params = nnx.split(model)

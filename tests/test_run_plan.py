@@ -9,7 +9,7 @@ from flax import nnx
 from model_fixtures import tiny_port
 
 from configs import demo, seed_bench_r1, video_r1, videochat_r1
-from jaxvrl import run_plan
+from jaxvrl import cli, run_plan
 from jaxvrl.data import pipeline
 
 
@@ -99,3 +99,10 @@ def test_the_papers_recipes_set_their_temperature(recipe):
     config = recipe.get_config()
     assert config.rl.temperature is not None
     assert run_plan.rollout_temperature(config) == float(config.rl.temperature)
+
+
+def test_a_per_generation_temperature_for_no_generation_is_a_config_error():
+    config = demo.get_config("/nonexistent")
+    config.rl.temperature_by_generation = {"qwen3_5": 1.5, "qwen35": 1.2}
+    with pytest.raises(cli.ConfigError, match="names qwen35: the generations are qwen2_vl"):
+        run_plan.rollout_temperature(config)

@@ -22,7 +22,7 @@ import ml_collections
 from jax.sharding import NamedSharding
 
 from jaxvrl import cli, steps
-from jaxvrl.data import records
+from jaxvrl.data import records, synthetic
 from jaxvrl.objectives.scoring import RLSettings
 from jaxvrl.parallel import multihost, placement
 from jaxvrl.parallel.mesh import rules_from_config
@@ -312,8 +312,7 @@ def rollout_temperature(config: ml_collections.ConfigDict) -> float:
         )
     if rl.get("temperature") is not None:
         return float(rl.temperature)
-    synthetic = config.data.get("synthetic") or {}
-    generation = str(synthetic.get("generation", "qwen2_vl"))
+    generation = synthetic.generation_of(config.data.get("synthetic") or {})
     return float(by_generation.get(generation, 1.0))
 
 

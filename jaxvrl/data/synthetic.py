@@ -479,13 +479,18 @@ def ensure_from_config(config) -> None:
     synthetic = config.data.get("synthetic")
     if not synthetic or not synthetic.get("enabled", False):
         return
-    generation = str(synthetic.get("generation", "qwen2_vl"))
+    generation = generation_of(synthetic)
     build_dataset(
         str(synthetic.directory),
         spec_from_config(synthetic),
         generation,
         model_kwargs(synthetic, generation),
     )
+
+
+def generation_of(synthetic) -> str:
+    """The model generation a `data.synthetic` section (a mapping) builds its tiny model for."""
+    return str(synthetic.get("generation", "qwen2_vl"))
 
 
 def model_kwargs(synthetic, generation: str) -> dict[str, Any]:
